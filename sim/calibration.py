@@ -1,0 +1,170 @@
+"""Fit an engine profile to measured step times (the JSONL format of ``shared/calibration``).
+
+The fit adjusts only engine parameters (achieved fractions of datasheet bandwidth and
+FLOP/s, roofline sharpness, per-kernel overhead, attention occupancy, elementwise traffic,
+per-step overhead); the hardware stays at its datasheet values, so the fitted profile can be
+moved to another GPU by changing only the hardware preset. Residuals are log-ratios
+(relative errors), so small and large steps weigh equally. Eager-mode rows fit one more
+parameter, the host's per-kernel launch time, on top of the graph-mode profile.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from .batch import BatchShape
+from .engine import EngineProfile
+from .errors import ConfigError
+from .hardware import HardwareSpec
+from .model_spec import ModelSpec
+from .precision import Precision
+from .step_time import StepTimePredictor, soft_roofline
+
+# Engine parameters the graph-mode fit adjusts, with physical bounds.
+FIT_BOUNDS: dict[str, tuple[float, float]] = {
+    "hbm_efficiency": (0.2, 1.0),
+    "compute_efficiency": (0.2, 1.0),
+    "attention_compute_efficiency": (0.05, 1.0),
+    "roofline_sharpness": (1.0, 12.0),
+    "kernel_overhead_us": (0.1, 20.0),
+    "attention_ctas_per_sm": (0.05, 64.0),
+    "elementwise_bytes_per_hidden": (0.0, 400.0),
+    "step_overhead_us": (0.0, 2000.0),
+}
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One measured row: a step (decode/prefill) of a model, or one matmul of the sweep."""
+
+    kind: str
+    measured_s: float
+    mode: str
+    model: ModelSpec | None = None
+    batch: BatchShape | None = None
+    mnk: tuple[int, int, int] | None = None
+    label: str = ""
+
+
+def read_measurements(path: str | Path) -> list[Measurement]:
+    """Parse a calibration JSONL file (rows of kind model, decode, prefill, gemm_sweep)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"data={str(path)!r}: no such file")
+    models: dict[str, ModelSpec] = {}
+    rows: list[Measurement] = []
+    for lineno, line in enumerate(p.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{p.name} line {lineno}: not valid JSON ({exc.msg})") from None
+        kind = r.get("kind")
+        try:
+            if kind == "model":
+                untied = r["L"] * 0 + r["vocab"] * r["h"]
+                shape = dict(hidden_size=r["h"], num_hidden_layers=r["L"], num_attention_heads=r["nh"],
+                             num_key_value_heads=r["nkv"], head_dim=r["hd"], intermediate_size=r["ffn"],
+                             vocab_size=r["vocab"])
+                probe = ModelSpec(name=r["model"], **shape)
+                tied = abs(probe.params - untied - r["params"]) < abs(probe.params - r["params"])
+                models[r["model"]] = ModelSpec(name=r["model"], tie_word_embeddings=tied, **shape)
+            elif kind in ("decode", "prefill") and "ms" in r:
+                model = models[r["model"]]
+                if kind == "decode":
+                    batch = BatchShape.decode(int(r["B"]), int(r["S"]), int(r.get("T", 1)))
+                    label = f"{r['model']} decode B={r['B']} S={r['S']} T={r.get('T', 1)} {r['mode']}"
+                else:
+                    batch = BatchShape.prefill(int(r["P"]), int(r.get("B", 1)))
+                    label = f"{r['model']} prefill P={r['P']} {r['mode']}"
+                rows.append(Measurement(kind, r["ms"] * 1e-3, r.get("mode", "graph"), model, batch, label=label))
+            elif kind == "gemm_sweep":
+                rows.append(Measurement(kind, r["ms"] * 1e-3, "graph", mnk=(r["M"], r["K"], r["N"]),
+                                        label=f"gemm M={r['M']} K={r['K']} N={r['N']}"))
+        except KeyError as exc:
+            raise ConfigError(f"{p.name} line {lineno}: {kind} row lacks field {exc}") from None
+    if not rows:
+        raise ConfigError(f"data={str(path)!r}: no decode, prefill or gemm_sweep rows")
+    return rows
+
+
+def predict(row: Measurement, hardware: HardwareSpec, engine: EngineProfile,
+            precision: Precision = Precision()) -> float:
+    """Predicted seconds for one measured row on one GPU."""
+    if row.kind == "gemm_sweep":
+        m, k, n = row.mnk  # type: ignore[misc]
+        t_c = 2.0 * m * k * n / (hardware.peak_flops(precision.compute_format) * engine.compute_efficiency)
+        t_m = (k * n * precision.weight_bytes + m * (k + n) * precision.activation_bytes) / (
+            hardware.hbm_bandwidth_Bps * engine.hbm_efficiency)
+        c, mm = soft_roofline(t_c, t_m, engine.roofline_sharpness)
+        return c + mm + engine.kernel_overhead_us * 1e-6
+    predictor = StepTimePredictor(row.model, hardware, engine, precision)  # type: ignore[arg-type]
+    return predictor.stage(row.batch).total_s  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class FitResult:
+    engine: EngineProfile
+    rows: list[dict[str, Any]]
+
+    @property
+    def median_abs_error(self) -> float:
+        return float(np.median([abs(r["error"]) for r in self.rows]))
+
+
+def _errors(rows: Iterable[Measurement], hardware: HardwareSpec, engine: EngineProfile) -> list[dict[str, Any]]:
+    out = []
+    for r in rows:
+        pred = predict(r, hardware, engine)
+        out.append({"label": r.label, "kind": r.kind, "mode": r.mode, "measured_s": r.measured_s,
+                     "predicted_s": pred, "error": pred / r.measured_s - 1.0})
+    return out
+
+
+def fit_engine(rows: list[Measurement], hardware: HardwareSpec, start: EngineProfile,
+               params: Iterable[str] = tuple(FIT_BOUNDS)) -> FitResult:
+    """Least-squares fit of graph-mode parameters, then of ``host_launch_us`` on eager rows."""
+    from scipy.optimize import least_squares
+
+    params = list(params)
+    graph = [r for r in rows if r.mode == "graph"]
+    eager = [r for r in rows if r.mode == "eager"]
+    lo = np.array([FIT_BOUNDS[p][0] for p in params])
+    hi = np.array([FIT_BOUNDS[p][1] for p in params])
+    x0 = np.clip(np.array([float(getattr(start, p)) for p in params]), lo + 1e-9, hi - 1e-9)
+
+    def make(x: np.ndarray) -> EngineProfile:
+        return replace(start, cuda_graphs=True, **{p: float(v) for p, v in zip(params, x)})
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        eng = make(x)
+        return np.array([np.log(predict(r, hardware, eng) / r.measured_s) for r in graph])
+
+    sol = least_squares(residuals, x0, bounds=(lo, hi), x_scale="jac")
+    engine = make(sol.x)
+    if eager:
+        def eager_res(x: np.ndarray) -> np.ndarray:
+            eng = replace(engine, cuda_graphs=False, host_launch_us=float(x[0]))
+            return np.array([np.log(predict(r, hardware, eng) / r.measured_s) for r in eager])
+
+        sol_e = least_squares(eager_res, np.array([10.0]), bounds=([0.0], [200.0]))
+        engine = replace(engine, host_launch_us=float(sol_e.x[0]))
+    result_rows = _errors(graph, hardware, engine) + _errors(
+        eager, hardware, replace(engine, cuda_graphs=False))
+    return FitResult(engine, result_rows)
+
+
+def profile_yaml(engine: EngineProfile, description: str, fitted_from: str) -> str:
+    """A conf/engine YAML for ``engine`` (values rounded to 4 significant digits)."""
+    lines = [f"# {description}", f"# Fitted by `python -m sim.calibrate` from {fitted_from}; refit rather than edit.",
+             f"description: {json.dumps(description)}"]
+    for key, value in asdict(engine).items():
+        if isinstance(value, float):
+            value = float(f"{value:.4g}")
+        lines.append(f"{key}: {json.dumps(value)}")
+    return "\n".join(lines) + "\n"

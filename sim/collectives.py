@@ -1,0 +1,155 @@
+"""Collective algorithms as schedules of point-to-point messages, and their alpha-beta cost.
+
+A message of ``n`` bytes along a path with per-hop latencies ``lat_k`` and bandwidths
+``bw_k`` is cut-through: its head crosses each hop after the hop's latency, and its tail
+leaves the last hop ``n / min(bw_k)`` after its head entered the first one, so the
+uncontended delivery time is ``sum(lat_k) + n / min(bw_k)`` (the alpha-beta model). Each
+collective also pays the engine's software latency once (``collective_software_us``:
+kernel launch, synchronisation, protocol setup).
+
+Algorithms (n ranks, ``S`` bytes per rank's buffer):
+
+* ring all-reduce: ``2(n-1)`` steps; in each every rank sends ``S/n`` to its ring successor
+  as soon as it received the previous step's chunk from its predecessor;
+* one-shot all-reduce: every rank sends its whole buffer to every other rank, in the order
+  ``r+1, r+2, ...``, and reduces locally (the reduction's own time is neglected);
+* ring all-gather: ``n-1`` steps of ``S`` bytes (``S`` = each rank's contribution);
+* send/recv: one message.
+
+:func:`ring_schedule_s` and :func:`oneshot_schedule_s` replay exactly the message schedule
+that the per-message network simulates (:mod:`sim.network`), assuming messages of one
+collective never share a link with messages of another pair (true on NVSwitch and
+rail-optimised fabrics), so the two fidelities agree when nothing else contends. For a ring
+whose hops are identical the replay reduces to the closed form
+``2(n-1) (alpha + S/(n beta))``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from .errors import require
+
+
+@dataclass(frozen=True)
+class PairPath:
+    """Cost view of the route between two GPUs: its hops as (edge, latency_s, bandwidth_Bps)."""
+
+    hops: tuple[tuple[object, float, float], ...]
+
+    @property
+    def latency_s(self) -> float:
+        return sum(h[1] for h in self.hops)
+
+    @property
+    def bandwidth_Bps(self) -> float:
+        return min(h[2] for h in self.hops)
+
+    def message_s(self, nbytes: float) -> float:
+        """Uncontended delivery time: ``alpha + n / beta``."""
+        return self.latency_s + nbytes / self.bandwidth_Bps
+
+    def send(self, start_s: float, nbytes: float, link_free: dict) -> float:
+        """Cut-through delivery time of a message leaving at ``start_s``.
+
+        ``link_free`` maps each edge to when it finishes serialising its previous message
+        of this schedule and is updated, so back-to-back messages on one path queue per hop
+        exactly as on the per-message network's FIFO links.
+        """
+        head = tail = start_s
+        for edge, lat, bw in self.hops:
+            begin = max(head, link_free.get(edge, 0.0))
+            end = max(begin + nbytes / bw, tail)
+            link_free[edge] = end
+            head, tail = begin + lat, end + lat
+        return tail
+
+
+def ring_schedule_s(ring: Sequence[PairPath], chunk_bytes: float, steps: int) -> float:
+    """Completion time of ``steps`` ring steps; ``ring[r]`` is the path from rank r to r+1."""
+    n = len(ring)
+    if n <= 1 or steps == 0:
+        return 0.0
+    arrival = [0.0] * n       # when rank r's chunk of the current step reached rank r+1
+    link_free: dict = {}
+    for step in range(steps):
+        arrival = [ring[r].send(arrival[r - 1] if step > 0 else 0.0, chunk_bytes, link_free) for r in range(n)]
+    return max(arrival)
+
+
+def oneshot_schedule_s(paths: Sequence[Sequence[PairPath]], nbytes: float) -> float:
+    """Completion of a one-shot exchange; ``paths[r][k]`` is rank r's route to rank r+k+1.
+
+    Each rank's messages queue on its own links; messages of different ranks are assumed not
+    to meet on a link (true through a switch when rank r sends to r+1, r+2, ... in turn).
+    """
+    done = 0.0
+    for row in paths:
+        link_free: dict = {}
+        for p in row:
+            done = max(done, p.send(0.0, nbytes, link_free))
+    return done
+
+
+def ring_allreduce_closed_form_s(n: int, nbytes: float, alpha_s: float, beta_Bps: float,
+                                 software_s: float = 0.0) -> float:
+    """Textbook ring all-reduce: ``software + 2(n-1) (alpha + S/(n beta))``."""
+    require(n >= 1, "ring size must be >= 1")
+    if n == 1:
+        return 0.0
+    return software_s + 2 * (n - 1) * (alpha_s + nbytes / n / beta_Bps)
+
+
+class GroupCollectives:
+    """Alpha-beta cost of the collectives of one group of GPUs (pure; cached per size).
+
+    ``ring_paths[r]`` routes rank r to r+1 (mod n); ``oneshot_paths[r][k]`` routes rank r to
+    rank r+k+1. ``oneshot_ok`` says whether the group shares one switch domain where
+    engines use one-shot all-reduce kernels; ``algorithm`` is ``ring``, ``oneshot`` or
+    ``auto`` (one-shot up to ``oneshot_max_bytes``, ring above).
+    """
+
+    def __init__(self, ring_paths: Sequence[PairPath], oneshot_paths: Sequence[Sequence[PairPath]],
+                 software_s: float, algorithm: str = "auto", oneshot_max_bytes: float = 512 * 1024,
+                 oneshot_ok: bool = True) -> None:
+        self.n = len(ring_paths)
+        self.ring_paths = tuple(ring_paths)
+        self.oneshot_paths = tuple(tuple(row) for row in oneshot_paths)
+        self.software_s = software_s
+        self.algorithm = algorithm
+        self.oneshot_max_bytes = oneshot_max_bytes
+        self.oneshot_ok = oneshot_ok
+        self._cache: dict[tuple[str, float], float] = {}
+
+    def allreduce_algorithm(self, nbytes: float) -> str:
+        if self.algorithm == "ring" or not self.oneshot_ok:
+            return "ring"
+        if self.algorithm == "oneshot":
+            return "oneshot"
+        return "oneshot" if nbytes <= self.oneshot_max_bytes else "ring"
+
+    def allreduce_s(self, nbytes: float) -> float:
+        if self.n <= 1:
+            return 0.0
+        algo = self.allreduce_algorithm(nbytes)
+        key = (algo, nbytes)
+        t = self._cache.get(key)
+        if t is None:
+            if algo == "ring":
+                t = ring_schedule_s(self.ring_paths, nbytes / self.n, 2 * (self.n - 1))
+            else:
+                t = oneshot_schedule_s(self.oneshot_paths, nbytes)
+            t += self.software_s
+            self._cache[key] = t
+        return t
+
+    def allgather_s(self, nbytes: float) -> float:
+        """Ring all-gather where each rank contributes ``nbytes``."""
+        if self.n <= 1:
+            return 0.0
+        key = ("allgather", nbytes)
+        t = self._cache.get(key)
+        if t is None:
+            t = ring_schedule_s(self.ring_paths, nbytes, self.n - 1) + self.software_s
+            self._cache[key] = t
+        return t

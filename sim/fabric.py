@@ -1,0 +1,66 @@
+"""The cluster's wiring as a cost model: routes between GPUs and collective costs per group.
+
+Pure (no SimPy). Wraps a topology graph (already scaled by ``network.latency_scale`` and
+``network.bandwidth_scale``) and the engine's collective settings; both network fidelities
+and the step-time predictor take their numbers from here, so they cannot drift apart.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import networkx as nx
+
+from topologies import PathTable
+
+from .collectives import GroupCollectives, PairPath
+from .engine import EngineProfile
+
+
+class Fabric:
+    """Routes and collective cost models over one topology."""
+
+    def __init__(self, graph: nx.DiGraph, engine: EngineProfile, oneshot_capable: bool = True) -> None:
+        self.graph = graph
+        self.paths = PathTable(graph)
+        self.engine = engine
+        self.oneshot_capable = oneshot_capable
+        self.gpus = self.paths.gpus
+        self._groups: dict[tuple[str, ...], GroupCollectives] = {}
+        self._pairs: dict[tuple[str, str], PairPath] = {}
+
+    def pair(self, src: str, dst: str) -> PairPath:
+        key = (src, dst)
+        p = self._pairs.get(key)
+        if p is None:
+            p = PairPath(tuple((e, *self.link(e)) for e in self.paths.edges(src, dst)))
+            self._pairs[key] = p
+        return p
+
+    def edges(self, src: str, dst: str):
+        return self.paths.edges(src, dst)
+
+    def link(self, edge) -> tuple[float, float]:
+        """(latency_s, bandwidth_Bps) of one directed edge."""
+        data = self.graph.edges[edge]
+        return data["latency_us"] * 1e-6, data["bandwidth_GBps"] * 1e9
+
+    def same_server(self, ranks: Sequence[str]) -> bool:
+        return len({self.graph.nodes[r]["server"] for r in ranks}) == 1
+
+    def group(self, ranks: Sequence[str]) -> GroupCollectives:
+        """Collective costs for ``ranks`` (ring order = the given order)."""
+        key = tuple(ranks)
+        g = self._groups.get(key)
+        if g is None:
+            n = len(key)
+            ring = [self.pair(key[r], key[(r + 1) % n]) for r in range(n)] if n > 1 else []
+            oneshot = [[self.pair(key[r], key[(r + k) % n]) for k in range(1, n)] for r in range(n)] if n > 1 else []
+            e = self.engine
+            g = GroupCollectives(ring, oneshot, e.collective_software_us * 1e-6, e.allreduce_algorithm,
+                                 e.oneshot_max_bytes, self.oneshot_capable and self.same_server(key))
+            self._groups[key] = g
+        return g
+
+    def send_s(self, src: str, dst: str, nbytes: float) -> float:
+        """Point-to-point send including the engine's software latency."""
+        return self.pair(src, dst).send(0.0, nbytes, {}) + self.engine.collective_software_us * 1e-6

@@ -1,0 +1,56 @@
+"""Load the named presets under ``conf/`` outside Hydra (for tools, tests and notebooks).
+
+The Hydra apps compose the same YAML files; this module reads one preset file directly so
+that pure cost-model code can be used without a Hydra run.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from .engine import EngineProfile, engine_from_mapping
+from .errors import ConfigError
+from .hardware import HardwareSpec
+from .model_spec import ModelSpec, model_from_mapping
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def preset_names(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
+    return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+
+
+def load_preset(group: str, name: str, conf_dir: Path = CONF_DIR) -> dict[str, Any]:
+    path = conf_dir / group / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{group}={name!r} is not a known preset; allowed: {preset_names(group, conf_dir)}")
+    data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    assert isinstance(data, dict)
+    return data
+
+
+def hardware_from_mapping(values: dict[str, Any]) -> HardwareSpec:
+    from dataclasses import fields
+
+    known = {f.name for f in fields(HardwareSpec)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"hardware has unknown field(s) {unknown}; allowed: {sorted(known)}")
+    missing = sorted(known - set(values))
+    if missing:
+        raise ConfigError(f"hardware {values.get('name')!r} is missing field(s) {missing}")
+    return HardwareSpec(**values)
+
+
+def load_hardware(name: str) -> HardwareSpec:
+    return hardware_from_mapping(load_preset("hardware", name))
+
+
+def load_model(name: str) -> ModelSpec:
+    return model_from_mapping(load_preset("model", name))
+
+
+def load_engine(name: str) -> EngineProfile:
+    return engine_from_mapping(load_preset("engine", name))
