@@ -165,6 +165,6 @@ def profile_yaml(engine: EngineProfile, description: str, fitted_from: str) -> s
              f"description: {json.dumps(description)}"]
     for key, value in asdict(engine).items():
         if isinstance(value, float):
-            value = float(f"{value:.4g}")
+            value = float(f"{value:.4g}") if value != int(value) else value
         lines.append(f"{key}: {json.dumps(value)}")
     return "\n".join(lines) + "\n"

@@ -42,7 +42,6 @@ class EngineProfile:
     host_launch_us: float = 0.0
     step_overhead_us: float = 0.0
     attention_ctas_per_sm: float = 2.0
-    attention_query_block: int = 64
     elementwise_bytes_per_hidden: float = 40.0
     lm_head_all_prompt_tokens: bool = False
     # Collectives, as the engine issues them.
@@ -65,7 +64,6 @@ class EngineProfile:
             v = getattr(self, f)
             require(v >= 0.0, f"engine.{f}={v!r} must be >= 0")
         require(self.attention_ctas_per_sm > 0, f"engine.attention_ctas_per_sm={self.attention_ctas_per_sm!r} must be > 0")
-        require(self.attention_query_block >= 1, f"engine.attention_query_block={self.attention_query_block!r} must be >= 1")
         require(self.allreduce_algorithm in ("auto", "ring", "oneshot"),
                 f"engine.allreduce_algorithm={self.allreduce_algorithm!r} is not one of ['auto', 'ring', 'oneshot']")
 

@@ -19,8 +19,12 @@ from .engine import EngineProfile
 class Fabric:
     """Routes and collective cost models over one topology."""
 
-    def __init__(self, graph: nx.DiGraph, engine: EngineProfile, oneshot_capable: bool = True) -> None:
+    def __init__(self, graph: nx.DiGraph, engine: EngineProfile, oneshot_capable: bool = True,
+                 software_latency_scale: float = 1.0) -> None:
         self.graph = graph
+        # network.latency_scale scales the whole per-message latency: link hops (already in
+        # ``graph``) and the collective's software latency.
+        self.software_s = engine.collective_software_us * 1e-6 * software_latency_scale
         self.paths = PathTable(graph)
         self.engine = engine
         self.oneshot_capable = oneshot_capable
@@ -56,11 +60,11 @@ class Fabric:
             ring = [self.pair(key[r], key[(r + 1) % n]) for r in range(n)] if n > 1 else []
             oneshot = [[self.pair(key[r], key[(r + k) % n]) for k in range(1, n)] for r in range(n)] if n > 1 else []
             e = self.engine
-            g = GroupCollectives(ring, oneshot, e.collective_software_us * 1e-6, e.allreduce_algorithm,
+            g = GroupCollectives(ring, oneshot, self.software_s, e.allreduce_algorithm,
                                  e.oneshot_max_bytes, self.oneshot_capable and self.same_server(key))
             self._groups[key] = g
         return g
 
     def send_s(self, src: str, dst: str, nbytes: float) -> float:
         """Point-to-point send including the engine's software latency."""
-        return self.pair(src, dst).send(0.0, nbytes, {}) + self.engine.collective_software_us * 1e-6
+        return self.pair(src, dst).send(0.0, nbytes, {}) + self.software_s

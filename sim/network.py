@@ -95,7 +95,7 @@ class MessageNetwork:
             yield env.timeout(tail_in - env.now)
 
     def _software(self):
-        yield self.env.timeout(self.fabric.engine.collective_software_us * 1e-6)
+        yield self.env.timeout(self.fabric.software_s)
 
     def transfer(self, src: str, dst: str, nbytes: float) -> simpy.Event:
         def proc():

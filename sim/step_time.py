@@ -17,7 +17,7 @@ GPU holding that shard would take alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, Sequence
 
 import numpy as np
 
@@ -105,7 +105,7 @@ class StepTimePredictor:
 
     def __init__(self, model: ModelSpec, hardware: HardwareSpec, engine: EngineProfile,
                  precision: Precision, tp: int = 1, pp: int = 1,
-                 comm: CollectiveCost | None = None, pp_send_s=None) -> None:
+                 comm: CollectiveCost | Sequence[CollectiveCost] | None = None, pp_send_s=None) -> None:
         require(model.num_attention_heads % tp == 0,
                 f"parallel.tp={tp} must divide model.num_attention_heads={model.num_attention_heads} ({model.name})")
         require(model.num_key_value_heads % tp == 0 or tp % model.num_key_value_heads == 0,
@@ -116,7 +116,9 @@ class StepTimePredictor:
                 f"parallel.pp={pp} must be between 1 and model.num_hidden_layers={model.num_hidden_layers}")
         require(tp == 1 or comm is not None, "tensor parallelism needs a collective cost model")
         self.model, self.hardware, self.engine, self.precision = model, hardware, engine, precision
-        self.tp, self.pp, self.comm = tp, pp, comm
+        self.tp, self.pp = tp, pp
+        # One collective cost model per pipeline stage (stages may sit on different nodes).
+        self.comm = list(comm) if isinstance(comm, (list, tuple)) else [comm] * pp
         self.pp_send_s = pp_send_s
         self.stage_layers = split_layers(model.num_hidden_layers, pp)
         self._peak = hardware.peak_flops(precision.compute_format)
@@ -216,21 +218,22 @@ class StepTimePredictor:
         per_layer = (Collective("allreduce", b.new_tokens * m.hidden_size * act),) * 2 if self.tp > 1 else ()
         return StageWork(StepTime(compute, memory, 0.0, fixed), layers, per_layer, tuple(pre), tuple(post))
 
-    def network_s(self, work: StageWork) -> float:
-        if self.comm is None:
+    def network_s(self, work: StageWork, stage: int = 0) -> float:
+        comm = self.comm[stage]
+        if comm is None or self.tp == 1:
             return 0.0
         total = 0.0
         for c in work.collectives:
             if c.kind == "allreduce":
-                total += self.comm.allreduce_s(c.nbytes)
+                total += comm.allreduce_s(c.nbytes)
             elif c.kind == "allgather":
-                total += self.comm.allgather_s(c.nbytes)
+                total += comm.allgather_s(c.nbytes)
         return total * (1.0 - self.engine.network_overlap)
 
     def stage(self, b: BatchShape, stage: int = 0) -> StepTime:
         """Time of ``stage`` for batch ``b`` including its collectives (collective fidelity)."""
         work = self.stage_work(b, stage)
-        return work.local + StepTime(network_s=self.network_s(work))
+        return work.local + StepTime(network_s=self.network_s(work, stage))
 
     def activation_bytes(self, b: BatchShape) -> float:
         """Bytes of hidden state sent from one pipeline stage to the next."""

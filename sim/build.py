@@ -1,0 +1,129 @@
+"""Composition root: turn a validated :class:`~sim.config.RunConfig` into wired objects.
+
+Nothing else reads configuration. Registries are plain dicts. GPUs are placed
+replica-major, then stage, then tensor rank (``gpu = replica*tp*pp + stage*tp + rank``), so a
+tensor-parallel group fills consecutive GPUs of one node when ``tp`` divides the node size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+import numpy as np
+
+import topologies
+import workloads
+
+from .config import RunConfig
+from .errors import ConfigError, require
+from .fabric import Fabric
+from .kv_cache import KVCapacity, kv_capacity
+from .step_time import StepTimePredictor
+
+
+def build_graph(cfg: RunConfig) -> nx.DiGraph:
+    """The topology graph with link parameters from the hardware preset, then scaled."""
+    t, hw, need = cfg.topology, cfg.hardware, cfg.parallel.gpus
+    try:
+        if t.kind == "hgx":
+            gpus = t.gpus_per_node
+            require(need <= gpus, f"parallel needs {need} GPUs (tp*pp*dp) but topology=hgx has {gpus}; "
+                                  f"use topology=multi_node_ib for more than one node")
+            link = "infinity_fabric" if hw.scaleup_link == "infinity_fabric" else "nvlink"
+            require(hw.scaleup_link != "pcie", f"hardware {hw.name} has no NVLink/NVSwitch; use topology=pcie_box")
+            g = topologies.hgx_node(gpus, hw.scaleup_bandwidth_GBps, hw.scaleup_latency_us, link=link)
+        elif t.kind == "nvl72":
+            g = topologies.nvl72_rack(72, hw.scaleup_bandwidth_GBps, hw.scaleup_latency_us)
+        elif t.kind == "multi_node_ib":
+            require(hw.scaleup_link != "pcie", f"hardware {hw.name} has no NVLink/NVSwitch; use topology=pcie_box")
+            nodes = -(-need // t.gpus_per_node) if t.nodes == "auto" else int(t.nodes)
+            g = topologies.multi_node_ib(nodes, t.gpus_per_node, hw.scaleup_bandwidth_GBps, hw.scaleup_latency_us,
+                                         t.ib_bandwidth_GBps, t.ib_latency_us, hw.pcie_bandwidth_GBps,
+                                         1.0, t.rail_optimized,
+                                         link="infinity_fabric" if hw.scaleup_link == "infinity_fabric" else "nvlink")
+        elif t.kind == "pcie_box":
+            gpus = max(need, t.gpus_per_node)
+            g = topologies.pcie_box(gpus, hw.scaleup_bandwidth_GBps if hw.scaleup_link == "pcie" else hw.pcie_bandwidth_GBps,
+                                    1.0 if hw.scaleup_link != "pcie" else hw.scaleup_latency_us, t.gpus_per_switch)
+        else:
+            g = topologies.load(t.path)
+    except topologies.TopologyError as exc:
+        raise ConfigError(f"topology: {exc}") from None
+    have = topologies.gpu_count(g)
+    require(need <= have, f"parallel needs {need} GPUs (tp={cfg.parallel.tp} x pp={cfg.parallel.pp} x "
+                          f"dp={cfg.parallel.dp}) but topology {t.kind} has {have}")
+    n = cfg.network
+    if n.latency_scale != 1.0 or n.bandwidth_scale != 1.0:
+        g = topologies.scaled(g, latency_scale=n.latency_scale, bandwidth_scale=n.bandwidth_scale)
+    return g
+
+
+def placement(cfg: RunConfig, gpus: list[str]) -> list[list[list[str]]]:
+    """``[replica][stage] -> GPU names`` of the tensor-parallel group."""
+    tp, pp, dp = cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.dp
+    return [[gpus[r * tp * pp + s * tp: r * tp * pp + (s + 1) * tp] for s in range(pp)] for r in range(dp)]
+
+
+@dataclass
+class ReplicaPlan:
+    predictor: StepTimePredictor
+    stage_gpus: list[list[str]]
+    capacity: KVCapacity
+
+
+@dataclass
+class ClusterPlan:
+    graph: nx.DiGraph
+    fabric: Fabric
+    replicas: list[ReplicaPlan]
+
+    @property
+    def gpus(self) -> int:
+        return sum(len(g) for r in self.replicas for g in r.stage_gpus)
+
+
+def build_cluster(cfg: RunConfig) -> ClusterPlan:
+    graph = build_graph(cfg)
+    fabric = Fabric(graph, cfg.engine, oneshot_capable=cfg.hardware.scaleup_link != "pcie",
+                    software_latency_scale=cfg.network.latency_scale)
+    replicas = []
+    for stage_gpus in placement(cfg, list(fabric.gpus)):
+        predictor = make_predictor(cfg, fabric, stage_gpus)
+        cap = kv_capacity(predictor, cfg.hardware, cfg.engine, cfg.model.name, cfg.scheduler.block_size)
+        replicas.append(ReplicaPlan(predictor, stage_gpus, cap))
+    return ClusterPlan(graph, fabric, replicas)
+
+
+def make_predictor(cfg: RunConfig, fabric: Fabric, stage_gpus: list[list[str]]) -> StepTimePredictor:
+    comm = [fabric.group(g) for g in stage_gpus]
+
+    def pp_send_s(stage: int, nbytes: float) -> float:
+        return fabric.send_s(stage_gpus[stage][0], stage_gpus[stage + 1][0], nbytes)
+
+    return StepTimePredictor(cfg.model, cfg.hardware, cfg.engine, cfg.precision, cfg.parallel.tp,
+                             cfg.parallel.pp, comm, pp_send_s)
+
+
+def load_workload(cfg: RunConfig) -> workloads.RequestTable:
+    """The request table the run replays (trace or synthetic), after rate scaling and truncation."""
+    w = cfg.workload
+    try:
+        if w.path:
+            table = workloads.read_trace(w.path, w.format)
+        elif w.source == "bundled":
+            table = workloads.load_bundled(w.trace)
+        elif w.source == "synthetic":
+            n = w.max_requests or 1000
+            rng = np.random.default_rng(w.seed)
+            table = workloads.synthetic_requests(rng, arrival=w.arrival, rate_per_s=w.rate_per_s, n=n,
+                                                 prompt_tokens=w.prompt_tokens, output_tokens=w.output_tokens,
+                                                 cv=w.cv)
+        else:
+            raise ConfigError("workload.source=file needs workload.path=FILE")
+        if w.max_requests is not None and w.max_requests < len(table):
+            table = table.take(w.max_requests)
+        if w.rate_scale != 1.0:
+            table = table.scaled_rate(w.rate_scale)
+    except workloads.WorkloadError as exc:
+        raise ConfigError(str(exc)) from None
+    return table

@@ -1,0 +1,158 @@
+"""Schemas of the run configuration and their validation (the only place that reads config).
+
+Hydra composes YAML from ``conf/``; :func:`parse_config` turns the composed mapping into
+frozen dataclasses, rejecting unknown keys and impossible values with one-line
+:class:`~sim.errors.ConfigError` messages (field, value, what is allowed). Plain dataclass
+validation is used instead of OmegaConf structured configs so that every error reads as one
+sentence a user can act on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+from .engine import EngineProfile, engine_from_mapping
+from .errors import ConfigError, require
+from .hardware import HardwareSpec
+from .model_spec import ModelSpec, model_from_mapping
+from .precision import Precision
+from .presets import hardware_from_mapping
+from .router import ROUTERS
+from .scheduler import SchedulerConfig
+
+
+def _dataclass(cls, values: Mapping[str, Any] | None, group: str):
+    values = dict(values or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{group} has unknown field(s) {unknown}; allowed: {sorted(known)}")
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ConfigError(f"{group}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    tp: int = 8
+    pp: int = 1
+    dp: int = 1
+    router: str = "least_outstanding_tokens"
+
+    def __post_init__(self) -> None:
+        for f in ("tp", "pp", "dp"):
+            v = getattr(self, f)
+            require(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+                    f"parallel.{f}={v!r} must be an integer >= 1")
+        require(self.router in ROUTERS, f"parallel.router={self.router!r} is not one of {list(ROUTERS)}")
+
+    @property
+    def gpus_per_replica(self) -> int:
+        return self.tp * self.pp
+
+    @property
+    def gpus(self) -> int:
+        return self.tp * self.pp * self.dp
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    fidelity: str = "collective"
+    latency_scale: float = 1.0
+    bandwidth_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        require(self.fidelity in ("collective", "message"),
+                f"network.fidelity={self.fidelity!r} is not one of ['collective', 'message']")
+        for f in ("latency_scale", "bandwidth_scale"):
+            v = getattr(self, f)
+            require(isinstance(v, (int, float)) and v > 0, f"network.{f}={v!r} must be a number > 0")
+
+
+@dataclass(frozen=True)
+class TopologyConfig:
+    kind: str = "hgx"
+    nodes: int | str = "auto"
+    gpus_per_node: int = 8
+    ib_bandwidth_GBps: float = 50.0
+    ib_latency_us: float = 5.0
+    rail_optimized: bool = True
+    gpus_per_switch: int = 4
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        kinds = ("hgx", "multi_node_ib", "pcie_box", "nvl72", "file")
+        require(self.kind in kinds, f"topology.kind={self.kind!r} is not one of {list(kinds)}")
+        require(self.nodes == "auto" or (isinstance(self.nodes, int) and self.nodes >= 1),
+                f"topology.nodes={self.nodes!r} must be 'auto' or an integer >= 1")
+        require(self.gpus_per_node >= 1, f"topology.gpus_per_node={self.gpus_per_node!r} must be >= 1")
+
+
+@dataclass(frozen=True)
+class WorkloadConfig:
+    source: str = "bundled"
+    trace: str = "azure_code"
+    path: str | None = None
+    format: str = "auto"
+    rate_scale: float = 1.0
+    max_requests: int | None = None
+    seed: int = 0
+    arrival: str = "poisson"
+    rate_per_s: float = 1.0
+    cv: float = 2.0
+    prompt_tokens: Any = 512
+    output_tokens: Any = 128
+
+    def __post_init__(self) -> None:
+        require(self.source in ("bundled", "file", "synthetic"),
+                f"workload.source={self.source!r} is not one of ['bundled', 'file', 'synthetic']")
+        require(isinstance(self.rate_scale, (int, float)) and self.rate_scale > 0,
+                f"workload.rate_scale={self.rate_scale!r} must be a number > 0")
+        require(self.max_requests is None or (isinstance(self.max_requests, int) and self.max_requests >= 1),
+                f"workload.max_requests={self.max_requests!r} must be an integer >= 1 or null")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    progress: str = "auto"
+    write_parquet: bool = True
+
+    def __post_init__(self) -> None:
+        require(self.progress in ("auto", "always", "never"),
+                f"output.progress={self.progress!r} is not one of ['auto', 'always', 'never']")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    hardware: HardwareSpec
+    model: ModelSpec
+    engine: EngineProfile
+    precision: Precision
+    parallel: ParallelConfig
+    network: NetworkConfig
+    topology: TopologyConfig
+    workload: WorkloadConfig
+    scheduler: SchedulerConfig
+    output: OutputConfig
+    seed: int = 0
+
+
+def parse_config(cfg: Mapping[str, Any]) -> RunConfig:
+    """Validate a composed config mapping (e.g. ``OmegaConf.to_container(cfg)``)."""
+    cfg = dict(cfg)
+    for group in ("hardware", "model", "engine"):
+        require(isinstance(cfg.get(group), Mapping), f"config group {group!r} is missing")
+    return RunConfig(
+        hardware=hardware_from_mapping(dict(cfg["hardware"])),
+        model=model_from_mapping(cfg["model"]),
+        engine=engine_from_mapping(cfg["engine"]),
+        precision=_dataclass(Precision, cfg.get("precision"), "precision"),
+        parallel=_dataclass(ParallelConfig, cfg.get("parallel"), "parallel"),
+        network=_dataclass(NetworkConfig, cfg.get("network"), "network"),
+        topology=_dataclass(TopologyConfig, cfg.get("topology"), "topology"),
+        workload=_dataclass(WorkloadConfig, cfg.get("workload"), "workload"),
+        scheduler=_dataclass(SchedulerConfig, cfg.get("scheduler"), "scheduler"),
+        output=_dataclass(OutputConfig, cfg.get("output"), "output"),
+        seed=int(cfg.get("seed", 0)),
+    )

@@ -1,0 +1,101 @@
+"""A model replica as SimPy processes: its scheduler loop and the micro-batches in flight.
+
+A replica is ``tp x pp`` GPUs. The GPUs of one pipeline stage work in lockstep on their
+tensor-parallel shards, so one SimPy resource stands for a stage (a FIFO of capacity one:
+one micro-batch at a time). Up to ``pp`` micro-batches are in flight, each made of requests
+that are not in another micro-batch (a sequence's next token depends on its previous one).
+With ``pp = 1`` this is plain iteration-level batching: one step at a time.
+
+Per stage, under collective fidelity the stage's time is one timeout (its local work plus
+its collectives priced by the alpha-beta schedule); under message fidelity the stage runs
+layer by layer and every collective is simulated message by message on the links, so
+replicas sharing links slow each other down. Stage-to-stage activations go through
+``network.transfer`` either way.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import simpy
+
+from .scheduler import ContinuousBatcher, StepPlan
+from .step_time import StepTime, StepTimePredictor
+
+
+class Replica:
+    def __init__(self, env: simpy.Environment, index: int, predictor: StepTimePredictor,
+                 batcher: ContinuousBatcher, network, stage_gpus: Sequence[Sequence[str]],
+                 on_step: Callable, on_tokens: Callable) -> None:
+        self.env, self.index = env, index
+        self.predictor, self.batcher, self.network = predictor, batcher, network
+        self.stage_gpus = [tuple(g) for g in stage_gpus]
+        self.stages = [simpy.Resource(env, capacity=1) for _ in self.stage_gpus]
+        self.pp = len(self.stage_gpus)
+        self.on_step, self.on_tokens = on_step, on_tokens
+        self.inflight: list[simpy.Process] = []
+        self._wake = env.event()
+        self.steps = 0
+        self.busy_s = 0.0
+        self.process = env.process(self.run())
+
+    def submit(self, request: int) -> None:
+        self.batcher.add(request)
+        if not self._wake.triggered:
+            self._wake.succeed()
+
+    def run(self):
+        env = self.env
+        while True:
+            while len(self.inflight) < self.pp:
+                plan = self.batcher.plan()
+                if plan is None:
+                    break
+                self.inflight.append(env.process(self._microbatch(plan)))
+            if not self._wake.triggered:
+                yield env.any_of([self._wake, *self.inflight]) if self.inflight else self._wake
+            self._wake = env.event()
+            self.inflight = [p for p in self.inflight if p.is_alive]
+
+    def _stage(self, s: int, plan: StepPlan):
+        """Occupy stage ``s`` for one micro-batch; returns its StepTime."""
+        work = self.predictor.stage_work(plan.batch, s)
+        net = self.network
+        if net.fidelity == "collective" or self.predictor.tp == 1:
+            t = work.local + StepTime(network_s=self.predictor.network_s(work, s))
+            yield self.env.timeout(t.total_s)
+            return t
+        ranks = self.stage_gpus[s]
+        per_layer_s = (work.local.total_s) / max(1, work.layers)
+        start = self.env.now
+        for c in work.pre_collectives:
+            yield net.collective(c.kind, ranks, c.nbytes)
+        for _ in range(work.layers):
+            yield self.env.timeout(per_layer_s)
+            for c in work.per_layer_collectives:
+                yield net.collective(c.kind, ranks, c.nbytes)
+        for c in work.post_collectives:
+            yield net.collective(c.kind, ranks, c.nbytes)
+        network = self.env.now - start - work.local.total_s
+        return work.local + StepTime(network_s=network)
+
+    def _microbatch(self, plan: StepPlan):
+        env = self.env
+        start = env.now
+        total = StepTime()
+        nbytes = self.predictor.activation_bytes(plan.batch)
+        for s in range(self.pp):
+            with self.stages[s].request() as req:
+                yield req
+                t = yield env.process(self._stage(s, plan))
+                total = total + t
+            if s + 1 < self.pp:
+                t0 = env.now
+                sends = [self.network.transfer(a, b, nbytes) for a, b in zip(self.stage_gpus[s], self.stage_gpus[s + 1])]
+                yield env.all_of(sends)
+                total = total + StepTime(network_s=env.now - t0)
+        self.steps += 1
+        self.busy_s += env.now - start
+        self.on_step(self, plan, start, env.now - start, total)
+        self.on_tokens(self, self.batcher.complete(plan))
+        if not self._wake.triggered:
+            self._wake.succeed()

@@ -1,0 +1,180 @@
+"""Iteration-level continuous batching for one replica (a pure policy: no SimPy, no I/O).
+
+Each request has a prompt of ``P`` tokens and must generate ``O`` tokens. The policy tracks
+``computed`` (positions whose KV is cached) and ``generated`` tokens; the tokens a request
+still has to feed through the model are ``P + generated - computed``. A step that feeds a
+request's last pending token samples one new token (``generated += 1``); the first such
+sample is the first token (TTFT), and the request finishes when ``generated == O``.
+
+Per step (vLLM v1 style): running requests first, oldest first, each taking one decode
+token or its next prompt chunk from the step's token budget (``max_tokens_per_step``); then
+waiting requests are admitted in arrival order while the batch has room
+(``max_batch_size``), the budget lasts and the KV cache has the blocks. Without chunked
+prefill a prompt is admitted only whole (one that exceeds the budget runs alone). When a
+running request cannot get a KV block, the most recently admitted running request is
+preempted: its blocks are freed and it returns to the head of the queue to be recomputed
+(its generated tokens are kept and become part of the recomputed prefix).
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from .batch import ATTENTION_QUERY_BLOCK, BatchShape
+from .errors import require
+from .kv_cache import KVBlockPool
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    policy: str = "continuous"
+    max_batch_size: int = 256
+    max_tokens_per_step: int = 2048
+    chunked_prefill: bool = True
+    block_size: int = 16
+
+    def __post_init__(self) -> None:
+        require(self.policy == "continuous", f"scheduler.policy={self.policy!r} is not one of ['continuous']")
+        require(self.max_batch_size >= 1, f"scheduler.max_batch_size={self.max_batch_size!r} must be >= 1")
+        require(self.max_tokens_per_step >= 1, f"scheduler.max_tokens_per_step={self.max_tokens_per_step!r} must be >= 1")
+        require(self.block_size >= 1, f"scheduler.block_size={self.block_size!r} must be >= 1")
+
+
+@dataclass
+class SeqWork:
+    """One sequence's share of a planned step."""
+
+    request: int
+    context: int
+    new_tokens: int
+    samples: bool
+
+
+@dataclass
+class StepPlan:
+    work: list[SeqWork]
+    batch: BatchShape
+    prefill_tokens: int
+    decode_tokens: int
+    preempted: list[int]
+
+
+class ContinuousBatcher:
+    """Queues and per-request progress of one replica; :meth:`plan` decides the next step."""
+
+    def __init__(self, config: SchedulerConfig, pool: KVBlockPool, prompt_tokens, output_tokens) -> None:
+        self.config = config
+        self.pool = pool
+        self.prompt = prompt_tokens      # shared read-only arrays indexed by request id
+        self.output = output_tokens
+        self.computed: dict[int, int] = {}
+        self.generated: dict[int, int] = {}
+        self.waiting: deque[int] = deque()
+        self.running: list[int] = []
+        self.busy: set[int] = set()
+        self.preemptions = 0
+
+    # ----- queue changes ----------------------------------------------------------------------
+    def add(self, request: int) -> None:
+        self.computed[request] = 0
+        self.generated[request] = 0
+        self.waiting.append(request)
+
+    def pending(self, request: int) -> int:
+        return int(self.prompt[request]) + self.generated[request] - self.computed[request]
+
+    def has_work(self) -> bool:
+        return bool(self.waiting) or any(r not in self.busy for r in self.running)
+
+    def _preempt(self, victim: int) -> None:
+        self.running.remove(victim)
+        self.pool.free(victim)
+        self.computed[victim] = 0
+        self.waiting.appendleft(victim)
+        self.preemptions += 1
+
+    # ----- the decision -------------------------------------------------------------------------
+    def plan(self) -> StepPlan | None:
+        """Choose the next step's sequences and token counts, or None if nothing can run."""
+        cfg, pool = self.config, self.pool
+        budget = cfg.max_tokens_per_step
+        work: list[SeqWork] = []
+        preempted: list[int] = []
+        i = 0
+        while i < len(self.running) and budget > 0 and len(work) < cfg.max_batch_size:
+            r = self.running[i]
+            if r in self.busy:
+                i += 1
+                continue
+            pending = self.pending(r)
+            n = min(pending, budget) if cfg.chunked_prefill else pending
+            if not cfg.chunked_prefill and n > budget and work:
+                i += 1
+                continue
+            ctx = self.computed[r]
+            while not pool.grow(r, ctx + n):
+                victim = next((v for v in reversed(self.running) if v not in self.busy), None)
+                if victim is None:
+                    break
+                self._preempt(victim)
+                preempted.append(victim)
+                if victim == r:
+                    break
+            if r not in self.running or pool.extra_blocks(r, ctx + n):
+                continue  # r itself was preempted (or could not grow): do not advance i
+            work.append(SeqWork(r, ctx, n, n == pending))
+            budget -= n
+            i += 1
+        while self.waiting and budget > 0 and len(work) < cfg.max_batch_size:
+            r = self.waiting[0]
+            pending = self.pending(r)
+            n = min(pending, budget) if cfg.chunked_prefill else pending
+            if not cfg.chunked_prefill and n > budget and work:
+                break
+            reserve = max(1, pool.total_blocks // 100) if self.running else 0
+            if pool.extra_blocks(r, n) + reserve > pool.free_blocks:
+                break
+            pool.grow(r, n)
+            self.waiting.popleft()
+            self.running.append(r)
+            work.append(SeqWork(r, 0, n, n == pending))
+            budget -= n
+        if not work:
+            return None
+        batch = _shape(work)
+        prefill = sum(w.new_tokens for w in work if self.computed[w.request] < int(self.prompt[w.request]))
+        decode = sum(w.new_tokens for w in work) - prefill
+        for w in work:
+            self.busy.add(w.request)
+        return StepPlan(work, batch, prefill, decode, preempted)
+
+    def complete(self, plan: StepPlan) -> list[tuple[int, bool, bool]]:
+        """Apply a finished step; returns ``(request, emitted_first_token, finished)`` per sampled request."""
+        events = []
+        for w in plan.work:
+            r = w.request
+            self.busy.discard(r)
+            self.computed[r] = w.context + w.new_tokens
+            if w.samples:
+                self.generated[r] += 1
+                g = self.generated[r]
+                finished = g >= int(self.output[r])
+                if finished:
+                    self.running.remove(r)
+                    self.pool.free(r)
+                    del self.computed[r], self.generated[r]
+                events.append((r, g == 1, finished))
+        return events
+
+
+def _shape(work: list[SeqWork]) -> BatchShape:
+    kv = pairs = 0.0
+    new = sampled = blocks = 0
+    for w in work:
+        n, c = w.new_tokens, w.context
+        new += n
+        kv += c + n
+        pairs += n * (c + (n + 1) / 2.0)
+        sampled += 1 if w.samples else 0
+        blocks += -(-n // ATTENTION_QUERY_BLOCK)
+    return BatchShape(len(work), new, kv, pairs, sampled, blocks)

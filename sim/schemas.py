@@ -1,0 +1,36 @@
+"""Column schemas of the Parquet outputs, defined once (units in the names)."""
+from __future__ import annotations
+
+import pyarrow as pa
+
+REQUESTS = pa.schema([
+    ("request_id", pa.int64()),
+    ("arrival_s", pa.float64()),
+    ("prompt_tokens", pa.int64()),
+    ("output_tokens", pa.int64()),
+    ("replica", pa.int32()),
+    ("status", pa.string()),            # completed | rejected
+    ("first_token_s", pa.float64()),
+    ("finish_s", pa.float64()),
+    ("ttft_s", pa.float64()),           # first_token_s - arrival_s
+    ("tpot_s", pa.float64()),           # (finish_s - first_token_s) / (output_tokens - 1); NaN if 1 token
+    ("e2e_s", pa.float64()),            # finish_s - arrival_s
+    ("preemptions", pa.int32()),
+])
+
+STEPS = pa.schema([
+    ("replica", pa.int32()),
+    ("step", pa.int64()),
+    ("start_s", pa.float64()),
+    ("duration_s", pa.float64()),
+    ("batch_size", pa.int32()),
+    ("prefill_tokens", pa.int64()),
+    ("decode_tokens", pa.int64()),
+    ("compute_s", pa.float64()),
+    ("memory_s", pa.float64()),
+    ("network_s", pa.float64()),
+    ("fixed_s", pa.float64()),
+    ("kv_blocks_used", pa.int64()),
+    ("waiting", pa.int32()),
+    ("preempted", pa.int32()),
+])

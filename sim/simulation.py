@@ -1,0 +1,175 @@
+"""Run one simulation: request source, router and replicas as SimPy processes.
+
+Events are scheduled per replica step (or per collective/message under message fidelity),
+never per token; per-request state lives in arrays. Requests whose prompt plus output can
+never fit in one replica's KV cache are rejected at arrival (status ``rejected``), as a
+serving engine rejects requests longer than it can hold.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import simpy
+
+import workloads
+
+from . import schemas
+from .build import ClusterPlan
+from .config import RunConfig
+from .errors import ConfigError
+from .kv_cache import KVBlockPool
+from .network import make_network
+from .recorder import ColumnRecorder
+from .replica import Replica
+from .router import Router
+from .scheduler import ContinuousBatcher
+
+
+class CountingEnvironment(simpy.Environment):
+    """A SimPy environment that counts scheduled events (for ``sim.events``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events_scheduled = 0
+
+    def schedule(self, event, priority=1, delay=0):  # noqa: D401 - SimPy API
+        self.events_scheduled += 1
+        super().schedule(event, priority, delay)
+
+
+@dataclass
+class SimResult:
+    requests: pa.Table
+    steps: pa.Table
+    wall_s: float
+    events: int
+    sim_time_s: float
+    gpus: int
+    replica_busy_s: list[float]
+    kv_capacity_tokens: int
+    preemptions: int
+
+
+class _Progress:
+    """Simulated time against the trace's end, on a terminal only (``output.progress``)."""
+
+    def __init__(self, env, end_s: float, mode: str, total: int) -> None:
+        self.enabled = mode == "always" or (mode == "auto" and sys.stderr.isatty())
+        self.env, self.end_s, self.total, self.done = env, max(end_s, 1e-9), total, 0
+        self.last = 0.0
+
+    def tick(self) -> None:
+        now = time.perf_counter()
+        if self.enabled and now - self.last > 0.5:
+            self.last = now
+            frac = min(1.0, self.env.now / self.end_s)
+            sys.stderr.write(f"\r[sim] {frac:6.1%} of trace ({self.env.now:9.1f}/{self.end_s:.1f} s simulated), "
+                             f"{self.done}/{self.total} requests done")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def simulate(cfg: RunConfig, plan: ClusterPlan, table: workloads.RequestTable) -> SimResult:
+    wall0 = time.perf_counter()
+    env = CountingEnvironment()
+    network = make_network(cfg.network.fidelity, env, plan.fabric)
+    n = len(table)
+    arrival = np.asarray(table.arrival_s, dtype=np.float64)
+    prompt = np.asarray(table.prompt_tokens, dtype=np.int64)
+    output = np.asarray(table.output_tokens, dtype=np.int64)
+    first = np.full(n, np.nan)
+    finish = np.full(n, np.nan)
+    where = np.full(n, -1, dtype=np.int32)
+    rejected = np.zeros(n, dtype=bool)
+    preempt_count = np.zeros(n, dtype=np.int32)
+    steps = ColumnRecorder(schemas.STEPS)
+    router = Router(cfg.parallel.router, len(plan.replicas))
+    all_done = env.event()
+    state = {"finished": 0}
+    progress = _Progress(env, float(arrival[-1]) if n else 0.0, cfg.output.progress, n)
+
+    def finish_one() -> None:
+        state["finished"] += 1
+        progress.done = state["finished"]
+        progress.tick()
+        if state["finished"] == n and not all_done.triggered:
+            all_done.succeed()
+
+    def on_step(replica: Replica, step_plan, start: float, duration: float, parts) -> None:
+        for v in step_plan.preempted:
+            preempt_count[v] += 1
+        steps.append(replica.index, replica.steps - 1, start, duration, step_plan.batch.num_seqs,
+                     step_plan.prefill_tokens, step_plan.decode_tokens, parts.compute_s, parts.memory_s,
+                     parts.network_s, parts.fixed_s, replica.batcher.pool.used_blocks,
+                     len(replica.batcher.waiting), len(step_plan.preempted))
+
+    def on_tokens(replica: Replica, events) -> None:
+        now = env.now
+        for r, is_first, finished in events:
+            if is_first:
+                first[r] = now
+            if finished:
+                finish[r] = now
+                router.done(replica.index, int(prompt[r] + output[r]))
+                finish_one()
+
+    replicas = []
+    for i, rp in enumerate(plan.replicas):
+        pool = KVBlockPool(rp.capacity.tokens // cfg.scheduler.block_size, cfg.scheduler.block_size)
+        batcher = ContinuousBatcher(cfg.scheduler, pool, prompt, output)
+        replicas.append(Replica(env, i, rp.predictor, batcher, network, rp.stage_gpus, on_step, on_tokens))
+    capacity = min(rp.capacity.tokens for rp in plan.replicas)
+
+    def source():
+        for r in range(n):
+            delay = arrival[r] - env.now
+            if delay > 0:
+                yield env.timeout(delay)
+            if prompt[r] + output[r] > capacity:
+                rejected[r] = True
+                finish_one()
+                continue
+            k = router.pick(int(prompt[r] + output[r]))
+            where[r] = k
+            replicas[k].submit(r)
+
+    env.process(source())
+    if n == 0:
+        all_done.succeed()
+    try:
+        env.run(until=all_done)
+    except RuntimeError as exc:
+        if "No scheduled events left" not in str(exc):
+            raise
+        raise ConfigError(f"simulation stalled with {n - state['finished']} of {n} requests unfinished: the "
+                          f"scheduler could not place them (KV cache of {capacity} tokens per replica, "
+                          f"scheduler.max_tokens_per_step={cfg.scheduler.max_tokens_per_step})") from None
+    progress.close()
+    wall = time.perf_counter() - wall0
+
+    completed = ~rejected
+    out = np.where(output > 1, output - 1, np.nan)
+    requests = pa.Table.from_pydict({
+        "request_id": np.arange(n, dtype=np.int64),
+        "arrival_s": arrival,
+        "prompt_tokens": prompt,
+        "output_tokens": output,
+        "replica": where,
+        "status": np.where(completed, "completed", "rejected"),
+        "first_token_s": first,
+        "finish_s": finish,
+        "ttft_s": first - arrival,
+        "tpot_s": (finish - first) / out,
+        "e2e_s": finish - arrival,
+        "preemptions": preempt_count,
+    }, schema=schemas.REQUESTS)
+    return SimResult(requests, steps.table(), wall, env.events_scheduled, env.now, plan.gpus,
+                     [r.busy_s for r in replicas], capacity, int(sum(r.batcher.preemptions for r in replicas)))

@@ -1,0 +1,119 @@
+"""``python -m sim.steptime``: predicted time of one forward step and its four parts, as JSON.
+
+Takes the same config groups as ``python -m sim`` (``hardware=``, ``model=``, ``engine=``,
+``parallel.tp=``, ``parallel.pp=``, ``network.*``, ``precision.*``) plus ``batch.size``,
+``batch.context_len``, ``batch.new_tokens`` or ``batch.phase=prefill batch.prompt_len=P``;
+``queries=FILE.jsonl`` predicts one batch per line (each line a JSON object of batch fields).
+With pipeline parallelism the step is one micro-batch through every stage including the
+stage-to-stage sends. ``network_s`` is all of the step's communication time.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from .batch import BatchShape
+from .build import build_graph, make_predictor, placement
+from .cli import fail, guarded
+from .config import parse_config
+from .errors import ConfigError
+from .fabric import Fabric
+from .kv_cache import kv_capacity
+from .presets import CONF_DIR
+
+BATCH_FIELDS = {"size": 1, "context_len": 1024, "new_tokens": 1, "phase": "decode", "prompt_len": 1024}
+
+
+def batch_from(values: dict[str, Any]) -> BatchShape:
+    unknown = sorted(set(values) - set(BATCH_FIELDS))
+    if unknown:
+        raise ConfigError(f"batch has unknown field(s) {unknown}; allowed: {sorted(BATCH_FIELDS)}")
+    b = {**BATCH_FIELDS, **values}
+    for k in ("size", "context_len", "new_tokens", "prompt_len"):
+        if not isinstance(b[k], int) or isinstance(b[k], bool):
+            raise ConfigError(f"batch.{k}={b[k]!r} must be an integer")
+    if b["phase"] == "prefill":
+        return BatchShape.prefill(b["prompt_len"], b["size"])
+    if b["phase"] != "decode":
+        raise ConfigError(f"batch.phase={b['phase']!r} is not one of ['decode', 'prefill']")
+    return BatchShape.decode(b["size"], b["context_len"], b["new_tokens"])
+
+
+def compose_config(overrides: list[str]) -> dict[str, Any]:
+    """Compose ``conf/config.yaml`` with overrides, without a Hydra run directory."""
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            cfg = compose(config_name="config", overrides=overrides)
+    except Exception as exc:  # Hydra's override/missing-preset errors
+        raise ConfigError(str(exc).strip().splitlines()[0]) from None
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def predict(cfg_map: dict[str, Any], batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    cfg = parse_config(cfg_map)
+    fabric = Fabric(build_graph(cfg), cfg.engine, oneshot_capable=cfg.hardware.scaleup_link != "pcie",
+                    software_latency_scale=cfg.network.latency_scale)
+    stage_gpus = placement(cfg, list(fabric.gpus))[0]
+    predictor = make_predictor(cfg, fabric, stage_gpus)
+    kv_capacity(predictor, cfg.hardware, cfg.engine, cfg.model.name, cfg.scheduler.block_size)  # fits?
+    out = []
+    for values in batches:
+        batch = batch_from(values)
+        t = predictor.step(batch)
+        tokens_out = batch.sampled_tokens
+        out.append({**values, **t.as_dict(), "tokens_per_step": tokens_out,
+                    "time_per_token_s": t.total_s / max(1, tokens_out) if tokens_out else None,
+                    "hardware": cfg.hardware.name, "model": cfg.model.name, "engine": cfg.engine.name,
+                    "tp": cfg.parallel.tp, "pp": cfg.parallel.pp})
+    return out
+
+
+@guarded
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    argv = sys.argv[1:] if argv is None else argv
+    batch: dict[str, Any] = {}
+    queries = None
+    overrides = []
+    for a in argv:
+        if "=" not in a:
+            fail(f"argument {a!r} is not KEY=VALUE")
+        key, value = a.split("=", 1)
+        if key.startswith("batch."):
+            try:
+                batch[key[6:]] = json.loads(value)
+            except json.JSONDecodeError:
+                batch[key[6:]] = value
+        elif key == "queries":
+            queries = value
+        else:
+            overrides.append(a)
+    cfg_map = compose_config(overrides)
+    if queries:
+        path = Path(queries)
+        if not path.is_file():
+            fail(f"queries={queries!r}: no such file")
+        batches = []
+        for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    fail(f"{path.name} line {lineno}: not valid JSON ({exc.msg})")
+                if not isinstance(row, dict):
+                    fail(f"{path.name} line {lineno}: expected a JSON object of batch fields")
+                batches.append(row)
+    else:
+        batches = [batch]
+    results = predict(cfg_map, batches)
+    for r in results:
+        print(json.dumps(r))
+    return results
+
+
+if __name__ == "__main__":
+    main()
