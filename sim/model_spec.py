@@ -134,10 +134,12 @@ class ModelSpec:
 
 
 def model_from_mapping(values: Mapping[str, Any]) -> ModelSpec:
-    """Build a :class:`ModelSpec` from a config mapping; ``path`` loads a local HF config.json first.
+    """Build a :class:`ModelSpec` from a config mapping; ``path`` loads a local HF config.json.
 
-    Fields given explicitly in ``values`` override those read from the file, so
-    ``model.path=/x/config.json model.num_hidden_layers=4`` works.
+    With ``path`` (use the ``model=hf_config`` preset, whose shape fields are all null), the
+    file's fields are read first and every non-null field of ``values`` overrides them, so
+    ``model=hf_config model.path=/x/config.json model.num_hidden_layers=4`` works. A named
+    preset combined with ``path`` is refused: its typed-in shape would silently win.
     """
     values = dict(values)
     path = values.pop("path", None)
@@ -145,14 +147,15 @@ def model_from_mapping(values: Mapping[str, Any]) -> ModelSpec:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"model has unknown field(s) {unknown}; allowed: {sorted(known | {'path'})}")
-    base: dict[str, Any] = {}
     if path:
-        base = load_hf_config(path)
-    # Explicit YAML values are defaults when a path is given; the file wins for shape fields
-    # unless the user overrides them on the command line (Hydra merges those into ``values``).
-    merged = {**values, **base} if path else dict(values)
-    if path and "name" not in base:
-        merged["name"] = values.get("name") or Path(str(path)).parent.name or "hf_model"
+        if values.get("name") not in (None, "hf_config"):
+            raise ConfigError(f"model.path={str(path)!r} needs model=hf_config (the {values.get('name')} preset's "
+                              f"fields would override the file); use: model=hf_config model.path=...")
+        merged = load_hf_config(path)
+        merged.setdefault("name", Path(str(path)).parent.name or "hf_model")
+        merged.update({k: v for k, v in values.items() if v is not None and k != "name"})
+    else:
+        merged = {k: v for k, v in values.items() if v is not None}
     missing = [f.name for f in fields(ModelSpec) if f.name not in merged and f.default is _MISSING]
     if missing:
         raise ConfigError(f"model is missing field(s) {missing}")
@@ -173,6 +176,8 @@ def load_hf_config(path: str | Path) -> dict[str, Any]:
         raw = json.loads(p.read_text())
     except json.JSONDecodeError as exc:
         raise ConfigError(f"model.path={str(path)!r}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"model.path={str(path)!r}: config.json must hold a JSON object, not {type(raw).__name__}")
     if "text_config" in raw and "hidden_size" not in raw:
         raw = raw["text_config"]
     out: dict[str, Any] = {}

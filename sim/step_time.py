@@ -131,7 +131,10 @@ class StepTimePredictor:
     def weight_bytes_per_gpu(self, stage: int = 0) -> float:
         """Weights one GPU of ``stage`` holds: its layers' shard plus embedding/LM head shards."""
         m, wb = self.model, self.precision.weight_bytes
-        per_layer = (m.attention_params_per_layer + m.mlp_params_per_layer) / self.tp + m.norm_params_per_layer
+        h, hd = m.hidden_size, m.head_dim
+        # K/V projections are replicated when tp exceeds the KV heads (each rank keeps one).
+        attention = h * (self.heads_per_gpu * hd + 2 * self.kv_heads_per_gpu * hd) + self.heads_per_gpu * hd * h
+        per_layer = attention + m.mlp_params_per_layer / self.tp + m.norm_params_per_layer
         total = self.stage_layers[stage] * per_layer
         if stage == 0:
             total += m.embedding_params / self.tp

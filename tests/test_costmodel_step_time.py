@@ -281,10 +281,6 @@ def test_kv_per_gpu_shards_and_replicates_kv_heads():
     assert p16.kv_bytes_per_token_per_gpu() == full / 8
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="BUG: weight_bytes_per_gpu divides the K/V projection weights by tp even "
-                                       "when tp > num_key_value_heads, where each rank holds a replicated KV head "
-                                       "(kv_heads_per_gpu = max(1, nkv // tp)) and the step streams those "
-                                       "replicated weights; the memory footprint is underestimated")
 def test_weight_bytes_count_replicated_kv_heads():
     m = load_model("llama3_8b")
     fab = Fabric(topologies.hgx_node(16), ENGINE)

@@ -125,26 +125,20 @@ def test_bad_queries_line_is_one_line_error(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error:") and "line 2" in lines[0]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="BUG: model.path pointing at a config.json whose top level is not a JSON "
-                                       "object crashes with an AttributeError traceback (load_hf_config calls "
-                                       "raw.get on a list) instead of a one-line 'error:'")
 def test_non_object_hf_config_is_one_line_error(tmp_path):
     cfg = tmp_path / "config.json"
     cfg.write_text("[1, 2, 3]")
-    proc = steptime(f"model.path={cfg}", "parallel.tp=1")
+    proc = steptime("model=hf_config", f"model.path={cfg}", "parallel.tp=1")
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="BUG: 'model.path=CONFIG model.num_hidden_layers=4' is documented to work "
-                                       "(sim.model_spec.model_from_mapping docstring) but the config.json always "
-                                       "wins over explicit fields, so the override is silently ignored")
 def test_cli_field_override_on_top_of_hf_config(tmp_path):
     cfg = {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
            "intermediate_size": 14336, "vocab_size": 128256}
     p = tmp_path / "config.json"
     p.write_text(json.dumps(cfg))
-    (full,) = ok_lines(steptime(f"model.path={p}", "parallel.tp=1"))
-    (small,) = ok_lines(steptime(f"model.path={p}", "model.num_hidden_layers=4", "parallel.tp=1"))
+    (full,) = ok_lines(steptime("model=hf_config", f"model.path={p}", "parallel.tp=1"))
+    (small,) = ok_lines(steptime("model=hf_config", f"model.path={p}", "model.num_hidden_layers=4", "parallel.tp=1"))
     assert small["total_s"] < 0.5 * full["total_s"]
