@@ -10,21 +10,41 @@ import json
 import os
 from pathlib import Path
 
+import sys
+
 import hydra
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+
+from topologies import TopologyError
+from workloads import WorkloadError
 
 from .app import run
 from .cli import guarded
+from .errors import ConfigError
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
-@guarded
 def main(cfg: DictConfig) -> None:
-    out = Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
+    hc = hydra.core.hydra_config.HydraConfig.get()
+    out = Path(hc.runtime.output_dir)
+    if hc.mode == RunMode.MULTIRUN:
+        # In a sweep an impossible point (e.g. a model that does not fit at tp=2) is recorded
+        # in its job directory as error.txt and the sweep goes on.
+        try:
+            _run(cfg, out)
+        except (ConfigError, TopologyError, WorkloadError) as exc:
+            message = str(exc).splitlines()[0]
+            (out / "error.txt").write_text(message + "\n")
+            sys.stderr.write(f"error: {message}\n")
+        return
+    guarded(_run)(cfg, out)
+
+
+def _run(cfg: DictConfig, out: Path) -> None:
     try:
         container = OmegaConf.to_container(cfg, resolve=True)
     except Exception as exc:  # interpolation errors from user overrides
-        from .errors import ConfigError
         raise ConfigError(f"config could not be resolved: {str(exc).splitlines()[0]}") from None
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     summary = run(container, out)
