@@ -7,7 +7,6 @@ summary's headline numbers as one JSON line.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import sys
@@ -22,6 +21,7 @@ from workloads import WorkloadError
 from .app import run
 from .cli import guarded
 from .errors import ConfigError
+from .presets import check_group_choices
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
@@ -55,5 +55,5 @@ def _run(cfg: DictConfig, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    guarded(check_group_choices)(sys.argv[1:])
     main()

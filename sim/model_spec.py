@@ -147,6 +147,8 @@ def model_from_mapping(values: Mapping[str, Any]) -> ModelSpec:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"model has unknown field(s) {unknown}; allowed: {sorted(known | {'path'})}")
+    if path == "???":
+        raise ConfigError("model=hf_config needs model.path=/path/to/config.json")
     if path:
         if values.get("name") not in (None, "hf_config"):
             raise ConfigError(f"model.path={str(path)!r} needs model=hf_config (the {values.get('name')} preset's "

@@ -54,3 +54,22 @@ def load_model(name: str) -> ModelSpec:
 
 def load_engine(name: str) -> EngineProfile:
     return engine_from_mapping(load_preset("engine", name))
+
+
+GROUPS = ("hardware", "model", "engine", "topology", "parallel", "network", "workload", "scheduler")
+
+
+def check_group_choices(overrides: list[str], conf_dir: Path = CONF_DIR) -> None:
+    """Reject ``group=name`` overrides naming a preset that does not exist (one line).
+
+    Hydra reports these itself, over many lines; checking first keeps the one-line rule.
+    Sweep lists (``group=a,b``) are checked element by element.
+    """
+    for arg in overrides:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        if not sep or key not in GROUPS:
+            continue
+        for name in value.split(","):
+            name = name.strip()
+            if name and not (conf_dir / key / f"{name}.yaml").is_file():
+                raise ConfigError(f"{key}={name!r} is not a known preset; allowed: {preset_names(key, conf_dir)}")

@@ -24,7 +24,7 @@ from .config import parse_config
 from .errors import ConfigError
 from .fabric import Fabric
 from .kv_cache import kv_capacity
-from .presets import CONF_DIR
+from .presets import CONF_DIR, check_group_choices
 
 BATCH_FIELDS = {"size": 1, "context_len": 1024, "new_tokens": 1, "phase": "decode", "prompt_len": 1024}
 
@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             queries = value
         else:
             overrides.append(a)
+    check_group_choices(overrides)
     cfg_map = compose_config(overrides)
     if queries:
         path = Path(queries)
