@@ -25,10 +25,14 @@ whose hops are identical the replay reduces to the closed form
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
+
 from .errors import require
+from .vec import vmax
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,11 @@ class PairPath:
     """Cost view of the route between two GPUs: its hops as (edge, latency_s, bandwidth_Bps)."""
 
     hops: tuple[tuple[object, float, float], ...]
+
+    @property
+    def signature(self) -> tuple[tuple[float, float], ...]:
+        """Per-hop (latency, bandwidth) without the edge names: equal for equivalent paths."""
+        return tuple((h[1], h[2]) for h in self.hops)
 
     @property
     def latency_s(self) -> float:
@@ -58,8 +67,8 @@ class PairPath:
         """
         head = tail = start_s
         for edge, lat, bw in self.hops:
-            begin = max(head, link_free.get(edge, 0.0))
-            end = max(begin + nbytes / bw, tail)
+            begin = vmax(head, link_free.get(edge, 0.0))
+            end = vmax(begin + nbytes / bw, tail)
             link_free[edge] = end
             head, tail = begin + lat, end + lat
         return tail
@@ -69,12 +78,16 @@ def ring_schedule_s(ring: Sequence[PairPath], chunk_bytes: float, steps: int) ->
     """Completion time of ``steps`` ring steps; ``ring[r]`` is the path from rank r to r+1."""
     n = len(ring)
     if n <= 1 or steps == 0:
-        return 0.0
+        return 0.0 * chunk_bytes
+    if len({p.signature for p in ring}) == 1:
+        # Identical hops everywhere: every rank receives each step's chunk one message time
+        # after sending its own, and a first hop always frees before the next send.
+        return steps * ring[0].message_s(chunk_bytes)
     arrival = [0.0] * n       # when rank r's chunk of the current step reached rank r+1
     link_free: dict = {}
     for step in range(steps):
         arrival = [ring[r].send(arrival[r - 1] if step > 0 else 0.0, chunk_bytes, link_free) for r in range(n)]
-    return max(arrival)
+    return functools.reduce(vmax, arrival)
 
 
 def oneshot_schedule_s(paths: Sequence[Sequence[PairPath]], nbytes: float) -> float:
@@ -84,10 +97,12 @@ def oneshot_schedule_s(paths: Sequence[Sequence[PairPath]], nbytes: float) -> fl
     to meet on a link (true through a switch when rank r sends to r+1, r+2, ... in turn).
     """
     done = 0.0
+    if len({tuple(p.signature for p in row) for row in paths}) == 1:
+        paths = paths[:1]  # every rank's schedule is the same: compute one
     for row in paths:
         link_free: dict = {}
         for p in row:
-            done = max(done, p.send(0.0, nbytes, link_free))
+            done = vmax(done, p.send(0.0, nbytes, link_free))
     return done
 
 
@@ -128,9 +143,18 @@ class GroupCollectives:
             return "oneshot"
         return "oneshot" if nbytes <= self.oneshot_max_bytes else "ring"
 
-    def allreduce_s(self, nbytes: float) -> float:
+    def allreduce_s(self, nbytes):
+        """All-reduce of ``nbytes`` per rank (a float, or a numpy array of sizes)."""
         if self.n <= 1:
-            return 0.0
+            return 0.0 * nbytes
+        if isinstance(nbytes, np.ndarray):
+            ring = ring_schedule_s(self.ring_paths, nbytes / self.n, 2 * (self.n - 1))
+            if self.algorithm == "ring" or not self.oneshot_ok:
+                return ring + self.software_s
+            oneshot = oneshot_schedule_s(self.oneshot_paths, nbytes)
+            if self.algorithm == "oneshot":
+                return oneshot + self.software_s
+            return np.where(nbytes <= self.oneshot_max_bytes, oneshot, ring) + self.software_s
         algo = self.allreduce_algorithm(nbytes)
         key = (algo, nbytes)
         t = self._cache.get(key)
@@ -143,10 +167,12 @@ class GroupCollectives:
             self._cache[key] = t
         return t
 
-    def allgather_s(self, nbytes: float) -> float:
-        """Ring all-gather where each rank contributes ``nbytes``."""
+    def allgather_s(self, nbytes):
+        """Ring all-gather where each rank contributes ``nbytes`` (float or numpy array)."""
         if self.n <= 1:
-            return 0.0
+            return 0.0 * nbytes
+        if isinstance(nbytes, np.ndarray):
+            return ring_schedule_s(self.ring_paths, nbytes, self.n - 1) + self.software_s
         key = ("allgather", nbytes)
         t = self._cache.get(key)
         if t is None:

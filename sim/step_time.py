@@ -27,6 +27,7 @@ from .errors import require
 from .hardware import HardwareSpec
 from .model_spec import ModelSpec
 from .precision import Precision
+from .vec import vmax, vmin, vwhere
 
 
 @dataclass(frozen=True)
@@ -84,11 +85,17 @@ class StageWork:
                 + list(self.post_collectives))
 
 
-def soft_roofline(t_compute: float, t_memory: float, sharpness: float) -> tuple[float, float]:
-    """Split ``(t_c^p + t_m^p)^(1/p)`` into arithmetic and memory shares (sum = that time)."""
-    if t_compute <= 0.0 and t_memory <= 0.0:
-        return 0.0, 0.0
-    hi = max(t_compute, t_memory)
+def soft_roofline(t_compute, t_memory, sharpness: float):
+    """Split ``(t_c^p + t_m^p)^(1/p)`` into arithmetic and memory shares (sum = that time).
+
+    Works on floats and on numpy arrays alike.
+    """
+    if isinstance(t_compute, np.ndarray) or isinstance(t_memory, np.ndarray):
+        hi = np.maximum(np.maximum(t_compute, t_memory), 1e-300)
+    else:
+        if t_compute <= 0.0 and t_memory <= 0.0:
+            return 0.0, 0.0
+        hi = max(t_compute, t_memory)
     a, b = (t_compute / hi) ** sharpness, (t_memory / hi) ** sharpness
     total = hi * (a + b) ** (1.0 / sharpness)
     return total * a / (a + b), total * b / (a + b)
@@ -163,14 +170,14 @@ class StepTimePredictor:
         kv = b.kv_tokens_read * 2.0 * self.kv_heads_per_gpu * hd * self.precision.kv_bytes
         qo = 2.0 * b.new_tokens * self.heads_per_gpu * hd * self.precision.activation_bytes
         blocks = b.query_blocks * self.heads_per_gpu
-        occupancy = min(1.0, blocks / (e.attention_ctas_per_sm * self.hardware.sm_count))
+        occupancy = vmin(1.0, blocks / (e.attention_ctas_per_sm * self.hardware.sm_count))
         t_c = flops / (self._peak_attn * e.attention_compute_efficiency)
         t_m = kv / (self._bw * occupancy) + qo / self._bw
         return soft_roofline(t_c, t_m, e.roofline_sharpness)
 
     def _layer(self, b: BatchShape) -> tuple[float, float]:
         """Arithmetic and memory seconds of one decoder layer on one GPU."""
-        m, tp, M = self.model, self.tp, float(b.new_tokens)
+        m, tp, M = self.model, self.tp, b.new_tokens * 1.0
         h, hd = m.hidden_size, m.head_dim
         q_cols = self.heads_per_gpu * hd
         kv_cols = self.kv_heads_per_gpu * hd
@@ -208,16 +215,17 @@ class StepTimePredictor:
                 pre.append(Collective("allreduce", b.new_tokens * m.hidden_size * act))
         if stage == self.pp - 1:
             head_tokens = b.new_tokens if e.lm_head_all_prompt_tokens else b.sampled_tokens
-            if head_tokens > 0:
+            if isinstance(head_tokens, np.ndarray) or head_tokens > 0:
                 c, mm = self._matmul(head_tokens, m.hidden_size, m.vocab_size / self.tp)
-                compute, memory = compute + c, memory + mm
+                compute = compute + vwhere(head_tokens > 0, c, 0.0)
+                memory = memory + vwhere(head_tokens > 0, mm, 0.0)
                 if self.tp > 1:
                     post.append(Collective("allgather", head_tokens * m.vocab_size / self.tp * act))
         kernels = layers * e.kernels_per_layer + e.kernels_per_step
         fixed = kernels * e.kernel_overhead_us * 1e-6 + e.step_overhead_us * 1e-6
         if not e.cuda_graphs:
             host = kernels * e.host_launch_us * 1e-6
-            fixed += max(0.0, host - (compute + memory + fixed))
+            fixed = fixed + vmax(0.0, host - (compute + memory + fixed))
         per_layer = (Collective("allreduce", b.new_tokens * m.hidden_size * act),) * 2 if self.tp > 1 else ()
         return StageWork(StepTime(compute, memory, 0.0, fixed), layers, per_layer, tuple(pre), tuple(post))
 
