@@ -94,14 +94,26 @@ def build_cluster(cfg: RunConfig) -> ClusterPlan:
     return ClusterPlan(graph, fabric, replicas)
 
 
+def tp_groups(ranks: list[str], tp_cols: int) -> dict[str, list[list[str]]]:
+    """Rank groups of one stage: the whole TP group, and the row/column groups of a 2-D grid
+    (rows = consecutive ranks, inside a node when they fit; cols = strided ranks)."""
+    groups = {"tp": [list(ranks)]}
+    if tp_cols > 1:
+        rows = len(ranks) // tp_cols
+        groups["rows"] = [list(ranks[c * rows:(c + 1) * rows]) for c in range(tp_cols)]
+        groups["cols"] = [list(ranks[r::rows]) for r in range(rows)]
+    return groups
+
+
 def make_predictor(cfg: RunConfig, fabric: Fabric, stage_gpus: list[list[str]]) -> StepTimePredictor:
-    comm = [fabric.group(g) for g in stage_gpus]
+    comm = [{tag: fabric.group(gs[0]) for tag, gs in tp_groups(g, cfg.parallel.tp_cols).items()}
+            for g in stage_gpus]
 
     def pp_send_s(stage: int, nbytes: float) -> float:
         return fabric.send_s(stage_gpus[stage][0], stage_gpus[stage + 1][0], nbytes)
 
     return StepTimePredictor(cfg.model, cfg.hardware, cfg.engine, cfg.precision, cfg.parallel.tp,
-                             cfg.parallel.pp, comm, pp_send_s)
+                             cfg.parallel.pp, comm, pp_send_s, tp_cols=cfg.parallel.tp_cols)
 
 
 def load_workload(cfg: RunConfig) -> workloads.RequestTable:

@@ -38,6 +38,7 @@ class ParallelConfig:
     tp: int = 8
     pp: int = 1
     dp: int = 1
+    tp_cols: int = 1
     router: str = "least_outstanding_tokens"
 
     def __post_init__(self) -> None:
@@ -45,6 +46,8 @@ class ParallelConfig:
             v = getattr(self, f)
             require(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
                     f"parallel.{f}={v!r} must be an integer >= 1")
+        require(isinstance(self.tp_cols, int) and self.tp_cols >= 1 and self.tp % self.tp_cols == 0,
+                f"parallel.tp_cols={self.tp_cols!r} must be an integer >= 1 dividing parallel.tp={self.tp}")
         require(self.router in ROUTERS, f"parallel.router={self.router!r} is not one of {list(ROUTERS)}")
 
     @property

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 
 import simpy
 
+from .build import tp_groups
 from .scheduler import ContinuousBatcher, StepPlan
 from .step_time import StepTime, StepTimePredictor
 
@@ -25,11 +26,12 @@ from .step_time import StepTime, StepTimePredictor
 class Replica:
     def __init__(self, env: simpy.Environment, index: int, predictor: StepTimePredictor,
                  batcher: ContinuousBatcher, network, stage_gpus: Sequence[Sequence[str]],
-                 on_step: Callable, on_tokens: Callable) -> None:
+                 on_step: Callable, on_tokens: Callable, tp_cols: int = 1) -> None:
         self.env, self.index = env, index
         self.predictor, self.batcher, self.network = predictor, batcher, network
         self.stage_gpus = [tuple(g) for g in stage_gpus]
         self.stages = [simpy.Resource(env, capacity=1) for _ in self.stage_gpus]
+        self.groups = [tp_groups(list(g), tp_cols) for g in self.stage_gpus]
         self.pp = len(self.stage_gpus)
         self.on_step, self.on_tokens = on_step, on_tokens
         self.inflight: list[simpy.Process] = []
@@ -64,17 +66,22 @@ class Replica:
             t = work.local + StepTime(network_s=self.predictor.network_s(work, s))
             yield self.env.timeout(t.total_s)
             return t
-        ranks = self.stage_gpus[s]
+        groups = self.groups[s]
         per_layer_s = (work.local.total_s) / max(1, work.layers)
         start = self.env.now
+
+        def issue(c):
+            # every row (column) group of a 2-D grid communicates at once
+            return self.env.all_of([net.collective(c.kind, ranks, c.nbytes) for ranks in groups[c.group]])
+
         for c in work.pre_collectives:
-            yield net.collective(c.kind, ranks, c.nbytes)
+            yield issue(c)
         for _ in range(work.layers):
             yield self.env.timeout(per_layer_s)
             for c in work.per_layer_collectives:
-                yield net.collective(c.kind, ranks, c.nbytes)
+                yield issue(c)
         for c in work.post_collectives:
-            yield net.collective(c.kind, ranks, c.nbytes)
+            yield issue(c)
         network = self.env.now - start - work.local.total_s
         return work.local + StepTime(network_s=network)
 

@@ -125,7 +125,8 @@ def simulate(cfg: RunConfig, plan: ClusterPlan, table: workloads.RequestTable) -
     for i, rp in enumerate(plan.replicas):
         pool = KVBlockPool(rp.capacity.tokens // cfg.scheduler.block_size, cfg.scheduler.block_size)
         batcher = ContinuousBatcher(cfg.scheduler, pool, prompt, output)
-        replicas.append(Replica(env, i, rp.predictor, batcher, network, rp.stage_gpus, on_step, on_tokens))
+        replicas.append(Replica(env, i, rp.predictor, batcher, network, rp.stage_gpus, on_step, on_tokens,
+                                cfg.parallel.tp_cols))
     capacity = min(rp.capacity.tokens for rp in plan.replicas)
 
     def source():

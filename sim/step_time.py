@@ -17,7 +17,7 @@ GPU holding that shard would take alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -62,10 +62,15 @@ class CollectiveCost(Protocol):
 
 @dataclass(frozen=True)
 class Collective:
-    """A collective the step issues: ``kind`` in {allreduce, allgather}, bytes per rank's buffer."""
+    """A collective the step issues: ``kind`` in {allreduce, allgather}, bytes per rank's buffer.
+
+    ``group`` names which ranks take part: ``tp`` (the whole tensor-parallel group), or under
+    2-D tensor parallelism ``rows`` / ``cols`` (every row or column group of the grid at once).
+    """
 
     kind: str
     nbytes: float
+    group: str = "tp"
 
 
 @dataclass(frozen=True)
@@ -112,7 +117,7 @@ class StepTimePredictor:
 
     def __init__(self, model: ModelSpec, hardware: HardwareSpec, engine: EngineProfile,
                  precision: Precision, tp: int = 1, pp: int = 1,
-                 comm: CollectiveCost | Sequence[CollectiveCost] | None = None, pp_send_s=None) -> None:
+                 comm=None, pp_send_s=None, tp_cols: int = 1) -> None:
         require(model.num_attention_heads % tp == 0,
                 f"parallel.tp={tp} must divide model.num_attention_heads={model.num_attention_heads} ({model.name})")
         require(model.num_key_value_heads % tp == 0 or tp % model.num_key_value_heads == 0,
@@ -122,10 +127,14 @@ class StepTimePredictor:
         require(1 <= pp <= model.num_hidden_layers,
                 f"parallel.pp={pp} must be between 1 and model.num_hidden_layers={model.num_hidden_layers}")
         require(tp == 1 or comm is not None, "tensor parallelism needs a collective cost model")
+        require(tp_cols >= 1 and tp % tp_cols == 0, f"parallel.tp_cols={tp_cols} must divide parallel.tp={tp}")
         self.model, self.hardware, self.engine, self.precision = model, hardware, engine, precision
-        self.tp, self.pp = tp, pp
-        # One collective cost model per pipeline stage (stages may sit on different nodes).
-        self.comm = list(comm) if isinstance(comm, (list, tuple)) else [comm] * pp
+        self.tp, self.pp, self.tp_cols = tp, pp, tp_cols
+        self.tp_rows = tp // tp_cols
+        # Per pipeline stage (stages may sit on different nodes), a mapping from group tag
+        # ("tp", and "rows"/"cols" under 2-D TP) to that group's collective cost model.
+        stages = list(comm) if isinstance(comm, (list, tuple)) else [comm] * pp
+        self.comm = [c if (c is None or isinstance(c, dict)) else {"tp": c} for c in stages]
         self.pp_send_s = pp_send_s
         self.stage_layers = split_layers(model.num_hidden_layers, pp)
         self._peak = hardware.peak_flops(precision.compute_format)
@@ -226,7 +235,16 @@ class StepTimePredictor:
         if not e.cuda_graphs:
             host = kernels * e.host_launch_us * 1e-6
             fixed = fixed + vmax(0.0, host - (compute + memory + fixed))
-        per_layer = (Collective("allreduce", b.new_tokens * m.hidden_size * act),) * 2 if self.tp > 1 else ()
+        per_layer: tuple[Collective, ...] = ()
+        if self.tp > 1 and self.tp_cols == 1:
+            # 1-D (Megatron) TP: all-reduce after attention and after the MLP.
+            per_layer = (Collective("allreduce", b.new_tokens * m.hidden_size * act),) * 2
+        elif self.tp > 1:
+            # 2-D TP on a rows x cols grid: each of the four serial matmuls is followed by an
+            # all-reduce of its 1/(other axis) slice of the activations over one axis.
+            row = Collective("allreduce", b.new_tokens * m.hidden_size * act / self.tp_cols, "rows")
+            col = Collective("allreduce", b.new_tokens * m.hidden_size * act / self.tp_rows, "cols")
+            per_layer = (row, col, row, col)
         return StageWork(StepTime(compute, memory, 0.0, fixed), layers, per_layer, tuple(pre), tuple(post))
 
     def network_s(self, work: StageWork, stage: int = 0) -> float:
@@ -235,10 +253,11 @@ class StepTimePredictor:
             return 0.0
         total = 0.0
         for c in work.collectives:
+            group = comm[c.group]
             if c.kind == "allreduce":
-                total += comm.allreduce_s(c.nbytes)
+                total = total + group.allreduce_s(c.nbytes)
             elif c.kind == "allgather":
-                total += comm.allgather_s(c.nbytes)
+                total = total + group.allgather_s(c.nbytes)
         return total * (1.0 - self.engine.network_overlap)
 
     def stage(self, b: BatchShape, stage: int = 0) -> StepTime:

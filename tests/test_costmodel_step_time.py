@@ -317,7 +317,7 @@ def test_tp_without_comm_is_config_error():
 
 def test_network_is_the_sum_of_the_step_collectives():
     p = make("llama3_70b", tp=8)
-    m, g = p.model, p.comm[0]
+    m, g = p.model, p.comm[0]["tp"]
     b = BatchShape.decode(4, 1024)
     t = p.stage(b)
     act = 4 * m.hidden_size * 2.0
