@@ -14,7 +14,10 @@ Algorithms (n ranks, ``S`` bytes per rank's buffer):
 * one-shot all-reduce: every rank sends its whole buffer to every other rank, in the order
   ``r+1, r+2, ...``, and reduces locally (the reduction's own time is neglected);
 * ring all-gather: ``n-1`` steps of ``S`` bytes (``S`` = each rank's contribution);
-* send/recv: one message.
+* send/recv: one message;
+* ``nccl_model``: NCCL's own tuning-model formula (:func:`nccl_model_s`), the cheapest of the
+  LL/LL128/Simple protocols per message, as Epoch AI's model uses it. It is a formula, not a
+  message schedule: under message fidelity it is one timed event on no link.
 
 :func:`ring_schedule_s` and :func:`oneshot_schedule_s` replay exactly the message schedule
 that the per-message network simulates (:mod:`sim.network`), assuming messages of one
@@ -106,6 +109,38 @@ def oneshot_schedule_s(paths: Sequence[Sequence[PairPath]], nbytes: float) -> fl
     return done
 
 
+# NCCL's own latency model (src/graph/tuning.cc, quoted in NVIDIA/nccl#1334; published_numbers.md
+# section 2.1) as used by Epoch AI's inference-economics model (section 5.2): per protocol, the
+# base latency, the per-hop latency inside a node (NVLink) and across nodes (network), in us,
+# and the fraction of link bandwidth the protocol achieves.
+NCCL_PROTOCOLS = {
+    "LL": (6.8, 0.6, 5.0, 0.5),
+    "LL128": (14.0, 1.25, 8.5, 0.95),
+    "Simple": (0.0, 28.0, 28.0, 1.0),
+}
+
+
+def nccl_model_s(kind: str, n: int, ranks_per_node: int, nodes: int, nbytes, bandwidth_Bps: float,
+                 latency_scale: float = 1.0):
+    """NCCL-tuning-model time of an all-reduce/all-gather, cheapest protocol per message.
+
+    Latency ``base + m((ranks_per_node - 1) hop_nvlink + log2(nodes) hop_net)`` with
+    ``m = 2`` for all-reduce and 1 for all-gather, times ``latency_scale``; bandwidth
+    ``m (n-1)/n S / (bandwidth x protocol factor)`` (``S`` = the full buffer for all-reduce,
+    ``n`` contributions of ``nbytes`` for all-gather).
+    """
+    import math
+
+    m = 2.0 if kind == "allreduce" else 1.0
+    total = nbytes if kind == "allreduce" else nbytes * n
+    best = None
+    for base, hop_nv, hop_net, factor in NCCL_PROTOCOLS.values():
+        lat = (base + m * ((ranks_per_node - 1) * hop_nv + math.log2(nodes) * hop_net)) * 1e-6 * latency_scale
+        t = lat + m * (n - 1) / n * total / (bandwidth_Bps * factor)
+        best = t if best is None else (np.minimum(best, t) if isinstance(t, np.ndarray) else min(best, t))
+    return best
+
+
 def ring_allreduce_closed_form_s(n: int, nbytes: float, alpha_s: float, beta_Bps: float,
                                  software_s: float = 0.0) -> float:
     """Textbook ring all-reduce: ``software + 2(n-1) (alpha + S/(n beta))``."""
@@ -126,7 +161,8 @@ class GroupCollectives:
 
     def __init__(self, ring_paths: Sequence[PairPath], oneshot_paths: Sequence[Sequence[PairPath]],
                  software_s: float, algorithm: str = "auto", oneshot_max_bytes: float = 512 * 1024,
-                 oneshot_ok: bool = True) -> None:
+                 oneshot_ok: bool = True, ranks_per_node: int = 1, nodes: int = 1,
+                 latency_scale: float = 1.0) -> None:
         self.n = len(ring_paths)
         self.ring_paths = tuple(ring_paths)
         self.oneshot_paths = tuple(tuple(row) for row in oneshot_paths)
@@ -134,9 +170,16 @@ class GroupCollectives:
         self.algorithm = algorithm
         self.oneshot_max_bytes = oneshot_max_bytes
         self.oneshot_ok = oneshot_ok
+        self.ranks_per_node, self.nodes, self.latency_scale = ranks_per_node, nodes, latency_scale
         self._cache: dict[tuple[str, float], float] = {}
 
+    def nccl_model_s(self, kind: str, nbytes):
+        bw = min(p.bandwidth_Bps for p in self.ring_paths)
+        return nccl_model_s(kind, self.n, self.ranks_per_node, self.nodes, nbytes, bw, self.latency_scale)
+
     def allreduce_algorithm(self, nbytes: float) -> str:
+        if self.algorithm == "nccl_model":
+            return "nccl_model"
         if self.algorithm == "ring" or not self.oneshot_ok:
             return "ring"
         if self.algorithm == "oneshot":
@@ -147,6 +190,8 @@ class GroupCollectives:
         """All-reduce of ``nbytes`` per rank (a float, or a numpy array of sizes)."""
         if self.n <= 1:
             return 0.0 * nbytes
+        if self.algorithm == "nccl_model":
+            return self.nccl_model_s("allreduce", nbytes) + self.software_s
         if isinstance(nbytes, np.ndarray):
             ring = ring_schedule_s(self.ring_paths, nbytes / self.n, 2 * (self.n - 1))
             if self.algorithm == "ring" or not self.oneshot_ok:
@@ -171,6 +216,8 @@ class GroupCollectives:
         """Ring all-gather where each rank contributes ``nbytes`` (float or numpy array)."""
         if self.n <= 1:
             return 0.0 * nbytes
+        if self.algorithm == "nccl_model":
+            return self.nccl_model_s("allgather", nbytes) + self.software_s
         if isinstance(nbytes, np.ndarray):
             return ring_schedule_s(self.ring_paths, nbytes, self.n - 1) + self.software_s
         key = ("allgather", nbytes)

@@ -64,8 +64,9 @@ class EngineProfile:
             v = getattr(self, f)
             require(v >= 0.0, f"engine.{f}={v!r} must be >= 0")
         require(self.attention_ctas_per_sm > 0, f"engine.attention_ctas_per_sm={self.attention_ctas_per_sm!r} must be > 0")
-        require(self.allreduce_algorithm in ("auto", "ring", "oneshot"),
-                f"engine.allreduce_algorithm={self.allreduce_algorithm!r} is not one of ['auto', 'ring', 'oneshot']")
+        algorithms = ("auto", "ring", "oneshot", "nccl_model")
+        require(self.allreduce_algorithm in algorithms,
+                f"engine.allreduce_algorithm={self.allreduce_algorithm!r} is not one of {list(algorithms)}")
 
 
 def engine_from_mapping(values: Mapping[str, Any]) -> EngineProfile:

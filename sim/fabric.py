@@ -25,6 +25,7 @@ class Fabric:
         # network.latency_scale scales the whole per-message latency: link hops (already in
         # ``graph``) and the collective's software latency.
         self.software_s = engine.collective_software_us * 1e-6 * software_latency_scale
+        self.latency_scale = software_latency_scale
         self.paths = PathTable(graph)
         self.engine = engine
         self.oneshot_capable = oneshot_capable
@@ -60,8 +61,11 @@ class Fabric:
             ring = [self.pair(key[r], key[(r + 1) % n]) for r in range(n)] if n > 1 else []
             oneshot = [[self.pair(key[r], key[(r + k) % n]) for k in range(1, n)] for r in range(n)] if n > 1 else []
             e = self.engine
+            servers = [self.graph.nodes[r]["server"] for r in key]
+            per_node = max(servers.count(s) for s in set(servers))
             g = GroupCollectives(ring, oneshot, self.software_s, e.allreduce_algorithm,
-                                 e.oneshot_max_bytes, self.oneshot_capable and self.same_server(key))
+                                 e.oneshot_max_bytes, self.oneshot_capable and self.same_server(key),
+                                 ranks_per_node=per_node, nodes=len(set(servers)), latency_scale=self.latency_scale)
             self._groups[key] = g
         return g
 

@@ -139,6 +139,10 @@ class MessageNetwork:
         def proc():
             if n <= 1:
                 return
+            if group.algorithm == "nccl_model":
+                # NCCL's tuning formula is not a message schedule: one timed event on no link.
+                yield self.env.timeout(group.allreduce_s(nbytes) if kind == "allreduce" else group.allgather_s(nbytes))
+                return
             yield from self._software()
             if kind == "allreduce":
                 if group.allreduce_algorithm(nbytes) == "ring":
