@@ -27,15 +27,15 @@ def run(cfg_mapping: Mapping[str, Any], out_dir: str | Path) -> dict[str, Any]:
         write_table(result.requests, out / "requests.parquet")
         write_table(result.steps, out / "steps.parquet")
     summary = summarize(result.requests, result.steps, gpus=result.gpus, usd_per_gpu_hour=cfg.hardware.usd_per_hour,
-                        gpus_per_replica=cfg.parallel.gpus_per_replica, replica_busy_s=result.replica_busy_s,
+                        gpu_busy_s=result.gpu_busy_s,
                         wall_s=result.wall_s, events=result.events)
     cap = plan.replicas[0].capacity
     summary["config"] = {
         "hardware": cfg.hardware.name, "model": cfg.model.name, "engine": cfg.engine.name,
         "tp": cfg.parallel.tp, "pp": cfg.parallel.pp, "dp": cfg.parallel.dp,
         "fidelity": cfg.network.fidelity, "latency_scale": cfg.network.latency_scale,
-        "bandwidth_scale": cfg.network.bandwidth_scale, "workload": cfg.workload.path or cfg.workload.trace
-        if cfg.workload.source != "synthetic" else "synthetic",
+        "bandwidth_scale": cfg.network.bandwidth_scale,
+        "workload": cfg.workload.path or ("synthetic" if cfg.workload.source == "synthetic" else cfg.workload.trace),
     }
     summary["memory"] = {"weights_GB_per_gpu": cap.weights_GB_per_gpu, "kv_GB_per_gpu": cap.kv_GB_per_gpu,
                          "kv_capacity_tokens_per_replica": cap.tokens}

@@ -77,20 +77,32 @@ class PairPath:
         return tail
 
 
-def ring_schedule_s(ring: Sequence[PairPath], chunk_bytes: float, steps: int) -> float:
-    """Completion time of ``steps`` ring steps; ``ring[r]`` is the path from rank r to r+1."""
+def ring_schedule_s(ring: Sequence[PairPath], chunk_bytes, steps: int):
+    """Completion time of ``steps`` ring steps; ``ring[r]`` is the path from rank r to r+1.
+
+    Rank r sends step j's chunk when it has received step j-1's from rank r-1, and a chunk
+    leaves a path no sooner than one bottleneck serialisation after the previous chunk on the
+    same path (FIFO links, cut-through), so with ``c_r = alpha_r + S/beta_r`` and
+    ``g_r = S/beta_r`` the arrival times obey
+    ``T[r, j] = max(T[r-1, j-1] + c_r, T[r, j-1] + g_r)`` — a max-plus recurrence evaluated for
+    all ranks at once (and for an array of chunk sizes at once).
+    """
     n = len(ring)
     if n <= 1 or steps == 0:
         return 0.0 * chunk_bytes
     if len({p.signature for p in ring}) == 1:
-        # Identical hops everywhere: every rank receives each step's chunk one message time
-        # after sending its own, and a first hop always frees before the next send.
+        # Identical hops everywhere: every step costs one message time.
         return steps * ring[0].message_s(chunk_bytes)
-    arrival = [0.0] * n       # when rank r's chunk of the current step reached rank r+1
-    link_free: dict = {}
-    for step in range(steps):
-        arrival = [ring[r].send(arrival[r - 1] if step > 0 else 0.0, chunk_bytes, link_free) for r in range(n)]
-    return functools.reduce(vmax, arrival)
+    chunk = np.asarray(chunk_bytes, dtype=np.float64)
+    lat = np.array([p.latency_s for p in ring])[:, None]
+    inv_bw = np.array([1.0 / p.bandwidth_Bps for p in ring])[:, None]
+    g = inv_bw * chunk.reshape(1, -1)
+    c = lat + g
+    t = c.copy()
+    for _ in range(steps - 1):
+        t = np.maximum(np.roll(t, 1, axis=0) + c, t + g)
+    done = t.max(axis=0)
+    return float(done[0]) if chunk.ndim == 0 else done
 
 
 def oneshot_schedule_s(paths: Sequence[Sequence[PairPath]], nbytes: float) -> float:

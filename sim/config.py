@@ -19,6 +19,7 @@ from .precision import Precision
 from .presets import hardware_from_mapping
 from .router import ROUTERS
 from .scheduler import SchedulerConfig
+from .typecheck import check_types
 
 
 def _dataclass(cls, values: Mapping[str, Any] | None, group: str):
@@ -27,6 +28,7 @@ def _dataclass(cls, values: Mapping[str, Any] | None, group: str):
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"{group} has unknown field(s) {unknown}; allowed: {sorted(known)}")
+    check_types(cls, values, group)
     try:
         return cls(**values)
     except TypeError as exc:
@@ -112,6 +114,7 @@ class WorkloadConfig:
                 f"workload.source={self.source!r} is not one of ['bundled', 'file', 'synthetic']")
         require(isinstance(self.rate_scale, (int, float)) and self.rate_scale > 0,
                 f"workload.rate_scale={self.rate_scale!r} must be a number > 0")
+        require(self.seed >= 0, f"workload.seed={self.seed!r} must be an integer >= 0")
         require(self.max_requests is None or (isinstance(self.max_requests, int) and self.max_requests >= 1),
                 f"workload.max_requests={self.max_requests!r} must be an integer >= 1 or null")
 
@@ -157,5 +160,11 @@ def parse_config(cfg: Mapping[str, Any]) -> RunConfig:
         workload=_dataclass(WorkloadConfig, cfg.get("workload"), "workload"),
         scheduler=_dataclass(SchedulerConfig, cfg.get("scheduler"), "scheduler"),
         output=_dataclass(OutputConfig, cfg.get("output"), "output"),
-        seed=int(cfg.get("seed", 0)),
+        seed=_seed(cfg.get("seed", 0)),
     )
+
+
+def _seed(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"seed={value!r} must be an integer >= 0")
+    return value

@@ -75,4 +75,6 @@ def engine_from_mapping(values: Mapping[str, Any]) -> EngineProfile:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"engine has unknown field(s) {unknown}; allowed: {sorted(known)}")
+    from .typecheck import check_types
+    check_types(EngineProfile, values, "engine")
     return EngineProfile(**values)

@@ -58,13 +58,16 @@ class Fabric:
         g = self._groups.get(key)
         if g is None:
             n = len(key)
-            ring = [self.pair(key[r], key[(r + 1) % n]) for r in range(n)] if n > 1 else []
-            oneshot = [[self.pair(key[r], key[(r + k) % n]) for k in range(1, n)] for r in range(n)] if n > 1 else []
             e = self.engine
+            ring = [self.pair(key[r], key[(r + 1) % n]) for r in range(n)] if n > 1 else []
+            oneshot_ok = self.oneshot_capable and self.same_server(key) and e.allreduce_algorithm in ("auto", "oneshot")
+            # every rank's route to every other rank: only where one-shot kernels can run
+            oneshot = ([[self.pair(key[r], key[(r + k) % n]) for k in range(1, n)] for r in range(n)]
+                       if n > 1 and oneshot_ok else [])
             servers = [self.graph.nodes[r]["server"] for r in key]
             per_node = max(servers.count(s) for s in set(servers))
             g = GroupCollectives(ring, oneshot, self.software_s, e.allreduce_algorithm,
-                                 e.oneshot_max_bytes, self.oneshot_capable and self.same_server(key),
+                                 e.oneshot_max_bytes, oneshot_ok,
                                  ranks_per_node=per_node, nodes=len(set(servers)), latency_scale=self.latency_scale)
             self._groups[key] = g
         return g

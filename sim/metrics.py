@@ -4,7 +4,7 @@ Definitions (see README "Metrics"):
 TTFT = first-token time - arrival; TPOT = (finish - first token) / (output tokens - 1),
 undefined for one-token outputs; end-to-end = finish - arrival; output throughput = output
 tokens of completed requests / makespan (first arrival to last finish). Cost: the fleet's
-price per hour; ``usd_per_million_output_tokens`` charges GPU-hours while a replica is busy
+price per hour; ``usd_per_million_output_tokens`` charges GPU-hours while a GPU's stage is busy
 (physics.md section 5: GPUs x price x busy hours / tokens), and
 ``usd_per_million_output_tokens_wall`` charges the whole makespan, as renting does.
 """
@@ -34,7 +34,7 @@ def time_breakdown(steps: pa.Table) -> dict[str, float]:
 
 
 def summarize(requests: pa.Table, steps: pa.Table, *, gpus: int, usd_per_gpu_hour: float,
-              gpus_per_replica: int, replica_busy_s, wall_s: float, events: int) -> dict[str, Any]:
+              gpu_busy_s: float, wall_s: float, events: int) -> dict[str, Any]:
     status = requests.column("status").to_numpy(zero_copy_only=False)
     done = status == "completed"
     arrival = requests.column("arrival_s").to_numpy()
@@ -42,7 +42,7 @@ def summarize(requests: pa.Table, steps: pa.Table, *, gpus: int, usd_per_gpu_hou
     out_tokens = requests.column("output_tokens").to_numpy()
     tokens = int(out_tokens[done].sum())
     makespan = float(np.nanmax(finish) - arrival.min()) if done.any() else 0.0
-    busy_gpu_h = float(np.sum(replica_busy_s)) * gpus_per_replica / 3600.0
+    busy_gpu_h = gpu_busy_s / 3600.0
     usd_per_hour = gpus * usd_per_gpu_hour
     def per_mtok(usd: float) -> float | None:
         return usd / tokens * 1e6 if tokens else None

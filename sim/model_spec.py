@@ -161,6 +161,8 @@ def model_from_mapping(values: Mapping[str, Any]) -> ModelSpec:
     missing = [f.name for f in fields(ModelSpec) if f.name not in merged and f.default is _MISSING]
     if missing:
         raise ConfigError(f"model is missing field(s) {missing}")
+    from .typecheck import check_types
+    check_types(ModelSpec, merged, "model")
     return ModelSpec(**merged)
 
 

@@ -14,6 +14,7 @@ from .engine import EngineProfile, engine_from_mapping
 from .errors import ConfigError
 from .hardware import HardwareSpec
 from .model_spec import ModelSpec, model_from_mapping
+from .typecheck import check_types
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -41,6 +42,13 @@ def hardware_from_mapping(values: dict[str, Any]) -> HardwareSpec:
     missing = sorted(known - set(values))
     if missing:
         raise ConfigError(f"hardware {values.get('name')!r} is missing field(s) {missing}")
+    check_types(HardwareSpec, values, "hardware")
+    flops = values["flops_TFLOPs"]
+    if not isinstance(flops, dict):
+        raise ConfigError(f"hardware.flops_TFLOPs={flops!r} must be a mapping of format -> TFLOP/s")
+    for fmt, v in flops.items():
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
+            raise ConfigError(f"hardware.flops_TFLOPs.{fmt}={v!r} must be a positive number or null")
     return HardwareSpec(**values)
 
 

@@ -37,7 +37,7 @@ class Replica:
         self.inflight: list[simpy.Process] = []
         self._wake = env.event()
         self.steps = 0
-        self.busy_s = 0.0
+        self.stage_busy_s = [0.0] * self.pp
         self.process = env.process(self.run())
 
     def submit(self, request: int) -> None:
@@ -93,7 +93,11 @@ class Replica:
         for s in range(self.pp):
             with self.stages[s].request() as req:
                 yield req
+                if s == 0:
+                    start = env.now  # the step starts when its first stage does
+                t0 = env.now
                 t = yield env.process(self._stage(s, plan))
+                self.stage_busy_s[s] += env.now - t0
                 total = total + t
             if s + 1 < self.pp:
                 t0 = env.now
@@ -101,7 +105,6 @@ class Replica:
                 yield env.all_of(sends)
                 total = total + StepTime(network_s=env.now - t0)
         self.steps += 1
-        self.busy_s += env.now - start
         self.on_step(self, plan, start, env.now - start, total)
         self.on_tokens(self, self.batcher.complete(plan))
         if not self._wake.triggered:

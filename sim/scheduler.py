@@ -32,12 +32,22 @@ class SchedulerConfig:
     max_tokens_per_step: int = 2048
     chunked_prefill: bool = True
     block_size: int = 16
+    max_model_len: int | str | None = None
+
+    def context_limit(self, model_max_positions: int) -> int | None:
+        """Longest prompt + output a request may have (None: only the KV cache limits it)."""
+        if self.max_model_len == "model":
+            return model_max_positions
+        return self.max_model_len  # type: ignore[return-value]
 
     def __post_init__(self) -> None:
         require(self.policy == "continuous", f"scheduler.policy={self.policy!r} is not one of ['continuous']")
         require(self.max_batch_size >= 1, f"scheduler.max_batch_size={self.max_batch_size!r} must be >= 1")
         require(self.max_tokens_per_step >= 1, f"scheduler.max_tokens_per_step={self.max_tokens_per_step!r} must be >= 1")
         require(self.block_size >= 1, f"scheduler.block_size={self.block_size!r} must be >= 1")
+        require(self.max_model_len is None or self.max_model_len == "model"
+                or (isinstance(self.max_model_len, int) and self.max_model_len >= 2),
+                f"scheduler.max_model_len={self.max_model_len!r} must be null, 'model' or an integer >= 2")
 
 
 @dataclass
@@ -113,20 +123,32 @@ class ContinuousBatcher:
                 continue
             ctx = self.computed[r]
             while not pool.grow(r, ctx + n):
-                victim = next((v for v in reversed(self.running) if v not in self.busy), None)
+                victim = next((v for v in reversed(self.running) if v not in self.busy and v != r), None)
                 if victim is None:
-                    break
+                    # Only r itself could make room. If requests in flight hold blocks, wait for
+                    # them (preempting r would let it be re-admitted at once and thrash);
+                    # otherwise recompute r later, as vLLM does.
+                    if not any(v in self.busy for v in self.running):
+                        victim = r
+                    else:
+                        break
                 self._preempt(victim)
                 preempted.append(victim)
                 if victim == r:
                     break
-            if r not in self.running or pool.extra_blocks(r, ctx + n):
-                continue  # r itself was preempted (or could not grow): do not advance i
+            if r not in self.running:
+                continue  # r itself was preempted: do not advance i
+            if pool.extra_blocks(r, ctx + n):
+                i += 1  # r waits for blocks held by micro-batches in flight
+                continue
             work.append(SeqWork(r, ctx, n, n == pending))
+            self.busy.add(r)  # now in this step: never a preemption victim
             budget -= n
             i += 1
         while self.waiting and budget > 0 and len(work) < cfg.max_batch_size:
             r = self.waiting[0]
+            if r in preempted:
+                break  # just made room by leaving: not back in the same step
             pending = self.pending(r)
             n = min(pending, budget) if cfg.chunked_prefill else pending
             if not cfg.chunked_prefill and n > budget and work:
@@ -138,14 +160,13 @@ class ContinuousBatcher:
             self.waiting.popleft()
             self.running.append(r)
             work.append(SeqWork(r, 0, n, n == pending))
+            self.busy.add(r)
             budget -= n
         if not work:
             return None
         batch = _shape(work)
         prefill = sum(w.new_tokens for w in work if self.computed[w.request] < int(self.prompt[w.request]))
         decode = sum(w.new_tokens for w in work) - prefill
-        for w in work:
-            self.busy.add(w.request)
         return StepPlan(work, batch, prefill, decode, preempted)
 
     def complete(self, plan: StepPlan) -> list[tuple[int, bool, bool]]:

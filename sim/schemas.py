@@ -30,6 +30,7 @@ STEPS = pa.schema([
     ("memory_s", pa.float64()),
     ("network_s", pa.float64()),
     ("fixed_s", pa.float64()),
+    ("pipeline_wait_s", pa.float64()),  # waiting for busy later stages (pp > 1); parts + wait = duration
     ("kv_blocks_used", pa.int64()),
     ("waiting", pa.int32()),
     ("preempted", pa.int32()),

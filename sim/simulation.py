@@ -50,7 +50,7 @@ class SimResult:
     events: int
     sim_time_s: float
     gpus: int
-    replica_busy_s: list[float]
+    gpu_busy_s: float
     kv_capacity_tokens: int
     preemptions: int
 
@@ -108,7 +108,8 @@ def simulate(cfg: RunConfig, plan: ClusterPlan, table: workloads.RequestTable) -
             preempt_count[v] += 1
         steps.append(replica.index, replica.steps - 1, start, duration, step_plan.batch.num_seqs,
                      step_plan.prefill_tokens, step_plan.decode_tokens, parts.compute_s, parts.memory_s,
-                     parts.network_s, parts.fixed_s, replica.batcher.pool.used_blocks,
+                     parts.network_s, parts.fixed_s, max(0.0, duration - parts.total_s),
+                     replica.batcher.pool.used_blocks,
                      len(replica.batcher.waiting), len(step_plan.preempted))
 
     def on_tokens(replica: Replica, events) -> None:
@@ -128,13 +129,15 @@ def simulate(cfg: RunConfig, plan: ClusterPlan, table: workloads.RequestTable) -
         replicas.append(Replica(env, i, rp.predictor, batcher, network, rp.stage_gpus, on_step, on_tokens,
                                 cfg.parallel.tp_cols))
     capacity = min(rp.capacity.tokens for rp in plan.replicas)
+    limit = cfg.scheduler.context_limit(cfg.model.max_position_embeddings)
 
     def source():
         for r in range(n):
             delay = arrival[r] - env.now
             if delay > 0:
                 yield env.timeout(delay)
-            if prompt[r] + output[r] > capacity:
+            # the last output token is never written to the cache: P + O - 1 positions
+            if prompt[r] + output[r] - 1 > capacity or (limit is not None and prompt[r] + output[r] > limit):
                 rejected[r] = True
                 finish_one()
                 continue
@@ -173,4 +176,4 @@ def simulate(cfg: RunConfig, plan: ClusterPlan, table: workloads.RequestTable) -
         "preemptions": preempt_count,
     }, schema=schemas.REQUESTS)
     return SimResult(requests, steps.table(), wall, env.events_scheduled, env.now, plan.gpus,
-                     [r.busy_s for r in replicas], capacity, int(sum(r.batcher.preemptions for r in replicas)))
+                     sum(sum(r.stage_busy_s) for r in replicas) * cfg.parallel.tp, capacity, int(sum(r.batcher.preemptions for r in replicas)))

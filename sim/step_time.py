@@ -248,17 +248,22 @@ class StepTimePredictor:
         return StageWork(StepTime(compute, memory, 0.0, fixed), layers, per_layer, tuple(pre), tuple(post))
 
     def network_s(self, work: StageWork, stage: int = 0) -> float:
+        """Exposed communication time of one stage's step (every layer's collectives priced once)."""
         comm = self.comm[stage]
         if comm is None or self.tp == 1:
             return 0.0
-        total = 0.0
-        for c in work.collectives:
+
+        def cost(c: Collective):
             group = comm[c.group]
-            if c.kind == "allreduce":
-                total = total + group.allreduce_s(c.nbytes)
-            elif c.kind == "allgather":
-                total = total + group.allgather_s(c.nbytes)
-        return total * (1.0 - self.engine.network_overlap)
+            return group.allreduce_s(c.nbytes) if c.kind == "allreduce" else group.allgather_s(c.nbytes)
+
+        total = 0.0
+        for c in work.pre_collectives + work.post_collectives:
+            total = total + cost(c)
+        per_layer = 0.0
+        for c in work.per_layer_collectives:
+            per_layer = per_layer + cost(c)
+        return (total + work.layers * per_layer) * (1.0 - self.engine.network_overlap)
 
     def stage(self, b: BatchShape, stage: int = 0) -> StepTime:
         """Time of ``stage`` for batch ``b`` including its collectives (collective fidelity)."""
