@@ -63,8 +63,12 @@ def valid_splits(cfg: RunConfig, gpus: int) -> list[Split]:
 class AnalyticModel:
     """Vectorised decode latency, throughput, memory fit and cost for splits of one config."""
 
-    def __init__(self, cfg: RunConfig) -> None:
+    def __init__(self, cfg: RunConfig, max_gpus: int | None = None) -> None:
+        """``max_gpus``: the largest deployment to be asked for; multi-node splits then share
+        one fabric of that size (a deployment uses its first GPUs, and routes between them do
+        not depend on how many more nodes hang off the same rails)."""
         self.cfg = cfg
+        self.max_gpus = max_gpus
         self._fabrics: dict[tuple, Fabric] = {}
 
     def _deployment_cfg(self, split: Split) -> RunConfig:
@@ -77,10 +81,13 @@ class AnalyticModel:
 
     def predictor(self, split: Split) -> StepTimePredictor:
         cfg = self._deployment_cfg(split)
-        key = (cfg.topology.kind, -(-split.gpus // cfg.topology.gpus_per_node))
+        gpus = max(split.gpus, self.max_gpus or 0) if cfg.topology.kind == "multi_node_ib" else split.gpus
+        key = (cfg.topology.kind, -(-gpus // cfg.topology.gpus_per_node))
         fabric = self._fabrics.get(key)
         if fabric is None:
-            fabric = Fabric(build_graph(cfg), cfg.engine, oneshot_capable=cfg.hardware.scaleup_link != "pcie",
+            graph_cfg = replace(cfg, parallel=replace(cfg.parallel, tp=gpus, pp=1, tp_cols=1))
+            fabric = Fabric(build_graph(graph_cfg), cfg.engine,
+                            oneshot_capable=cfg.hardware.scaleup_link != "pcie",
                             software_latency_scale=cfg.network.latency_scale)
             self._fabrics[key] = fabric
         return make_predictor(cfg, fabric, placement(cfg, list(fabric.gpus))[0])

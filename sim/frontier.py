@@ -45,11 +45,12 @@ def search(cfg_map: dict[str, Any], search_cfg: dict[str, Any]) -> tuple[pa.Tabl
     if not isinstance(s["context_len"], (int, float)) or s["context_len"] < 0:
         raise ConfigError(f"search.context_len={s['context_len']!r} must be a number >= 0")
     batches = np.unique(np.round(np.geomspace(1, s["max_batch"], s["batch_points"])))
-    model = AnalyticModel(cfg)
+    counts = gpu_counts(s["max_gpus"], cfg.topology.gpus_per_node)
+    model = AnalyticModel(cfg, max_gpus=max(counts))
     cols: dict[str, list] = {k: [] for k in ("gpus", "tp", "pp", "tp_cols", "batch", "latency_s", "speed_tok_s",
                                              "throughput_tok_s", "usd_per_mtok", "compute_s", "memory_s",
                                              "network_s", "fixed_s")}
-    for n in gpu_counts(s["max_gpus"], cfg.topology.gpus_per_node):
+    for n in counts:
         for split in valid_splits(cfg, n):
             r = model.decode(split, batches, s["context_len"])
             ok = r["fits"]

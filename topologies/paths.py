@@ -195,36 +195,40 @@ class PathTable:
         self._adjacency = _adjacency(graph)
         self._bandwidth = {(u, v): bw for u, v, bw in graph.edges(data="bandwidth_GBps")}
         self._latency = {(u, v): lat for u, v, lat in graph.edges(data="latency_us")}
-        self._routes: dict[Hashable, dict[Hashable, Route]] = {}
+        self._reached: dict[Hashable, dict[Hashable, tuple[Hashable, ...]]] = {}
+        self._routes: dict[tuple[Hashable, Hashable], Route] = {}
 
     def __repr__(self) -> str:
         return f"PathTable({self.graph.graph['name']!r}, gpus={len(self.gpus)})"
 
-    def _from(self, src: Hashable) -> dict[Hashable, Route]:
-        routes = self._routes.get(src)
-        if routes is None:
+    def _from(self, src: Hashable) -> dict[Hashable, tuple[Hashable, ...]]:
+        """Node sequences of the routes from ``src`` (one search per source, kept)."""
+        reached = self._reached.get(src)
+        if reached is None:
             _require_node(self.graph, src)
-            routes = {}
-            for dst, nodes in _search(self._adjacency, src).items():
-                edges = _as_edges(nodes)
-                routes[dst] = Route(
-                    edges=edges,
-                    latency_us=math.fsum(self._latency[e] for e in edges),
-                    bottleneck_GBps=min((self._bandwidth[e] for e in edges), default=math.inf),
-                )
-            self._routes[src] = routes
-        return routes
+            reached = _search(self._adjacency, src)
+            self._reached[src] = reached
+        return reached
 
     def route(self, src: Hashable, dst: Hashable) -> Route:
-        """The cached :class:`Route` from ``src`` to ``dst``."""
-        routes = self._from(src)
-        try:
-            return routes[dst]
-        except KeyError:
-            _require_node(self.graph, dst)
-            raise TopologyError(
-                f"no path from {src!r} to {dst!r} in topology {self.graph.graph['name']!r}"
-            ) from None
+        """The cached :class:`Route` from ``src`` to ``dst`` (built on first request)."""
+        key = (src, dst)
+        route = self._routes.get(key)
+        if route is None:
+            nodes = self._from(src).get(dst)
+            if nodes is None:
+                _require_node(self.graph, dst)
+                raise TopologyError(
+                    f"no path from {src!r} to {dst!r} in topology {self.graph.graph['name']!r}"
+                )
+            edges = _as_edges(nodes)
+            route = Route(
+                edges=edges,
+                latency_us=math.fsum(self._latency[e] for e in edges),
+                bottleneck_GBps=min((self._bandwidth[e] for e in edges), default=math.inf),
+            )
+            self._routes[key] = route
+        return route
 
     def edges(self, src: Hashable, dst: Hashable) -> Path:
         """Directed edges of the route from ``src`` to ``dst``."""
