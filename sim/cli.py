@@ -26,3 +26,24 @@ def guarded(fn: Callable) -> Callable:
         except (ConfigError, TopologyError, WorkloadError) as exc:
             fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     return wrapper
+
+
+def key_values(argv: list[str]) -> list[tuple[str, str]]:
+    """``KEY=VALUE`` arguments as pairs; anything else is a one-line error."""
+    pairs = []
+    for a in argv:
+        if "=" not in a:
+            fail(f"argument {a!r} is not KEY=VALUE")
+        key, value = a.split("=", 1)
+        pairs.append((key, value))
+    return pairs
+
+
+def json_value(value: str):
+    """A command-line value as JSON (numbers, true/false, null) or else the plain string."""
+    import json
+
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value

@@ -28,7 +28,6 @@ whose hops are identical the replay reduces to the closed form
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Sequence
 

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .analytic import AnalyticModel, pareto_mask, valid_splits
-from .cli import fail, guarded
+from .cli import fail, guarded, json_value, key_values
 from .config import parse_config
 from .errors import ConfigError
 from .presets import check_group_choices
@@ -88,22 +88,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     search_cfg: dict[str, Any] = {}
     out = Path(".")
     overrides = []
-    for a in argv:
-        if "=" not in a:
-            fail(f"argument {a!r} is not KEY=VALUE")
-        key, value = a.split("=", 1)
+    for key, value in key_values(argv):
         if key.startswith("search."):
             name = key[7:]
             if name not in SEARCH_DEFAULTS:
                 fail(f"search has no field {name!r}; allowed: {sorted(SEARCH_DEFAULTS)}")
-            try:
-                search_cfg[name] = json.loads(value)
-            except json.JSONDecodeError:
-                fail(f"search.{name}={value!r} must be a number")
+            search_cfg[name] = json_value(value)
         elif key == "out":
             out = Path(value)
         else:
-            overrides.append(a)
+            overrides.append(f"{key}={value}")
     check_group_choices(overrides)
     t0 = time.perf_counter()
     table, headline = search(compose_config(overrides), search_cfg)

@@ -7,7 +7,6 @@ serving engine rejects requests longer than it can hold.
 """
 from __future__ import annotations
 
-import math
 import sys
 import time
 from dataclasses import dataclass

@@ -174,7 +174,7 @@ class StepTimePredictor:
         return soft_roofline(t_c, t_m, e.roofline_sharpness)
 
     def _attention(self, b: BatchShape) -> tuple[float, float]:
-        m, e, hd = self.model, self.engine, self.model.head_dim
+        e, hd = self.engine, self.model.head_dim
         flops = 4.0 * self.heads_per_gpu * hd * b.attention_pairs
         kv = b.kv_tokens_read * 2.0 * self.kv_heads_per_gpu * hd * self.precision.kv_bytes
         qo = 2.0 * b.new_tokens * self.heads_per_gpu * hd * self.precision.activation_bytes

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from .batch import BatchShape
 from .build import build_graph, make_predictor, placement
-from .cli import fail, guarded
+from .cli import fail, guarded, json_value, key_values
 from .config import parse_config
 from .errors import ConfigError
 from .fabric import Fabric
@@ -79,19 +79,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     batch: dict[str, Any] = {}
     queries = None
     overrides = []
-    for a in argv:
-        if "=" not in a:
-            fail(f"argument {a!r} is not KEY=VALUE")
-        key, value = a.split("=", 1)
+    for key, value in key_values(argv):
         if key.startswith("batch."):
-            try:
-                batch[key[6:]] = json.loads(value)
-            except json.JSONDecodeError:
-                batch[key[6:]] = value
+            batch[key[6:]] = json_value(value)
         elif key == "queries":
             queries = value
         else:
-            overrides.append(a)
+            overrides.append(f"{key}={value}")
     check_group_choices(overrides)
     cfg_map = compose_config(overrides)
     if queries:

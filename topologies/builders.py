@@ -29,12 +29,11 @@ network 5 us; see ``/work/shared/reference/published_numbers.md`` section 2.1):
 
 from __future__ import annotations
 
-import math
-from numbers import Integral, Real
+from numbers import Integral
 
 import networkx as nx
 
-from topologies.contract import LINK_KINDS, TopologyError, _validate, gpu_name, validate
+from topologies.contract import LINK_KINDS, TopologyError, _validate, check_positive, gpu_name, validate
 
 __all__ = ["hgx_node", "multi_node_ib", "nvl72_rack", "pcie_box"]
 
@@ -46,17 +45,6 @@ def _check_count(name: str, value: object, minimum: int = 1) -> int:
     if not isinstance(value, Integral) or isinstance(value, bool) or value < minimum:
         raise TopologyError(f"parameter {name}={value!r} is not allowed; must be an int >= {minimum}")
     return int(value)
-
-
-def _check_positive(name: str, value: object) -> float:
-    if (
-        not isinstance(value, Real)
-        or isinstance(value, bool)
-        or not math.isfinite(float(value))
-        or float(value) <= 0.0
-    ):
-        raise TopologyError(f"parameter {name}={value!r} is not allowed; must be a finite number > 0")
-    return float(value)
 
 
 def _check_link(name: str, value: object) -> str:
@@ -102,8 +90,8 @@ def hgx_node(
     it on its own). Give each composed node a distinct ``prefix`` so switch names differ.
     """
     gpus = _check_count("gpus", gpus)
-    bandwidth = _check_positive("nvlink_bandwidth_GBps", nvlink_bandwidth_GBps)
-    latency = _check_positive("nvlink_latency_us", nvlink_latency_us)
+    bandwidth = check_positive("nvlink_bandwidth_GBps", nvlink_bandwidth_GBps)
+    latency = check_positive("nvlink_latency_us", nvlink_latency_us)
     link = _check_link("link", link)
     server = _check_count("server", server, minimum=0)
     if not isinstance(prefix, str):
@@ -185,10 +173,10 @@ def multi_node_ib(
     """
     nodes = _check_count("nodes", nodes)
     gpus_per_node = _check_count("gpus_per_node", gpus_per_node)
-    ib_bw = _check_positive("ib_bandwidth_GBps", ib_bandwidth_GBps)
-    ib_lat = _check_positive("ib_latency_us", ib_latency_us)
-    pcie_bw = _check_positive("pcie_bandwidth_GBps", pcie_bandwidth_GBps)
-    pcie_lat = _check_positive("pcie_latency_us", pcie_latency_us)
+    ib_bw = check_positive("ib_bandwidth_GBps", ib_bandwidth_GBps)
+    ib_lat = check_positive("ib_latency_us", ib_latency_us)
+    pcie_bw = check_positive("pcie_bandwidth_GBps", pcie_bandwidth_GBps)
+    pcie_lat = check_positive("pcie_latency_us", pcie_latency_us)
     if not isinstance(rail_optimized, bool):
         raise TopologyError(f"parameter rail_optimized={rail_optimized!r} is not allowed; must be a bool")
 
@@ -248,8 +236,8 @@ def pcie_box(
     ``gpus_per_node = gpus``.
     """
     gpus = _check_count("gpus", gpus)
-    bandwidth = _check_positive("pcie_bandwidth_GBps", pcie_bandwidth_GBps)
-    latency = _check_positive("pcie_latency_us", pcie_latency_us)
+    bandwidth = check_positive("pcie_bandwidth_GBps", pcie_bandwidth_GBps)
+    latency = check_positive("pcie_latency_us", pcie_latency_us)
     gpus_per_switch = _check_count("gpus_per_switch", gpus_per_switch)
 
     graph = nx.DiGraph(name=f"pcie_box_{gpus}gpu", gpus_per_node=gpus)

@@ -186,3 +186,15 @@ def _validate(graph: nx.DiGraph, *, first_index: int) -> None:
             raise TopologyError(
                 f"GPU pair ({gpus[0]!r}, {gpu!r}) is not connected; every GPU must reach every other GPU"
             )
+
+
+def check_positive(name: str, value: object) -> float:
+    """A finite number > 0 (not a bool), or a one-line TopologyError naming the parameter."""
+    if (
+        not isinstance(value, Real)
+        or isinstance(value, bool)
+        or not math.isfinite(float(value))
+        or float(value) <= 0.0
+    ):
+        raise TopologyError(f"parameter {name}={value!r} is not allowed; must be a finite number > 0")
+    return float(value)

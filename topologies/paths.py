@@ -21,11 +21,10 @@ import heapq
 import math
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from numbers import Real
 
 import networkx as nx
 
-from topologies.contract import TopologyError, gpu_index, validate
+from topologies.contract import TopologyError, check_positive, gpu_index, validate
 
 __all__ = [
     "Edge",
@@ -84,13 +83,7 @@ def scaled(
     > 0. Node and graph attributes (including the name) are copied unchanged.
     """
     for name, value in (("latency_scale", latency_scale), ("bandwidth_scale", bandwidth_scale)):
-        if (
-            not isinstance(value, Real)
-            or isinstance(value, bool)
-            or not math.isfinite(float(value))
-            or float(value) <= 0.0
-        ):
-            raise TopologyError(f"parameter {name}={value!r} is not allowed; must be a finite number > 0")
+        check_positive(name, value)
     result = graph.copy()
     for _, _, data in result.edges(data=True):
         data["latency_us"] = data["latency_us"] * float(latency_scale)
