@@ -6,7 +6,7 @@ tensor-parallel group fills consecutive GPUs of one node when ``tp`` divides the
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import networkx as nx
 import numpy as np
@@ -18,12 +18,14 @@ from .config import RunConfig
 from .errors import ConfigError, require
 from .fabric import Fabric
 from .kv_cache import KVCapacity, kv_capacity
+from .presets import load_model
+from .speculative import SpeculativeDecoder
 from .step_time import StepTimePredictor
 
 
 def build_graph(cfg: RunConfig) -> nx.DiGraph:
     """The topology graph with link parameters from the hardware preset, then scaled."""
-    t, hw, need = cfg.topology, cfg.hardware, cfg.parallel.gpus
+    t, hw, need = cfg.topology, cfg.hardware, cfg.gpus
     try:
         if t.kind == "hgx":
             gpus = t.gpus_per_node
@@ -50,8 +52,8 @@ def build_graph(cfg: RunConfig) -> nx.DiGraph:
     except topologies.TopologyError as exc:
         raise ConfigError(f"topology: {exc}") from None
     have = topologies.gpu_count(g)
-    require(need <= have, f"parallel needs {need} GPUs (tp={cfg.parallel.tp} x pp={cfg.parallel.pp} x "
-                          f"dp={cfg.parallel.dp}) but topology {t.kind} has {have}")
+    require(need <= have, f"parallel needs {need} GPUs ((tp={cfg.parallel.tp} x pp={cfg.parallel.pp} + "
+                          f"{cfg.speculative.extra_gpus} draft) x dp={cfg.parallel.dp}) but topology {t.kind} has {have}")
     n = cfg.network
     if n.latency_scale != 1.0 or n.bandwidth_scale != 1.0:
         g = topologies.scaled(g, latency_scale=n.latency_scale, bandwidth_scale=n.bandwidth_scale)
@@ -60,8 +62,14 @@ def build_graph(cfg: RunConfig) -> nx.DiGraph:
 
 def placement(cfg: RunConfig, gpus: list[str]) -> list[list[list[str]]]:
     """``[replica][stage] -> GPU names`` of the tensor-parallel group."""
-    tp, pp, dp = cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.dp
-    return [[gpus[r * tp * pp + s * tp: r * tp * pp + (s + 1) * tp] for s in range(pp)] for r in range(dp)]
+    tp, pp, dp, per = cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.dp, cfg.gpus_per_replica
+    return [[gpus[r * per + s * tp: r * per + (s + 1) * tp] for s in range(pp)] for r in range(dp)]
+
+
+def draft_gpus(cfg: RunConfig, gpus: list[str], replica: int) -> list[str]:
+    """GPUs of replica ``replica``'s separate draft model (after its target GPUs)."""
+    per, start = cfg.gpus_per_replica, cfg.parallel.gpus_per_replica
+    return gpus[replica * per + start: (replica + 1) * per]
 
 
 @dataclass
@@ -69,6 +77,7 @@ class ReplicaPlan:
     predictor: StepTimePredictor
     stage_gpus: list[list[str]]
     capacity: KVCapacity
+    speculative: SpeculativeDecoder
 
 
 @dataclass
@@ -77,9 +86,7 @@ class ClusterPlan:
     fabric: Fabric
     replicas: list[ReplicaPlan]
 
-    @property
-    def gpus(self) -> int:
-        return sum(len(g) for r in self.replicas for g in r.stage_gpus)
+    gpus: int = 0
 
 
 def build_cluster(cfg: RunConfig) -> ClusterPlan:
@@ -87,11 +94,36 @@ def build_cluster(cfg: RunConfig) -> ClusterPlan:
     fabric = Fabric(graph, cfg.engine, oneshot_capable=cfg.hardware.scaleup_link != "pcie",
                     software_latency_scale=cfg.network.latency_scale)
     replicas = []
-    for stage_gpus in placement(cfg, list(fabric.gpus)):
+    gpus = list(fabric.gpus)
+    for i, stage_gpus in enumerate(placement(cfg, gpus)):
         predictor = make_predictor(cfg, fabric, stage_gpus)
-        cap = kv_capacity(predictor, cfg.hardware, cfg.engine, cfg.model.name, cfg.scheduler.block_size)
-        replicas.append(ReplicaPlan(predictor, stage_gpus, cap))
-    return ClusterPlan(graph, fabric, replicas)
+        spec = make_speculative(cfg, fabric, predictor, stage_gpus, draft_gpus(cfg, gpus, i))
+        shared = spec.draft if cfg.speculative.placement == "same" and spec.draft is not None else None
+        cap = kv_capacity(predictor, cfg.hardware, cfg.engine, cfg.model.name, cfg.scheduler.block_size, shared)
+        replicas.append(ReplicaPlan(predictor, stage_gpus, cap, spec))
+    return ClusterPlan(graph, fabric, replicas, cfg.gpus)
+
+
+def make_speculative(cfg: RunConfig, fabric: Fabric, target: StepTimePredictor, stage_gpus: list[list[str]],
+                     own_gpus: list[str]) -> SpeculativeDecoder:
+    """The replica's draft predictor and gamma policy (no draft when speculation is off)."""
+    s = cfg.speculative
+    if s.method == "none":
+        return SpeculativeDecoder(s, target, None)
+    if s.method == "self":
+        # EAGLE/MTP-like draft head: ``draft_layers`` decoder layers of the target's shape plus
+        # the LM head, sharded like the target on its GPUs.
+        head = replace(cfg.model, name=f"{cfg.model.name}_draft_head", num_hidden_layers=s.draft_layers)
+        draft = StepTimePredictor(head, cfg.hardware, cfg.engine, cfg.precision, target.tp, 1, target.comm[0])
+        return SpeculativeDecoder(s, target, draft)
+    draft_model = load_model(s.draft_model)  # type: ignore[arg-type]
+    if s.placement == "same":
+        draft = StepTimePredictor(draft_model, cfg.hardware, cfg.engine, cfg.precision, target.tp, 1, target.comm[0])
+        return SpeculativeDecoder(s, target, draft)
+    comm = {"tp": fabric.group(own_gpus)} if len(own_gpus) > 1 else None
+    draft = StepTimePredictor(draft_model, cfg.hardware, cfg.engine, cfg.precision, s.draft_tp, 1, comm)
+    handoff = fabric.send_s(stage_gpus[0][0], own_gpus[0], 64.0)
+    return SpeculativeDecoder(s, target, draft, handoff)
 
 
 def tp_groups(ranks: list[str], tp_cols: int) -> dict[str, list[list[str]]]:

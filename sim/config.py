@@ -19,6 +19,7 @@ from .precision import Precision
 from .presets import hardware_from_mapping
 from .router import ROUTERS
 from .scheduler import SchedulerConfig
+from .speculative import SpeculativeConfig
 from .typecheck import check_types
 
 
@@ -141,7 +142,16 @@ class RunConfig:
     workload: WorkloadConfig
     scheduler: SchedulerConfig
     output: OutputConfig
+    speculative: SpeculativeConfig = SpeculativeConfig()
     seed: int = 0
+
+    @property
+    def gpus_per_replica(self) -> int:
+        return self.parallel.gpus_per_replica + self.speculative.extra_gpus
+
+    @property
+    def gpus(self) -> int:
+        return self.gpus_per_replica * self.parallel.dp
 
 
 def parse_config(cfg: Mapping[str, Any]) -> RunConfig:
@@ -160,6 +170,7 @@ def parse_config(cfg: Mapping[str, Any]) -> RunConfig:
         workload=_dataclass(WorkloadConfig, cfg.get("workload"), "workload"),
         scheduler=_dataclass(SchedulerConfig, cfg.get("scheduler"), "scheduler"),
         output=_dataclass(OutputConfig, cfg.get("output"), "output"),
+        speculative=_dataclass(SpeculativeConfig, cfg.get("speculative"), "speculative"),
         seed=_seed(cfg.get("seed", 0)),
     )
 

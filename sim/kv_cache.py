@@ -21,16 +21,23 @@ class KVCapacity:
     tokens: int
 
 
-def kv_capacity(predictor, hardware, engine, model_name: str, block_size: int) -> KVCapacity:
-    """Token capacity of one replica's KV cache; error if the weights do not fit."""
+def kv_capacity(predictor, hardware, engine, model_name: str, block_size: int, draft=None) -> KVCapacity:
+    """Token capacity of one replica's KV cache; error if the weights do not fit.
+
+    A draft model on the same GPUs (``draft``: its predictor) takes its weight shard from the
+    memory and its own KV per token alongside the target's.
+    """
     usable = hardware.memory_bytes * engine.gpu_memory_utilization - engine.activation_reserve_GB * 1e9
     worst_tokens = None
     worst_weights = 0.0
     per_token = 0.0
     for stage in range(predictor.pp):
         weights = predictor.weight_bytes_per_gpu(stage)
-        worst_weights = max(worst_weights, weights)
         kv_per_token = predictor.kv_bytes_per_token_per_gpu(stage)
+        if draft is not None and stage == 0:
+            weights += draft.weight_bytes_per_gpu(0)
+            kv_per_token += draft.kv_bytes_per_token_per_gpu(0)
+        worst_weights = max(worst_weights, weights)
         free = usable - weights
         if free <= kv_per_token * block_size:
             raise ConfigError(
@@ -73,6 +80,14 @@ class KVBlockPool:
             self.free_blocks -= need
             self.held[request] = self.held.get(request, 0) + need
         return True
+
+    def shrink(self, request: int, tokens: int) -> None:
+        """Release blocks beyond those ``tokens`` positions need (speculative rollback)."""
+        keep = self.blocks_for(tokens)
+        held = self.held.get(request, 0)
+        if held > keep:
+            self.held[request] = keep
+            self.free_blocks += held - keep
 
     def free(self, request: int) -> None:
         self.free_blocks += self.held.pop(request, 0)

@@ -26,7 +26,8 @@ from .step_time import StepTime, StepTimePredictor
 class Replica:
     def __init__(self, env: simpy.Environment, index: int, predictor: StepTimePredictor,
                  batcher: ContinuousBatcher, network, stage_gpus: Sequence[Sequence[str]],
-                 on_step: Callable, on_tokens: Callable, tp_cols: int = 1) -> None:
+                 on_step: Callable, on_tokens: Callable, tp_cols: int = 1, speculative=None,
+                 accept: Callable | None = None) -> None:
         self.env, self.index = env, index
         self.predictor, self.batcher, self.network = predictor, batcher, network
         self.stage_gpus = [tuple(g) for g in stage_gpus]
@@ -34,6 +35,8 @@ class Replica:
         self.groups = [tp_groups(list(g), tp_cols) for g in self.stage_gpus]
         self.pp = len(self.stage_gpus)
         self.on_step, self.on_tokens = on_step, on_tokens
+        self.speculative = speculative          # SpeculativeDecoder or None
+        self.accept = accept                    # (request, proposed) -> accepted drafts
         self.inflight: list[simpy.Process] = []
         self._wake = env.event()
         self.steps = 0
@@ -49,7 +52,8 @@ class Replica:
         env = self.env
         while True:
             while len(self.inflight) < self.pp:
-                plan = self.batcher.plan()
+                gamma = self.speculative.gamma_for(*self.batcher.decode_ready()) if self.speculative else 0
+                plan = self.batcher.plan(gamma)
                 if plan is None:
                     break
                 self.inflight.append(env.process(self._microbatch(plan)))
@@ -85,16 +89,35 @@ class Replica:
         network = self.env.now - start - work.local.total_s
         return work.local + StepTime(network_s=network)
 
+    def _draft_time(self, plan: StepPlan) -> StepTime:
+        if self.speculative is None or self.speculative.draft is None:
+            return StepTime()
+        pre_ctx, pre_new, dec_ctx, gamma = [], [], [], 0
+        for w in plan.work:
+            if w.proposed:
+                dec_ctx.append(w.context)
+                gamma = max(gamma, w.proposed)
+            else:
+                pre_ctx.append(w.context)
+                pre_new.append(w.new_tokens)
+        return self.speculative.draft_time(pre_ctx, pre_new, dec_ctx, gamma)
+
     def _microbatch(self, plan: StepPlan):
         env = self.env
         start = env.now
         total = StepTime()
         nbytes = self.predictor.activation_bytes(plan.batch)
+        draft = self._draft_time(plan)
         for s in range(self.pp):
             with self.stages[s].request() as req:
                 yield req
                 if s == 0:
                     start = env.now  # the step starts when its first stage does
+                    if draft.total_s > 0:
+                        # drafting precedes verification (on these GPUs or handed to the draft's)
+                        yield env.timeout(draft.total_s)
+                        self.stage_busy_s[0] += draft.total_s
+                        total = total + draft
                 t0 = env.now
                 t = yield env.process(self._stage(s, plan))
                 self.stage_busy_s[s] += env.now - t0
@@ -105,7 +128,8 @@ class Replica:
                 yield env.all_of(sends)
                 total = total + StepTime(network_s=env.now - t0)
         self.steps += 1
-        self.on_step(self, plan, start, env.now - start, total)
-        self.on_tokens(self, self.batcher.complete(plan))
+        accepted = {w.request: self.accept(w.request, w.proposed) for w in plan.work if w.proposed}
+        self.on_step(self, plan, start, env.now - start, total, draft.total_s, accepted)
+        self.on_tokens(self, self.batcher.complete(plan, accepted))
         if not self._wake.triggered:
             self._wake.succeed()

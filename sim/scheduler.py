@@ -52,12 +52,13 @@ class SchedulerConfig:
 
 @dataclass
 class SeqWork:
-    """One sequence's share of a planned step."""
+    """One sequence's share of a planned step (``proposed`` draft tokens under speculation)."""
 
     request: int
     context: int
     new_tokens: int
     samples: bool
+    proposed: int = 0
 
 
 @dataclass
@@ -104,8 +105,21 @@ class ContinuousBatcher:
         self.preemptions += 1
 
     # ----- the decision -------------------------------------------------------------------------
-    def plan(self) -> StepPlan | None:
-        """Choose the next step's sequences and token counts, or None if nothing can run."""
+    def decode_ready(self) -> tuple[int, float]:
+        """Decoding sequences free to run now, and their mean context (for the gamma policy)."""
+        n, ctx = 0, 0.0
+        for r in self.running:
+            if r not in self.busy and self.generated[r] >= 1 and self.pending(r) == 1:
+                n += 1
+                ctx += self.computed[r]
+        return n, (ctx / n if n else 0.0)
+
+    def plan(self, gamma: int = 0) -> StepPlan | None:
+        """Choose the next step's sequences and token counts, or None if nothing can run.
+
+        With ``gamma > 0`` every decoding sequence verifies its last token plus up to ``gamma``
+        draft tokens (never more than it still needs to finish its output).
+        """
         cfg, pool = self.config, self.pool
         budget = cfg.max_tokens_per_step
         work: list[SeqWork] = []
@@ -121,6 +135,10 @@ class ContinuousBatcher:
             if not cfg.chunked_prefill and n > budget and work:
                 i += 1
                 continue
+            proposed = 0
+            if gamma > 0 and pending == 1 and self.generated[r] >= 1:
+                proposed = max(0, min(gamma, int(self.output[r]) - self.generated[r] - 1, budget - 1))
+                n = 1 + proposed
             ctx = self.computed[r]
             while not pool.grow(r, ctx + n):
                 victim = next((v for v in reversed(self.running) if v not in self.busy and v != r), None)
@@ -141,7 +159,7 @@ class ContinuousBatcher:
             if pool.extra_blocks(r, ctx + n):
                 i += 1  # r waits for blocks held by micro-batches in flight
                 continue
-            work.append(SeqWork(r, ctx, n, n == pending))
+            work.append(SeqWork(r, ctx, n, n >= pending, proposed))
             self.busy.add(r)  # now in this step: never a preemption victim
             budget -= n
             i += 1
@@ -169,12 +187,29 @@ class ContinuousBatcher:
         decode = sum(w.new_tokens for w in work) - prefill
         return StepPlan(work, batch, prefill, decode, preempted)
 
-    def complete(self, plan: StepPlan) -> list[tuple[int, bool, bool]]:
-        """Apply a finished step; returns ``(request, emitted_first_token, finished)`` per sampled request."""
+    def complete(self, plan: StepPlan, accepted: dict[int, int] | None = None) -> list[tuple[int, bool, bool]]:
+        """Apply a finished step; returns ``(request, emitted_first_token, finished)`` per sampled request.
+
+        ``accepted[r]`` is how many of r's draft tokens the verification accepted: r gains
+        ``accepted + 1`` tokens and the rejected positions leave the KV cache.
+        """
         events = []
         for w in plan.work:
             r = w.request
             self.busy.discard(r)
+            if w.proposed:
+                k = min(w.proposed, (accepted or {}).get(r, 0))
+                self.computed[r] = w.context + 1 + k
+                self.pool.shrink(r, self.computed[r])
+                self.generated[r] += k + 1
+                g = self.generated[r]
+                finished = g >= int(self.output[r])
+                if finished:
+                    self.running.remove(r)
+                    self.pool.free(r)
+                    del self.computed[r], self.generated[r]
+                events.append((r, False, finished))
+                continue
             self.computed[r] = w.context + w.new_tokens
             if w.samples:
                 self.generated[r] += 1
@@ -196,6 +231,6 @@ def _shape(work: list[SeqWork]) -> BatchShape:
         new += n
         kv += c + n
         pairs += n * (c + (n + 1) / 2.0)
-        sampled += 1 if w.samples else 0
+        sampled += (n if w.proposed else 1) if w.samples else 0  # verification needs logits at every position
         blocks += -(-n // ATTENTION_QUERY_BLOCK)
     return BatchShape(len(work), new, kv, pairs, sampled, blocks)

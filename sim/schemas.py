@@ -16,6 +16,8 @@ REQUESTS = pa.schema([
     ("tpot_s", pa.float64()),           # (finish_s - first_token_s) / (output_tokens - 1); NaN if 1 token
     ("e2e_s", pa.float64()),            # finish_s - arrival_s
     ("preemptions", pa.int32()),
+    ("decode_passes", pa.int32()),      # forward passes that produced this request's tokens after the first
+    ("tokens_per_pass", pa.float64()),  # (output_tokens - 1) / decode_passes: > 1 with speculative decoding
 ])
 
 STEPS = pa.schema([
@@ -34,4 +36,7 @@ STEPS = pa.schema([
     ("kv_blocks_used", pa.int64()),
     ("waiting", pa.int32()),
     ("preempted", pa.int32()),
+    ("draft_s", pa.float64()),              # drafting time inside this step (speculative decoding)
+    ("spec_proposed_tokens", pa.int64()),   # draft tokens verified in this step
+    ("spec_accepted_tokens", pa.int64()),   # of which accepted
 ])

@@ -27,6 +27,7 @@ from .recorder import ColumnRecorder
 from .replica import Replica
 from .router import Router
 from .scheduler import ContinuousBatcher
+from .speculative import request_acceptance, sample_accepted
 
 
 class CountingEnvironment(simpy.Environment):
@@ -89,6 +90,12 @@ def simulate(cfg: RunConfig, plan: ClusterPlan, table: workloads.RequestTable) -
     where = np.full(n, -1, dtype=np.int32)
     rejected = np.zeros(n, dtype=bool)
     preempt_count = np.zeros(n, dtype=np.int32)
+    passes = np.zeros(n, dtype=np.int32)
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0x5bec]))  # "spec" stream
+    acceptance = request_acceptance(rng, cfg.speculative, n)
+
+    def accept(request: int, proposed: int) -> int:
+        return sample_accepted(rng, float(acceptance[request]), proposed)
     steps = ColumnRecorder(schemas.STEPS)
     router = Router(cfg.parallel.router, len(plan.replicas))
     all_done = env.event()
@@ -102,14 +109,19 @@ def simulate(cfg: RunConfig, plan: ClusterPlan, table: workloads.RequestTable) -
         if state["finished"] == n and not all_done.triggered:
             all_done.succeed()
 
-    def on_step(replica: Replica, step_plan, start: float, duration: float, parts) -> None:
+    def on_step(replica: Replica, step_plan, start: float, duration: float, parts, draft_s: float,
+                accepted: dict[int, int]) -> None:
         for v in step_plan.preempted:
             preempt_count[v] += 1
+        for w in step_plan.work:
+            if w.samples and (w.proposed or replica.batcher.generated.get(w.request, 0) >= 1):
+                passes[w.request] += 1
         steps.append(replica.index, replica.steps - 1, start, duration, step_plan.batch.num_seqs,
                      step_plan.prefill_tokens, step_plan.decode_tokens, parts.compute_s, parts.memory_s,
                      parts.network_s, parts.fixed_s, max(0.0, duration - parts.total_s),
                      replica.batcher.pool.used_blocks,
-                     len(replica.batcher.waiting), len(step_plan.preempted))
+                     len(replica.batcher.waiting), len(step_plan.preempted), draft_s,
+                     sum(w.proposed for w in step_plan.work), sum(accepted.values()))
 
     def on_tokens(replica: Replica, events) -> None:
         now = env.now
@@ -126,7 +138,7 @@ def simulate(cfg: RunConfig, plan: ClusterPlan, table: workloads.RequestTable) -
         pool = KVBlockPool(rp.capacity.tokens // cfg.scheduler.block_size, cfg.scheduler.block_size)
         batcher = ContinuousBatcher(cfg.scheduler, pool, prompt, output)
         replicas.append(Replica(env, i, rp.predictor, batcher, network, rp.stage_gpus, on_step, on_tokens,
-                                cfg.parallel.tp_cols))
+                                cfg.parallel.tp_cols, rp.speculative if cfg.speculative.enabled else None, accept))
     capacity = min(rp.capacity.tokens for rp in plan.replicas)
     limit = cfg.scheduler.context_limit(cfg.model.max_position_embeddings)
 
@@ -173,6 +185,8 @@ def simulate(cfg: RunConfig, plan: ClusterPlan, table: workloads.RequestTable) -
         "tpot_s": (finish - first) / out,
         "e2e_s": finish - arrival,
         "preemptions": preempt_count,
+        "decode_passes": passes,
+        "tokens_per_pass": np.where(passes > 0, (output - 1) / np.maximum(passes, 1), np.nan),
     }, schema=schemas.REQUESTS)
     return SimResult(requests, steps.table(), wall, env.events_scheduled, env.now, plan.gpus,
                      sum(sum(r.stage_busy_s) for r in replicas) * cfg.parallel.tp, capacity, int(sum(r.batcher.preemptions for r in replicas)))

@@ -43,6 +43,9 @@ class StepTime:
     def total_s(self) -> float:
         return self.compute_s + self.memory_s + self.network_s + self.fixed_s
 
+    def scaled(self, k: float) -> "StepTime":
+        return StepTime(self.compute_s * k, self.memory_s * k, self.network_s * k, self.fixed_s * k)
+
     def __add__(self, other: "StepTime") -> "StepTime":
         return StepTime(self.compute_s + other.compute_s, self.memory_s + other.memory_s,
                         self.network_s + other.network_s, self.fixed_s + other.fixed_s)

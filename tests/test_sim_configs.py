@@ -84,7 +84,12 @@ def test_conf_groups_include_the_core_ones():
 
 @pytest.mark.parametrize("group,name", [(g, n) for g in GROUPS for n in preset_names(g)])
 def test_every_preset_composes_and_parses(group, name, hf_config_path):
-    overrides = model_args(name, hf_config_path) if group == "model" else [f"{group}={name}"]
+    if group == "model":
+        overrides = model_args(name, hf_config_path)
+    elif group == "experiment":  # bundles are added to the defaults, not chosen from them
+        overrides = [f"+experiment={name}"]
+    else:
+        overrides = [f"{group}={name}"]
     rc = parse_config(compose(*overrides))
     if group in ("hardware", "engine") or (group == "model" and name != "hf_config"):
         assert getattr(rc, group).name == name

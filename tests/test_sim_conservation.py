@@ -76,8 +76,8 @@ def recording_batcher():
                     and all(v > 0 for v in pool.held.values())):
                 self.pool_violations.append(f"{when}: free={pool.free_blocks} held={held} total={pool.total_blocks}")
 
-        def plan(self):
-            p = super().plan()
+        def plan(self, gamma=0):
+            p = super().plan(gamma)
             self._check_pool("plan")
             if p is not None:
                 for w in p.work:  # every sequence of a step holds the KV blocks it writes
@@ -85,12 +85,12 @@ def recording_batcher():
                         self.pool_violations.append(f"request {w.request} writes beyond its blocks")
             return p
 
-        def complete(self, plan):
-            events = super().complete(plan)
+        def complete(self, plan, accepted=None):
+            events = super().complete(plan, accepted)
             self._check_pool("complete")
-            for w in plan.work:
+            for w in plan.work:  # tokens emitted: one per sample, accepted drafts + 1 per verification
                 if w.samples:
-                    self.samples[w.request] += 1
+                    self.samples[w.request] += 1 + (min(w.proposed, (accepted or {}).get(w.request, 0)) if w.proposed else 0)
             for r, first, finished in events:
                 if first:
                     self.firsts[r] += 1
@@ -460,11 +460,11 @@ def test_pipeline_run_under_kv_pressure_finishes(tmp_path):
     class Bounded(ContinuousBatcher):
         plans = 0
 
-        def plan(self):
+        def plan(self, gamma=0):
             Bounded.plans += 1
             if Bounded.plans > 5000:
                 raise _PlanLimit(f"{Bounded.plans} steps planned for 2 requests (livelock)")
-            return super().plan()
+            return super().plan(gamma)
 
     with mock.patch.object(sim.simulation, "ContinuousBatcher", Bounded):
         try:

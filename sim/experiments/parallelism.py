@@ -1,0 +1,223 @@
+"""Headline experiment: tensor vs pipeline vs data parallelism on the same 8 H100s.
+
+physics.md §4: data parallelism (DP, independent replicas behind a router) changes neither
+the per-request speed nor the cost per token of a replica -- it only multiplies throughput --
+so it is the default way to use more GPUs unless memory binds. Tensor parallelism (TP) splits
+every layer, so each token streams 1/tp of the weights (faster per request) but pays two
+all-reduces per layer (more cost per token). Pipeline parallelism (PP) splits the layers into
+stages: one send per stage boundary (little communication, so more throughput per GPU than TP)
+but every token still crosses every stage (no faster per request, plus stage overheads); it
+pays where one GPU cannot hold the model.
+
+Every layout ``tp x pp x dp = 8`` (one HGX node) of three cases (``CASES``):
+
+* ``llama3_8b`` -- Llama-3-8B bf16 fits one GPU, so every layout is possible;
+* ``llama3_70b`` -- Llama-3-70B bf16 (141 GB of weights): memory binds, a replica needs at
+  least 4 GPUs (TP2 / PP2 hold 70.6 GB per GPU, above the 70 GB usable), so DP8 is impossible;
+* ``llama3_70b_fp8`` -- the same model with fp8 weights (71 GB): 2-GPU replicas fit.
+
+Each layout is a discrete-event simulation of the bundled Azure 2023 code trace
+(:func:`sim.experiments.run_points`, every point starting from
+``conf/experiment/parallelism.yaml``) in two regimes (``REGIMES``):
+
+* ``recorded`` -- the recorded arrival rate: per-request decode speed ``1 / TPOT p50`` and TTFT;
+* ``saturated`` -- the same requests replayed 200x faster, so a queue builds and every replica
+  runs full batches: throughput (output tokens / makespan) and cost per million output tokens,
+  both ``busy`` (GPU-hours while a stage works; physics.md §5) and ``wall`` (all 8 GPUs for the
+  whole makespan, as renting does; includes pipeline bubbles and the drain at the end).
+
+Note the trace is prompt-heavy (mean 2,048 prompt tokens, median 13 output tokens), so
+throughput and cost per output token are dominated by prefill.
+
+Besides the simulation, :func:`analytic` gives the closed-form steady-decode view
+(:class:`sim.analytic.AnalyticModel`): per-request speed against throughput per GPU over batch
+sizes for each layout's replica split, which is independent of ``dp``.
+:func:`run` writes the tables as Parquet; ``notebooks/parallelism.ipynb`` plots them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..analytic import AnalyticModel, Split
+from ..config import parse_config
+from ..steptime import compose_config
+from . import run_points
+
+NAME = "parallelism"
+BASE = [f"+experiment={NAME}"]
+GPUS = 8
+
+#: (tp, pp, dp) layouts of the 8 GPUs, in plot order
+LAYOUTS_8B = ((1, 1, 8), (2, 1, 4), (4, 1, 2), (8, 1, 1), (1, 2, 4), (1, 4, 2), (1, 8, 1), (2, 4, 1), (4, 2, 1))
+LAYOUTS_70B = ((1, 1, 8), (2, 1, 4), (1, 2, 4), (4, 1, 2), (1, 4, 2), (8, 1, 1), (1, 8, 1), (2, 4, 1), (4, 2, 1))
+LAYOUTS_70B_FP8 = ((1, 1, 8), (2, 1, 4), (4, 1, 2), (8, 1, 1), (1, 2, 4), (2, 4, 1), (4, 2, 1))
+
+CASES: dict[str, dict[str, Any]] = {
+    "llama3_8b": {"label": "Llama-3-8B bf16", "overrides": ["model=llama3_8b"], "layouts": LAYOUTS_8B},
+    "llama3_70b": {"label": "Llama-3-70B bf16", "overrides": ["model=llama3_70b"], "layouts": LAYOUTS_70B},
+    "llama3_70b_fp8": {"label": "Llama-3-70B fp8 weights", "overrides": ["model=llama3_70b", "precision.weights=fp8"],
+                       "layouts": LAYOUTS_70B_FP8},
+}
+#: quick settings keep the layouts the tests and the notebook's story need
+QUICK_LAYOUTS = {
+    "llama3_8b": ((1, 1, 8), (2, 1, 4), (8, 1, 1), (1, 8, 1), (2, 4, 1)),
+    "llama3_70b": ((1, 1, 8), (2, 1, 4), (4, 1, 2), (8, 1, 1), (2, 4, 1), (4, 2, 1)),
+    "llama3_70b_fp8": ((1, 1, 8), (2, 1, 4), (8, 1, 1)),
+}
+
+REGIMES: dict[str, dict[str, Any]] = {
+    "recorded": {"workload.rate_scale": 1.0},
+    "saturated": {"workload.rate_scale": 200.0},
+}
+#: requests replayed per regime (the first N of the trace)
+MAX_REQUESTS = {"recorded": 1500, "saturated": 4000}
+QUICK_MAX_REQUESTS = {"recorded": 150, "saturated": 600}
+
+#: analytic view: cached context per sequence (the trace's mean prompt) and batch sizes per micro-batch
+CONTEXT_LEN = 2048
+BATCHES = np.unique(np.round(np.geomspace(1, 256, 33)))
+
+#: columns kept from the sweep table (``sim.sweep.collect``); missing ones (error rows) are null
+DES_COLUMNS = ("requests_total", "requests_completed", "requests_rejected", "requests_preemptions",
+               "ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s", "e2e_p50_s",
+               "throughput_output_tokens_per_s", "throughput_makespan_s", "cost_gpus", "cost_busy_gpu_hours",
+               "cost_usd_per_million_output_tokens", "cost_usd_per_million_output_tokens_wall",
+               "memory_weights_GB_per_gpu", "memory_kv_GB_per_gpu", "memory_kv_capacity_tokens_per_replica",
+               "time_breakdown_network_s", "time_breakdown_total_s", "sim_wall_s")
+
+
+def layout_label(tp: int, pp: int, dp: int) -> str:
+    """``TP2xPP4``-style name; factors of 1 are left out (``DP8``, ``TP8``)."""
+    parts = [f"{k}{v}" for k, v in (("TP", tp), ("PP", pp), ("DP", dp)) if v > 1]
+    return "x".join(parts) or "1 GPU"
+
+
+def layout_points(layouts: Iterable[tuple[int, int, int]]) -> list[dict[str, Any]]:
+    """Hydra overrides of each layout (``parallel.tp``, ``parallel.pp``, ``parallel.dp``)."""
+    return [{"parallel.tp": tp, "parallel.pp": pp, "parallel.dp": dp} for tp, pp, dp in layouts]
+
+
+def simulate(case: str, regime: str, layouts: Sequence[tuple[int, int, int]], max_requests: int,
+             root: str | Path) -> pa.Table:
+    """One discrete-event simulation per layout of ``case`` in ``regime``; one tidy row per layout.
+
+    Columns: ``case``, ``regime``, ``layout``, ``tp``, ``pp``, ``dp``, ``gpus``, the metrics in
+    ``DES_COLUMNS`` and ``error`` (the simulator's one-line reason for an impossible layout).
+    """
+    c = CASES[case]
+    base = [*BASE, *c["overrides"], f"workload.max_requests={int(max_requests)}",
+            *(f"{k}={v}" for k, v in REGIMES[regime].items())]
+    table = run_points(base, layout_points(layouts), Path(root) / case / regime).to_pylist()
+    rows = []
+    for (tp, pp, dp), r in zip(layouts, table):
+        assert (r["parallel.tp"], r["parallel.pp"], r["parallel.dp"]) == (tp, pp, dp)
+        rows.append({"case": case, "regime": regime, "layout": layout_label(tp, pp, dp), "tp": tp, "pp": pp, "dp": dp,
+                     "gpus": tp * pp * dp, **{k: r.get(k) for k in DES_COLUMNS}, "error": r.get("error")})
+    return pa.Table.from_pylist(rows, schema=_des_schema())
+
+
+def _des_schema() -> pa.Schema:
+    ints = {"tp", "pp", "dp", "gpus", "requests_total", "requests_completed", "requests_rejected",
+            "requests_preemptions", "cost_gpus", "memory_kv_capacity_tokens_per_replica"}
+    fields = [pa.field(k, pa.string()) for k in ("case", "regime", "layout")]
+    fields += [pa.field(k, pa.int64()) for k in ("tp", "pp", "dp", "gpus")]
+    fields += [pa.field(k, pa.int64() if k in ints else pa.float64()) for k in DES_COLUMNS]
+    return pa.schema(fields + [pa.field("error", pa.string())])
+
+
+def summarize(des: pa.Table) -> pa.Table:
+    """One row per case x layout: speed (recorded regime), throughput and cost (saturated regime).
+
+    ``speed_tok_s`` = 1 / TPOT p50 at the recorded rate; ``throughput_tok_s`` and
+    ``throughput_per_gpu_tok_s`` at saturation; ``usd_per_mtok_busy`` / ``usd_per_mtok_wall`` at
+    saturation; ``usd_per_mtok_busy_recorded`` at the recorded rate; ``error`` if impossible.
+    """
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in des.to_pylist():
+        key = (r["case"], r["layout"])
+        out = rows.setdefault(key, {"case": r["case"], "layout": r["layout"], "tp": r["tp"], "pp": r["pp"],
+                                    "dp": r["dp"], "gpus": r["gpus"], "error": r["error"]})
+        ok = r["error"] is None
+        if r["regime"] == "recorded":
+            out["speed_tok_s"] = 1.0 / r["tpot_p50_s"] if ok and r["tpot_p50_s"] else None
+            out["tpot_p50_s"] = r["tpot_p50_s"]
+            out["ttft_p50_s"] = r["ttft_p50_s"]
+            out["usd_per_mtok_busy_recorded"] = r["cost_usd_per_million_output_tokens"]
+            out["kv_capacity_tokens_per_replica"] = r["memory_kv_capacity_tokens_per_replica"]
+            out["weights_GB_per_gpu"] = r["memory_weights_GB_per_gpu"]
+        else:
+            tput = r["throughput_output_tokens_per_s"]
+            out["throughput_tok_s"] = tput
+            out["throughput_per_gpu_tok_s"] = tput / r["gpus"] if ok and tput else None
+            out["tpot_p50_saturated_s"] = r["tpot_p50_s"]
+            out["usd_per_mtok_busy"] = r["cost_usd_per_million_output_tokens"]
+            out["usd_per_mtok_wall"] = r["cost_usd_per_million_output_tokens_wall"]
+        out["error"] = out["error"] or r["error"]
+    cols = ("case", "layout", "tp", "pp", "dp", "gpus", "speed_tok_s", "tpot_p50_s", "ttft_p50_s",
+            "throughput_tok_s", "throughput_per_gpu_tok_s", "tpot_p50_saturated_s", "usd_per_mtok_busy",
+            "usd_per_mtok_wall", "usd_per_mtok_busy_recorded", "kv_capacity_tokens_per_replica",
+            "weights_GB_per_gpu", "error")
+    return pa.Table.from_pylist([{k: v.get(k) for k in cols} for v in rows.values()])
+
+
+def analytic(case: str, layouts: Sequence[tuple[int, int, int]], context_len: float = CONTEXT_LEN,
+             batches: Iterable[float] = BATCHES) -> pa.Table:
+    """Steady-decode speed vs throughput per GPU of each layout's replica (closed form).
+
+    One row per layout x micro-batch size that fits in memory (``fits`` false rows are dropped;
+    a layout whose replica cannot hold the model has no rows). Throughput per GPU and cost per
+    token do not depend on ``dp``: DP only adds replicas.
+    """
+    cfg = parse_config(compose_config([*BASE, *CASES[case]["overrides"]]))
+    model = AnalyticModel(cfg)
+    b = np.asarray(list(batches), dtype=float)
+    rows = []
+    for tp, pp, dp in layouts:
+        split = Split(tp, pp)
+        r = model.decode(split, b, context_len)
+        for i in np.flatnonzero(r["fits"]):
+            rows.append({"case": case, "layout": layout_label(tp, pp, dp), "tp": tp, "pp": pp, "dp": dp,
+                         "batch": float(r["batch"][i]), "sequences_per_replica": float(r["batch"][i] * pp),
+                         "speed_tok_s": float(r["speed_tok_s"][i]),
+                         "throughput_per_gpu_tok_s": float(r["throughput_tok_s"][i] / split.gpus),
+                         "usd_per_mtok": float(r["usd_per_mtok"][i]),
+                         "network_fraction": float(r["network_s"][i] / r["latency_s"][i])})
+    schema = pa.schema([("case", pa.string()), ("layout", pa.string()), ("tp", pa.int64()), ("pp", pa.int64()),
+                        ("dp", pa.int64()), ("batch", pa.float64()), ("sequences_per_replica", pa.float64()),
+                        ("speed_tok_s", pa.float64()), ("throughput_per_gpu_tok_s", pa.float64()),
+                        ("usd_per_mtok", pa.float64()), ("network_fraction", pa.float64())])
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def run(root: str | Path, quick: bool = False, cases: Iterable[str] | None = None) -> dict[str, pa.Table]:
+    """Run every case's layouts in both regimes plus the analytic view; write Parquet under ``root``.
+
+    Returns ``{"des", "summary", "analytic"}`` (written as ``root/parallelism_{name}.parquet``);
+    simulation outputs of each point stay under ``root/runs/CASE/REGIME/<i>/``.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    n_req = QUICK_MAX_REQUESTS if quick else MAX_REQUESTS
+    des, ana = [], []
+    for case in (cases or CASES):
+        layouts = QUICK_LAYOUTS[case] if quick else CASES[case]["layouts"]
+        for regime in REGIMES:
+            des.append(simulate(case, regime, layouts, n_req[regime], root / "runs"))
+        ana.append(analytic(case, layouts))
+    out = {"des": pa.concat_tables(des)}
+    out["summary"] = summarize(out["des"])
+    out["analytic"] = pa.concat_tables(ana)
+    for k, t in out.items():
+        pq.write_table(t, root / f"{NAME}_{k}.parquet")
+    return out
+
+
+def load(root: str | Path) -> dict[str, pa.Table]:
+    """The tables :func:`run` wrote under ``root``."""
+    root = Path(root)
+    return {k: pq.read_table(root / f"{NAME}_{k}.parquet") for k in ("des", "summary", "analytic")}
