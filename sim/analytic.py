@@ -16,10 +16,10 @@ from typing import Iterable
 
 import numpy as np
 
-from .batch import BatchShape
-from .build import build_graph, make_predictor, placement
+from .build import build_graph, shardable, draft_gpus, make_predictor, make_speculative, placement
 from .config import RunConfig
 from .fabric import Fabric
+from .speculative import SpeculativeDecoder, expected_tokens
 from .step_time import StepTimePredictor
 
 
@@ -45,9 +45,7 @@ def valid_splits(cfg: RunConfig, gpus: int) -> list[Split]:
     m, per_node = cfg.model, cfg.topology.gpus_per_node
     out = []
     for tp in range(1, gpus + 1):
-        if gpus % tp or m.num_attention_heads % tp or m.intermediate_size % tp:
-            continue
-        if not (m.num_key_value_heads % tp == 0 or tp % m.num_key_value_heads == 0):
+        if gpus % tp or not shardable(m, tp):
             continue
         pp = gpus // tp
         if pp > m.num_hidden_layers:
@@ -74,49 +72,88 @@ class AnalyticModel:
     def _deployment_cfg(self, split: Split) -> RunConfig:
         cfg = self.cfg
         topo = cfg.topology
-        if topo.kind == "hgx" and split.gpus > topo.gpus_per_node:
+        if topo.kind == "hgx" and split.gpus + cfg.speculative.extra_gpus > topo.gpus_per_node:
             topo = replace(topo, kind="multi_node_ib", nodes="auto")
         return replace(cfg, parallel=replace(cfg.parallel, tp=split.tp, pp=split.pp, dp=1, tp_cols=split.tp_cols),
                        topology=topo)
 
-    def predictor(self, split: Split) -> StepTimePredictor:
+    def _fabric(self, split: Split) -> tuple[RunConfig, Fabric]:
         cfg = self._deployment_cfg(split)
-        gpus = max(split.gpus, self.max_gpus or 0) if cfg.topology.kind == "multi_node_ib" else split.gpus
+        need = split.gpus + cfg.speculative.extra_gpus
+        gpus = max(need, self.max_gpus or 0) if cfg.topology.kind == "multi_node_ib" else need
         key = (cfg.topology.kind, -(-gpus // cfg.topology.gpus_per_node))
         fabric = self._fabrics.get(key)
         if fabric is None:
-            graph_cfg = replace(cfg, parallel=replace(cfg.parallel, tp=gpus, pp=1, tp_cols=1))
+            graph_cfg = replace(cfg, parallel=replace(cfg.parallel, tp=gpus, pp=1, tp_cols=1),
+                                speculative=replace(cfg.speculative, method="none"))
             fabric = Fabric(build_graph(graph_cfg), cfg.engine,
                             oneshot_capable=cfg.hardware.scaleup_link != "pcie",
                             software_latency_scale=cfg.network.latency_scale)
             self._fabrics[key] = fabric
+        return cfg, fabric
+
+    def predictor(self, split: Split) -> StepTimePredictor:
+        cfg, fabric = self._fabric(split)
         return make_predictor(cfg, fabric, placement(cfg, list(fabric.gpus))[0])
 
+    def speculative(self, split: Split) -> SpeculativeDecoder:
+        cfg, fabric = self._fabric(split)
+        gpus = list(fabric.gpus)
+        stages = placement(cfg, gpus)[0]
+        return make_speculative(cfg, fabric, make_predictor(cfg, fabric, stages), stages, draft_gpus(cfg, gpus, 0))
+
     def decode(self, split: Split, batch: Iterable[float], context_len: float = 0.0,
-               new_tokens: int = 1) -> dict[str, np.ndarray]:
-        """Steady-decode metrics per batch size (arrays aligned with ``batch``)."""
+               gamma: int | str | None = None) -> dict[str, np.ndarray]:
+        """Steady-decode metrics per batch size (arrays aligned with ``batch``).
+
+        With speculative decoding configured, one pass drafts ``gamma`` tokens and verifies
+        ``gamma + 1`` (``gamma`` from the config unless given; ``auto`` picks the best per batch
+        size); the per-token latency is the pass time over the expected tokens per pass.
+        """
         b = np.asarray(list(batch) if not isinstance(batch, np.ndarray) else batch, dtype=np.float64)
-        pred = self.predictor(split)
-        ctx = float(context_len)
-        shape = BatchShape(num_seqs=b, new_tokens=b * new_tokens, kv_tokens_read=b * (ctx + new_tokens),
-                           attention_pairs=b * new_tokens * (ctx + (new_tokens + 1) / 2.0), sampled_tokens=b,
-                           query_blocks=b * -(-new_tokens // 64))
-        t = pred.step(shape)
-        latency = np.broadcast_to(np.asarray(t.total_s, dtype=np.float64), b.shape)
         cfg = self.cfg
+        spec = self.speculative(split)
+        pred = spec.target
+        ctx = float(context_len)
+        sc = cfg.speculative
+        if gamma is None:
+            gamma = sc.num_tokens if sc.enabled else 0
+        candidates = range(0, sc.max_num_tokens + 1) if gamma == "auto" else [int(gamma)]
+        best_rate = None
+        for g in candidates:
+            t_g = spec.pass_time(b, ctx, g)
+            total = np.broadcast_to(np.asarray(t_g.total_s, dtype=np.float64), b.shape)
+            e_g = expected_tokens(sc.acceptance, g) if g > 0 else 1.0
+            rate = e_g / total
+            if best_rate is None:
+                best_rate, t, pass_s, tokens, gam = rate, t_g, total, np.full(b.shape, e_g), np.full(b.shape, g)
+            else:
+                better = rate > best_rate
+                best_rate = np.where(better, rate, best_rate)
+                pass_s = np.where(better, total, pass_s)
+                tokens = np.where(better, e_g, tokens)
+                gam = np.where(better, g, gam)
+                t = t_g if better.all() else t  # parts of the last uniformly-best gamma (auto: see gamma column)
+        latency = pass_s / tokens
         eng, hw = cfg.engine, cfg.hardware
         usable = hw.memory_bytes * eng.gpu_memory_utilization - eng.activation_reserve_GB * 1e9
         in_flight = b * split.pp
+        extra = int(gam.max()) + 1
         fits = np.ones_like(b, dtype=bool)
         for s in range(split.pp):
-            need = pred.weight_bytes_per_gpu(s) + in_flight * (ctx + new_tokens) * pred.kv_bytes_per_token_per_gpu(s)
-            fits &= need <= usable
+            weights = pred.weight_bytes_per_gpu(s)
+            kv = pred.kv_bytes_per_token_per_gpu(s)
+            if s == 0 and spec.draft is not None and sc.placement == "same":
+                weights += spec.draft.weight_bytes_per_gpu(0)
+                kv += spec.draft.kv_bytes_per_token_per_gpu(0)
+            fits &= weights + in_flight * (ctx + extra) * kv <= usable
         throughput = in_flight / latency
-        price = split.gpus * hw.usd_per_hour
+        price = (split.gpus + sc.extra_gpus) * hw.usd_per_hour
         parts = {k: np.broadcast_to(np.asarray(v, dtype=np.float64), b.shape) for k, v in t.as_dict().items()}
         return {
             "batch": b, "latency_s": latency, "speed_tok_s": 1.0 / latency, "throughput_tok_s": throughput,
-            "usd_per_mtok": price / 3600.0 / throughput * 1e6, "fits": fits,
+            "usd_per_mtok": price / 3600.0 / throughput * 1e6, "fits": fits, "gamma": gam,
+            "tokens_per_pass": tokens, "pass_s": pass_s,
             **{k: v for k, v in parts.items() if k != "total_s"},
         }
 

@@ -104,6 +104,12 @@ def build_cluster(cfg: RunConfig) -> ClusterPlan:
     return ClusterPlan(graph, fabric, replicas, cfg.gpus)
 
 
+def shardable(model, tp: int) -> bool:
+    """Whether ``tp``-way tensor parallelism splits the model's heads and MLP evenly."""
+    return (model.num_attention_heads % tp == 0 and model.intermediate_size % tp == 0
+            and (model.num_key_value_heads % tp == 0 or tp % model.num_key_value_heads == 0))
+
+
 def make_speculative(cfg: RunConfig, fabric: Fabric, target: StepTimePredictor, stage_gpus: list[list[str]],
                      own_gpus: list[str]) -> SpeculativeDecoder:
     """The replica's draft predictor and gamma policy (no draft when speculation is off)."""
@@ -118,10 +124,16 @@ def make_speculative(cfg: RunConfig, fabric: Fabric, target: StepTimePredictor, 
         return SpeculativeDecoder(s, target, draft)
     draft_model = load_model(s.draft_model)  # type: ignore[arg-type]
     if s.placement == "same":
-        draft = StepTimePredictor(draft_model, cfg.hardware, cfg.engine, cfg.precision, target.tp, 1, target.comm[0])
+        # On the first ``draft_tp`` GPUs of the target's first stage (fewer if its shape or the
+        # target's group does not allow that many); draft_tp=1 avoids all draft collectives.
+        tp = max(t for t in range(1, min(s.draft_tp or target.tp, target.tp) + 1)
+                 if target.tp % t == 0 and shardable(draft_model, t))
+        group = stage_gpus[0][:tp]
+        draft = StepTimePredictor(draft_model, cfg.hardware, cfg.engine, cfg.precision, tp, 1,
+                                  {"tp": fabric.group(group)} if tp > 1 else None)
         return SpeculativeDecoder(s, target, draft)
     comm = {"tp": fabric.group(own_gpus)} if len(own_gpus) > 1 else None
-    draft = StepTimePredictor(draft_model, cfg.hardware, cfg.engine, cfg.precision, s.draft_tp, 1, comm)
+    draft = StepTimePredictor(draft_model, cfg.hardware, cfg.engine, cfg.precision, s.draft_tp or 1, 1, comm)
     handoff = fabric.send_s(stage_gpus[0][0], own_gpus[0], 64.0)
     return SpeculativeDecoder(s, target, draft, handoff)
 

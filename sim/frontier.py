@@ -47,9 +47,9 @@ def search(cfg_map: dict[str, Any], search_cfg: dict[str, Any]) -> tuple[pa.Tabl
     batches = np.unique(np.round(np.geomspace(1, s["max_batch"], s["batch_points"])))
     counts = gpu_counts(s["max_gpus"], cfg.topology.gpus_per_node)
     model = AnalyticModel(cfg, max_gpus=max(counts))
-    cols: dict[str, list] = {k: [] for k in ("gpus", "tp", "pp", "tp_cols", "batch", "latency_s", "speed_tok_s",
-                                             "throughput_tok_s", "usd_per_mtok", "compute_s", "memory_s",
-                                             "network_s", "fixed_s")}
+    values = ("batch", "latency_s", "speed_tok_s", "throughput_tok_s", "usd_per_mtok", "gamma", "tokens_per_pass",
+              "compute_s", "memory_s", "network_s", "fixed_s")
+    cols: dict[str, list] = {k: [] for k in ("gpus", "tp", "pp", "tp_cols", *values)}
     for n in counts:
         for split in valid_splits(cfg, n):
             r = model.decode(split, batches, s["context_len"])
@@ -57,12 +57,11 @@ def search(cfg_map: dict[str, Any], search_cfg: dict[str, Any]) -> tuple[pa.Tabl
             if not ok.any():
                 continue
             k = int(ok.sum())
-            cols["gpus"].append(np.full(k, split.gpus))
+            cols["gpus"].append(np.full(k, split.gpus + cfg.speculative.extra_gpus))
             cols["tp"].append(np.full(k, split.tp))
             cols["pp"].append(np.full(k, split.pp))
             cols["tp_cols"].append(np.full(k, split.tp_cols))
-            for name in ("batch", "latency_s", "speed_tok_s", "throughput_tok_s", "usd_per_mtok", "compute_s",
-                         "memory_s", "network_s", "fixed_s"):
+            for name in values:
                 cols[name].append(r[name][ok])
     if not cols["gpus"]:
         raise ConfigError(f"model {cfg.model.name} fits on no deployment up to search.max_gpus={s['max_gpus']} "
@@ -77,6 +76,7 @@ def search(cfg_map: dict[str, Any], search_cfg: dict[str, Any]) -> tuple[pa.Tabl
         "max_speed_tok_s": float(data["speed_tok_s"][i]), "gpus_at_max": int(data["gpus"][i]),
         "tp_at_max": int(data["tp"][i]), "pp_at_max": int(data["pp"][i]), "tp_cols_at_max": int(data["tp_cols"][i]),
         "batch_at_max": int(data["batch"][i]), "usd_per_mtok_at_max": float(data["usd_per_mtok"][i]),
+        "gamma_at_max": int(data["gamma"][i]), "speculative": cfg.speculative.method,
         "min_usd_per_mtok": float(data["usd_per_mtok"].min()),
     }
     return table, headline

@@ -37,7 +37,7 @@ class SpeculativeConfig:
     max_num_tokens: int = 8
     draft_model: str | None = None
     placement: str = "same"
-    draft_tp: int = 1
+    draft_tp: int | None = None
     draft_layers: int = 1
 
     def __post_init__(self) -> None:
@@ -53,7 +53,8 @@ class SpeculativeConfig:
         require(self.max_num_tokens >= 1, f"speculative.max_num_tokens={self.max_num_tokens!r} must be >= 1")
         require(self.placement in ("same", "separate"),
                 f"speculative.placement={self.placement!r} is not one of ['same', 'separate']")
-        require(self.draft_tp >= 1, f"speculative.draft_tp={self.draft_tp!r} must be >= 1")
+        require(self.draft_tp is None or self.draft_tp >= 1,
+                f"speculative.draft_tp={self.draft_tp!r} must be null or >= 1")
         require(self.draft_layers >= 1, f"speculative.draft_layers={self.draft_layers!r} must be >= 1")
         require(self.method != "draft" or bool(self.draft_model),
                 "speculative.method=draft needs speculative.draft_model=<model preset>")
@@ -65,7 +66,7 @@ class SpeculativeConfig:
     @property
     def extra_gpus(self) -> int:
         """GPUs per replica beyond the target's (a draft model on its own GPUs)."""
-        return self.draft_tp if self.method == "draft" and self.placement == "separate" else 0
+        return (self.draft_tp or 1) if self.method == "draft" and self.placement == "separate" else 0
 
 
 def expected_tokens(acceptance, gamma):

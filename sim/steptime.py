@@ -18,13 +18,14 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from .batch import BatchShape
-from .build import build_graph, make_predictor, placement
+from .build import build_graph, draft_gpus, make_predictor, make_speculative, placement
 from .cli import fail, guarded, json_value, key_values
 from .config import parse_config
 from .errors import ConfigError
 from .fabric import Fabric
 from .kv_cache import kv_capacity
 from .presets import CONF_DIR, check_group_choices
+from .speculative import expected_tokens
 
 BATCH_FIELDS = {"size": 1, "context_len": 1024, "new_tokens": 1, "phase": "decode", "prompt_len": 1024}
 
@@ -58,18 +59,32 @@ def predict(cfg_map: dict[str, Any], batches: list[dict[str, Any]]) -> list[dict
     cfg = parse_config(cfg_map)
     fabric = Fabric(build_graph(cfg), cfg.engine, oneshot_capable=cfg.hardware.scaleup_link != "pcie",
                     software_latency_scale=cfg.network.latency_scale)
-    stage_gpus = placement(cfg, list(fabric.gpus))[0]
+    gpus = list(fabric.gpus)
+    stage_gpus = placement(cfg, gpus)[0]
     predictor = make_predictor(cfg, fabric, stage_gpus)
-    kv_capacity(predictor, cfg.hardware, cfg.engine, cfg.model.name, cfg.scheduler.block_size)  # fits?
+    spec = make_speculative(cfg, fabric, predictor, stage_gpus, draft_gpus(cfg, gpus, 0))
+    shared = spec.draft if cfg.speculative.placement == "same" else None
+    kv_capacity(predictor, cfg.hardware, cfg.engine, cfg.model.name, cfg.scheduler.block_size, shared)  # fits?
     out = []
     for values in batches:
         batch = batch_from(values)
-        t = predictor.step(batch)
-        tokens_out = batch.sampled_tokens
-        out.append({**values, **t.as_dict(), "tokens_per_step": tokens_out,
-                    "time_per_token_s": t.total_s / max(1, tokens_out) if tokens_out else None,
+        b = {**BATCH_FIELDS, **values}
+        row: dict[str, Any] = dict(values)
+        if cfg.speculative.enabled and b["phase"] == "decode" and b["new_tokens"] == 1:
+            # one speculative pass: gamma draft steps + verification of gamma + 1 tokens
+            gamma = spec.gamma_for(b["size"], b["context_len"])
+            t = spec.pass_time(b["size"], b["context_len"], gamma)
+            per_seq = expected_tokens(cfg.speculative.acceptance, gamma) if gamma else 1.0
+            tokens = b["size"] * per_seq
+            row.update({"gamma": gamma, "expected_tokens_per_pass": per_seq})
+        else:
+            t = predictor.step(batch)
+            tokens = batch.sampled_tokens
+        row.update({**t.as_dict(), "tokens_per_step": tokens,
+                    "time_per_token_s": t.total_s / (tokens / b["size"]) if tokens else None,
                     "hardware": cfg.hardware.name, "model": cfg.model.name, "engine": cfg.engine.name,
-                    "tp": cfg.parallel.tp, "pp": cfg.parallel.pp})
+                    "tp": cfg.parallel.tp, "pp": cfg.parallel.pp, "speculative": cfg.speculative.method})
+        out.append(row)
     return out
 
 

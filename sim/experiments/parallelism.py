@@ -18,16 +18,26 @@ Every layout ``tp x pp x dp = 8`` (one HGX node) of three cases (``CASES``):
 
 Each layout is a discrete-event simulation of the bundled Azure 2023 code trace
 (:func:`sim.experiments.run_points`, every point starting from
-``conf/experiment/parallelism.yaml``) in two regimes (``REGIMES``):
+``conf/experiment/parallelism.yaml``) in three regimes (``REGIMES``):
 
-* ``recorded`` -- the recorded arrival rate: per-request decode speed ``1 / TPOT p50`` and TTFT;
-* ``saturated`` -- the same requests replayed 200x faster, so a queue builds and every replica
-  runs full batches: throughput (output tokens / makespan) and cost per million output tokens,
-  both ``busy`` (GPU-hours while a stage works; physics.md §5) and ``wall`` (all 8 GPUs for the
-  whole makespan, as renting does; includes pipeline bubbles and the drain at the end).
+* ``light`` -- the trace's arrivals stretched 20x (``rate_scale=0.05``), so requests rarely
+  share a step: ``1 / TPOT p50`` is a replica's decode speed for one request (with its ~2k-token
+  context), the per-request speed of the layout;
+* ``recorded`` -- the recorded arrival rate, bursts included (hundreds of requests within a
+  minute): TPOT and TTFT as served, where other requests' prefill chunks share the decode steps;
+* ``saturated`` -- the trace replayed 200x faster, so a queue builds and every replica runs
+  full batches: steady-state throughput (:func:`steady_throughput`, leaving out the ramp and
+  the drain of a finite replay) and cost per million output tokens with all 8 GPUs rented at
+  that throughput; the simulator's ``busy`` (GPU-hours while a stage works; physics.md §5) and
+  ``wall`` (all GPUs for the whole makespan, pipeline bubbles and the drain included) costs of
+  the same run are kept alongside.
 
 Note the trace is prompt-heavy (mean 2,048 prompt tokens, median 13 output tokens), so
 throughput and cost per output token are dominated by prefill.
+
+:func:`dp_scaling` checks the data-parallel claim directly: 1, 2, 4, 8 single-GPU replicas of
+Llama-3-8B, each fed the same load per replica, keep the per-request speed and the cost per
+token and multiply the throughput.
 
 Besides the simulation, :func:`analytic` gives the closed-form steady-decode view
 (:class:`sim.analytic.AnalyticModel`): per-request speed against throughput per GPU over batch
@@ -71,12 +81,16 @@ QUICK_LAYOUTS = {
 }
 
 REGIMES: dict[str, dict[str, Any]] = {
+    "light": {"workload.rate_scale": 0.05},
     "recorded": {"workload.rate_scale": 1.0},
     "saturated": {"workload.rate_scale": 200.0},
 }
 #: requests replayed per regime (the first N of the trace)
-MAX_REQUESTS = {"recorded": 1500, "saturated": 4000}
-QUICK_MAX_REQUESTS = {"recorded": 150, "saturated": 600}
+MAX_REQUESTS = {"light": 500, "recorded": 1500, "saturated": 8000}
+QUICK_MAX_REQUESTS = {"light": 60, "recorded": 150, "saturated": 600}
+
+#: the steady-state window of a saturated run: between 10 % and 90 % of its output tokens
+STEADY = (0.1, 0.9)
 
 #: analytic view: cached context per sequence (the trace's mean prompt) and batch sizes per micro-batch
 CONTEXT_LEN = 2048
@@ -85,7 +99,8 @@ BATCHES = np.unique(np.round(np.geomspace(1, 256, 33)))
 #: columns kept from the sweep table (``sim.sweep.collect``); missing ones (error rows) are null
 DES_COLUMNS = ("requests_total", "requests_completed", "requests_rejected", "requests_preemptions",
                "ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s", "e2e_p50_s",
-               "throughput_output_tokens_per_s", "throughput_makespan_s", "cost_gpus", "cost_busy_gpu_hours",
+               "throughput_output_tokens_per_s", "throughput_makespan_s", "cost_gpus", "cost_usd_per_hour",
+               "cost_busy_gpu_hours",
                "cost_usd_per_million_output_tokens", "cost_usd_per_million_output_tokens_wall",
                "memory_weights_GB_per_gpu", "memory_kv_GB_per_gpu", "memory_kv_capacity_tokens_per_replica",
                "time_breakdown_network_s", "time_breakdown_total_s", "sim_wall_s")
@@ -102,22 +117,48 @@ def layout_points(layouts: Iterable[tuple[int, int, int]]) -> list[dict[str, Any
     return [{"parallel.tp": tp, "parallel.pp": pp, "parallel.dp": dp} for tp, pp, dp in layouts]
 
 
+def steady_throughput(requests_path: str | Path, lo: float = STEADY[0], hi: float = STEADY[1]) -> float | None:
+    """Output tokens per second while the run is in steady state.
+
+    Completed requests sorted by finish time; the rate between the moments ``lo`` and ``hi`` of
+    all output tokens were done. Under saturation this leaves out the ramp (the queue filling)
+    and the drain (the last requests finishing in ever smaller batches, and data-parallel
+    replicas running out of work at different times), which a finite replay otherwise charges.
+    """
+    t = pq.read_table(requests_path, columns=["status", "finish_s", "output_tokens"]).to_pydict()
+    done = [(f, n) for st, f, n in zip(t["status"], t["finish_s"], t["output_tokens"]) if st == "completed"]
+    if len(done) < 3:
+        return None
+    done.sort()
+    fin = np.array([f for f, _ in done])
+    cum = np.cumsum([n for _, n in done])
+    i0, i1 = np.searchsorted(cum, lo * cum[-1]), np.searchsorted(cum, hi * cum[-1])
+    if i1 <= i0 or fin[i1] <= fin[i0]:
+        return None
+    return float((cum[i1] - cum[i0]) / (fin[i1] - fin[i0]))
+
+
 def simulate(case: str, regime: str, layouts: Sequence[tuple[int, int, int]], max_requests: int,
              root: str | Path) -> pa.Table:
     """One discrete-event simulation per layout of ``case`` in ``regime``; one tidy row per layout.
 
     Columns: ``case``, ``regime``, ``layout``, ``tp``, ``pp``, ``dp``, ``gpus``, the metrics in
-    ``DES_COLUMNS`` and ``error`` (the simulator's one-line reason for an impossible layout).
+    ``DES_COLUMNS``, ``throughput_steady_tok_s`` (:func:`steady_throughput`) and ``error`` (the
+    simulator's one-line reason for an impossible layout).
     """
     c = CASES[case]
     base = [*BASE, *c["overrides"], f"workload.max_requests={int(max_requests)}",
             *(f"{k}={v}" for k, v in REGIMES[regime].items())]
-    table = run_points(base, layout_points(layouts), Path(root) / case / regime).to_pylist()
+    out = Path(root) / case / regime
+    table = run_points(base, layout_points(layouts), out).to_pylist()
     rows = []
-    for (tp, pp, dp), r in zip(layouts, table):
+    for i, ((tp, pp, dp), r) in enumerate(zip(layouts, table)):
         assert (r["parallel.tp"], r["parallel.pp"], r["parallel.dp"]) == (tp, pp, dp)
+        path = out / str(i) / "requests.parquet"
+        steady = steady_throughput(path) if r.get("error") is None and path.is_file() else None
         rows.append({"case": case, "regime": regime, "layout": layout_label(tp, pp, dp), "tp": tp, "pp": pp, "dp": dp,
-                     "gpus": tp * pp * dp, **{k: r.get(k) for k in DES_COLUMNS}, "error": r.get("error")})
+                     "gpus": tp * pp * dp, **{k: r.get(k) for k in DES_COLUMNS}, "throughput_steady_tok_s": steady,
+                     "error": r.get("error")})
     return pa.Table.from_pylist(rows, schema=_des_schema())
 
 
@@ -127,42 +168,75 @@ def _des_schema() -> pa.Schema:
     fields = [pa.field(k, pa.string()) for k in ("case", "regime", "layout")]
     fields += [pa.field(k, pa.int64()) for k in ("tp", "pp", "dp", "gpus")]
     fields += [pa.field(k, pa.int64() if k in ints else pa.float64()) for k in DES_COLUMNS]
+    fields += [pa.field("throughput_steady_tok_s", pa.float64())]
     return pa.schema(fields + [pa.field("error", pa.string())])
 
 
 def summarize(des: pa.Table) -> pa.Table:
-    """One row per case x layout: speed (recorded regime), throughput and cost (saturated regime).
+    """One row per case x layout: speed (light and recorded regimes), throughput and cost (saturated).
 
-    ``speed_tok_s`` = 1 / TPOT p50 at the recorded rate; ``throughput_tok_s`` and
-    ``throughput_per_gpu_tok_s`` at saturation; ``usd_per_mtok_busy`` / ``usd_per_mtok_wall`` at
-    saturation; ``usd_per_mtok_busy_recorded`` at the recorded rate; ``error`` if impossible.
+    ``speed_tok_s`` = 1 / TPOT p50 in the light regime (the layout's per-request decode speed);
+    ``speed_recorded_tok_s`` and ``ttft_p50_recorded_s`` at the recorded rate; at saturation
+    ``throughput_tok_s`` (steady state, :func:`steady_throughput`) and per GPU,
+    ``throughput_makespan_tok_s`` (output tokens / makespan), ``usd_per_mtok`` (all the layout's
+    GPUs rented at the steady throughput), ``usd_per_mtok_busy`` (GPU-hours while a stage works)
+    and ``usd_per_mtok_wall`` (all GPUs for the makespan); ``error`` for an impossible layout.
     """
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for r in des.to_pylist():
         key = (r["case"], r["layout"])
         out = rows.setdefault(key, {"case": r["case"], "layout": r["layout"], "tp": r["tp"], "pp": r["pp"],
                                     "dp": r["dp"], "gpus": r["gpus"], "error": r["error"]})
+        out["error"] = out["error"] or r["error"]
         ok = r["error"] is None
-        if r["regime"] == "recorded":
-            out["speed_tok_s"] = 1.0 / r["tpot_p50_s"] if ok and r["tpot_p50_s"] else None
-            out["tpot_p50_s"] = r["tpot_p50_s"]
-            out["ttft_p50_s"] = r["ttft_p50_s"]
-            out["usd_per_mtok_busy_recorded"] = r["cost_usd_per_million_output_tokens"]
+        inv = (lambda v: 1.0 / v if ok and v else None)
+        if r["regime"] == "light":
+            out["speed_tok_s"] = inv(r["tpot_p50_s"])
+            out["ttft_p50_light_s"] = r["ttft_p50_s"]
             out["kv_capacity_tokens_per_replica"] = r["memory_kv_capacity_tokens_per_replica"]
             out["weights_GB_per_gpu"] = r["memory_weights_GB_per_gpu"]
+        elif r["regime"] == "recorded":
+            out["speed_recorded_tok_s"] = inv(r["tpot_p50_s"])
+            out["ttft_p50_recorded_s"] = r["ttft_p50_s"]
+            out["ttft_p99_recorded_s"] = r["ttft_p99_s"]
         else:
-            tput = r["throughput_output_tokens_per_s"]
+            tput = r["throughput_steady_tok_s"]
             out["throughput_tok_s"] = tput
             out["throughput_per_gpu_tok_s"] = tput / r["gpus"] if ok and tput else None
-            out["tpot_p50_saturated_s"] = r["tpot_p50_s"]
+            out["throughput_makespan_tok_s"] = r["throughput_output_tokens_per_s"]
+            out["speed_saturated_tok_s"] = inv(r["tpot_p50_s"])
+            out["usd_per_mtok"] = r["cost_usd_per_hour"] / 3600.0 / tput * 1e6 if ok and tput else None
             out["usd_per_mtok_busy"] = r["cost_usd_per_million_output_tokens"]
             out["usd_per_mtok_wall"] = r["cost_usd_per_million_output_tokens_wall"]
-        out["error"] = out["error"] or r["error"]
-    cols = ("case", "layout", "tp", "pp", "dp", "gpus", "speed_tok_s", "tpot_p50_s", "ttft_p50_s",
-            "throughput_tok_s", "throughput_per_gpu_tok_s", "tpot_p50_saturated_s", "usd_per_mtok_busy",
-            "usd_per_mtok_wall", "usd_per_mtok_busy_recorded", "kv_capacity_tokens_per_replica",
-            "weights_GB_per_gpu", "error")
+    cols = ("case", "layout", "tp", "pp", "dp", "gpus", "speed_tok_s", "ttft_p50_light_s", "speed_recorded_tok_s",
+            "ttft_p50_recorded_s", "ttft_p99_recorded_s", "throughput_tok_s", "throughput_per_gpu_tok_s",
+            "throughput_makespan_tok_s", "speed_saturated_tok_s", "usd_per_mtok", "usd_per_mtok_busy",
+            "usd_per_mtok_wall", "kv_capacity_tokens_per_replica", "weights_GB_per_gpu", "error")
     return pa.Table.from_pylist([{k: v.get(k) for k in cols} for v in rows.values()])
+
+
+def dp_scaling(root: str | Path, dps: Sequence[int] = (1, 2, 4, 8), quick: bool = False) -> pa.Table:
+    """Llama-3-8B on ``dp`` single-GPU replicas, the same requests, the same arrival rate per replica.
+
+    For each regime but ``recorded`` (``light`` and ``saturated``) the regime's requests are
+    replayed at ``rate_scale x dp / 8``, so every replica sees the arrival rate a replica of DP8
+    sees. Data parallelism should leave speed per request and cost per token unchanged and
+    multiply throughput by ``dp``. One row per regime x dp: ``DES_COLUMNS``,
+    ``throughput_steady_tok_s`` and ``throughput_per_gpu_tok_s`` (steady, per GPU).
+    """
+    n_req = QUICK_MAX_REQUESTS if quick else MAX_REQUESTS
+    rows = []
+    for regime in ("light", "saturated"):
+        for dp in dps:
+            rate = REGIMES[regime]["workload.rate_scale"] * dp / GPUS
+            base = [*BASE, "model=llama3_8b", f"workload.max_requests={n_req[regime]}", f"workload.rate_scale={rate!r}"]
+            out = Path(root) / "dp_scaling" / regime / str(dp)
+            t = run_points(base, layout_points([(1, 1, dp)]), out).to_pylist()[0]
+            steady = steady_throughput(out / "0" / "requests.parquet") if t.get("error") is None else None
+            rows.append({"regime": regime, "dp": dp, "gpus": dp, "requests": n_req[regime], "rate_scale": rate,
+                         **{k: t.get(k) for k in DES_COLUMNS}, "throughput_steady_tok_s": steady,
+                         "throughput_per_gpu_tok_s": steady / dp if steady else None, "error": t.get("error")})
+    return pa.Table.from_pylist(rows)
 
 
 def analytic(case: str, layouts: Sequence[tuple[int, int, int]], context_len: float = CONTEXT_LEN,
@@ -195,9 +269,10 @@ def analytic(case: str, layouts: Sequence[tuple[int, int, int]], context_len: fl
 
 
 def run(root: str | Path, quick: bool = False, cases: Iterable[str] | None = None) -> dict[str, pa.Table]:
-    """Run every case's layouts in both regimes plus the analytic view; write Parquet under ``root``.
+    """Run every case's layouts in every regime, the analytic view and the DP check; write Parquet under ``root``.
 
-    Returns ``{"des", "summary", "analytic"}`` (written as ``root/parallelism_{name}.parquet``);
+    Returns ``{"des", "summary", "analytic", "dp_scaling"}`` (written as
+    ``root/parallelism_{name}.parquet``);
     simulation outputs of each point stay under ``root/runs/CASE/REGIME/<i>/``.
     """
     root = Path(root)
@@ -212,6 +287,7 @@ def run(root: str | Path, quick: bool = False, cases: Iterable[str] | None = Non
     out = {"des": pa.concat_tables(des)}
     out["summary"] = summarize(out["des"])
     out["analytic"] = pa.concat_tables(ana)
+    out["dp_scaling"] = dp_scaling(root / "runs", quick=quick)
     for k, t in out.items():
         pq.write_table(t, root / f"{NAME}_{k}.parquet")
     return out
@@ -220,4 +296,4 @@ def run(root: str | Path, quick: bool = False, cases: Iterable[str] | None = Non
 def load(root: str | Path) -> dict[str, pa.Table]:
     """The tables :func:`run` wrote under ``root``."""
     root = Path(root)
-    return {k: pq.read_table(root / f"{NAME}_{k}.parquet") for k in ("des", "summary", "analytic")}
+    return {k: pq.read_table(root / f"{NAME}_{k}.parquet") for k in ("des", "summary", "analytic", "dp_scaling")}
