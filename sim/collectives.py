@@ -161,6 +161,20 @@ def ring_allreduce_closed_form_s(n: int, nbytes: float, alpha_s: float, beta_Bps
     return software_s + 2 * (n - 1) * (alpha_s + nbytes / n / beta_Bps)
 
 
+def shared_channels(channels: Sequence[Sequence[PairPath]]) -> list[list[PairPath]]:
+    """Each channel's ring with every hop's bandwidth divided by the number of channels that
+    cross that link (fluid sharing between channels running at once)."""
+    if len(channels) <= 1:
+        return [list(c) for c in channels]
+    users: dict = {}
+    for c, ring in enumerate(channels):
+        for p in ring:
+            for edge, _, _ in p.hops:
+                users.setdefault(edge, set()).add(c)
+    return [[PairPath(tuple((e, lat, bw / len(users[e])) for e, lat, bw in p.hops)) for p in ring]
+            for ring in channels]
+
+
 class GroupCollectives:
     """Alpha-beta cost of the collectives of one group of GPUs (pure; cached per size).
 
@@ -168,14 +182,20 @@ class GroupCollectives:
     rank r+k+1. ``oneshot_ok`` says whether the group shares one switch domain where
     engines use one-shot all-reduce kernels; ``algorithm`` is ``ring``, ``oneshot`` or
     ``auto`` (one-shot up to ``oneshot_max_bytes``, ring above).
+
+    ``channels`` (optional) are several rings over the same ranks that split every ring
+    collective between them, as NCCL does across nodes with one ring per rail: each carries
+    ``1/len(channels)`` of the data, links they share are shared fluidly, and the collective
+    ends when the slowest channel does. Without it the one ring is ``ring_paths``.
     """
 
     def __init__(self, ring_paths: Sequence[PairPath], oneshot_paths: Sequence[Sequence[PairPath]],
                  software_s: float, algorithm: str = "auto", oneshot_max_bytes: float = 512 * 1024,
                  oneshot_ok: bool = True, ranks_per_node: int = 1, nodes: int = 1,
-                 latency_scale: float = 1.0) -> None:
+                 latency_scale: float = 1.0, channels: Sequence[Sequence[PairPath]] | None = None) -> None:
         self.n = len(ring_paths)
         self.ring_paths = tuple(ring_paths)
+        self.channels = shared_channels(channels) if channels else [list(ring_paths)]
         self.oneshot_paths = tuple(tuple(row) for row in oneshot_paths)
         self.software_s = software_s
         self.algorithm = algorithm
@@ -184,8 +204,18 @@ class GroupCollectives:
         self.ranks_per_node, self.nodes, self.latency_scale = ranks_per_node, nodes, latency_scale
         self._cache: dict[tuple[str, float], float] = {}
 
+    def _ring_s(self, nbytes, steps: int, per_rank_chunk: bool):
+        """Ring schedule split over the channels (``nbytes`` is the whole buffer per rank)."""
+        k = len(self.channels)
+        chunk = nbytes / k / (self.n if per_rank_chunk else 1)
+        times = [ring_schedule_s(ring, chunk, steps) for ring in self.channels]
+        out = times[0]
+        for t in times[1:]:
+            out = np.maximum(out, t) if isinstance(out, np.ndarray) or isinstance(t, np.ndarray) else max(out, t)
+        return out
+
     def nccl_model_s(self, kind: str, nbytes):
-        bw = min(p.bandwidth_Bps for p in self.ring_paths)
+        bw = len(self.channels) * min(p.bandwidth_Bps for ring in self.channels for p in ring)
         return nccl_model_s(kind, self.n, self.ranks_per_node, self.nodes, nbytes, bw, self.latency_scale)
 
     def allreduce_algorithm(self, nbytes: float) -> str:
@@ -204,7 +234,7 @@ class GroupCollectives:
         if self.algorithm == "nccl_model":
             return self.nccl_model_s("allreduce", nbytes) + self.software_s
         if isinstance(nbytes, np.ndarray):
-            ring = ring_schedule_s(self.ring_paths, nbytes / self.n, 2 * (self.n - 1))
+            ring = self._ring_s(nbytes, 2 * (self.n - 1), True)
             if self.algorithm == "ring" or not self.oneshot_ok:
                 return ring + self.software_s
             oneshot = oneshot_schedule_s(self.oneshot_paths, nbytes)
@@ -216,7 +246,7 @@ class GroupCollectives:
         t = self._cache.get(key)
         if t is None:
             if algo == "ring":
-                t = ring_schedule_s(self.ring_paths, nbytes / self.n, 2 * (self.n - 1))
+                t = self._ring_s(nbytes, 2 * (self.n - 1), True)
             else:
                 t = oneshot_schedule_s(self.oneshot_paths, nbytes)
             t += self.software_s
@@ -230,10 +260,10 @@ class GroupCollectives:
         if self.algorithm == "nccl_model":
             return self.nccl_model_s("allgather", nbytes) + self.software_s
         if isinstance(nbytes, np.ndarray):
-            return ring_schedule_s(self.ring_paths, nbytes, self.n - 1) + self.software_s
+            return self._ring_s(nbytes, self.n - 1, False) + self.software_s
         key = ("allgather", nbytes)
         t = self._cache.get(key)
         if t is None:
-            t = ring_schedule_s(self.ring_paths, nbytes, self.n - 1) + self.software_s
+            t = self._ring_s(nbytes, self.n - 1, False) + self.software_s
             self._cache[key] = t
         return t

@@ -66,11 +66,27 @@ class Fabric:
                        if n > 1 and oneshot_ok else [])
             servers = [self.graph.nodes[r]["server"] for r in key]
             per_node = max(servers.count(s) for s in set(servers))
+            channels = [[self.pair(order[r], order[(r + 1) % n]) for r in range(n)]
+                        for order in self.channel_orders(key)]
             g = GroupCollectives(ring, oneshot, self.software_s, e.allreduce_algorithm,
                                  e.oneshot_max_bytes, oneshot_ok,
-                                 ranks_per_node=per_node, nodes=len(set(servers)), latency_scale=self.latency_scale)
+                                 ranks_per_node=per_node, nodes=len(set(servers)), latency_scale=self.latency_scale,
+                                 channels=channels if len(channels) > 1 else None)
             self._groups[key] = g
         return g
+
+    def channel_orders(self, ranks: Sequence[str]) -> list[list[str]]:
+        """Ring orders NCCL-style channels use: across nodes, one ring per local rank position,
+        each rotating every node's block so that its node-to-node hops leave from a different
+        GPU (and so a different NIC/rail); within one node, the single given order."""
+        blocks: dict[int, list[str]] = {}
+        for r in ranks:
+            blocks.setdefault(self.graph.nodes[r]["server"], []).append(r)
+        sizes = {len(b) for b in blocks.values()}
+        if len(blocks) == 1 or len(sizes) != 1 or sizes == {1}:
+            return [list(ranks)]
+        m = sizes.pop()
+        return [[r for b in blocks.values() for r in (b[c:] + b[:c])] for c in range(m)]
 
     def send_s(self, src: str, dst: str, nbytes: float) -> float:
         """Point-to-point send including the engine's software latency."""

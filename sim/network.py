@@ -144,13 +144,16 @@ class MessageNetwork:
                 yield self.env.timeout(group.allreduce_s(nbytes) if kind == "allreduce" else group.allgather_s(nbytes))
                 return
             yield from self._software()
+            orders = self.fabric.channel_orders(ranks)
+            k = len(orders)
             if kind == "allreduce":
                 if group.allreduce_algorithm(nbytes) == "ring":
-                    yield from self._ring(ranks, nbytes / n, 2 * (n - 1))
+                    yield self.env.all_of([self.env.process(self._ring(o, nbytes / k / n, 2 * (n - 1)))
+                                           for o in orders])
                 else:
                     yield from self._oneshot(ranks, nbytes)
             elif kind == "allgather":
-                yield from self._ring(ranks, nbytes, n - 1)
+                yield self.env.all_of([self.env.process(self._ring(o, nbytes / k, n - 1)) for o in orders])
             else:
                 raise ValueError(f"unknown collective kind {kind!r}")
         return self.env.process(proc())

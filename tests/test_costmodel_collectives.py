@@ -156,8 +156,16 @@ def test_message_and_collective_fidelity_agree(name, graph, engine, op, ranks, o
     g = graph()
     msg = run_network(MessageNetwork, g, engine, op, ranks, nbytes, osc)
     coll = run_network(CollectiveNetwork, g, engine, op, ranks, nbytes, osc)
-    assert msg == pytest.approx(coll, rel=0.01)
-    assert msg == pytest.approx(coll, rel=1e-9)   # in practice they agree to rounding
+    if name.startswith("ib"):
+        # Across nodes a ring collective is split over one channel per rail (as NCCL does);
+        # the channels contend for the NVLink links inside each node, which the collective
+        # fidelity shares fluidly and the message fidelity message by message (FIFO).
+        assert msg == pytest.approx(coll, rel=0.10)
+        if nbytes <= 16:
+            assert msg == pytest.approx(coll, rel=0.01)  # latency-bound: no contention to speak of
+    else:
+        assert msg == pytest.approx(coll, rel=0.01)
+        assert msg == pytest.approx(coll, rel=1e-9)   # nothing contends: they agree to rounding
 
 
 def test_collective_fidelity_duration_matches_group_costs():

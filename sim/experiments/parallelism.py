@@ -89,9 +89,6 @@ REGIMES: dict[str, dict[str, Any]] = {
 MAX_REQUESTS = {"light": 500, "recorded": 1500, "saturated": 8000}
 QUICK_MAX_REQUESTS = {"light": 60, "recorded": 150, "saturated": 600}
 
-#: the steady-state window of a saturated run: between 10 % and 90 % of its output tokens
-STEADY = (0.1, 0.9)
-
 #: analytic view: cached context per sequence (the trace's mean prompt) and batch sizes per micro-batch
 CONTEXT_LEN = 2048
 BATCHES = np.unique(np.round(np.geomspace(1, 256, 33)))
@@ -117,25 +114,40 @@ def layout_points(layouts: Iterable[tuple[int, int, int]]) -> list[dict[str, Any
     return [{"parallel.tp": tp, "parallel.pp": pp, "parallel.dp": dp} for tp, pp, dp in layouts]
 
 
-def steady_throughput(requests_path: str | Path, lo: float = STEADY[0], hi: float = STEADY[1]) -> float | None:
-    """Output tokens per second while the run is in steady state.
+def steady_throughput(run_dir: str | Path) -> float | None:
+    """Output tokens per second while every replica of a run has requests waiting (saturated).
 
-    Completed requests sorted by finish time; the rate between the moments ``lo`` and ``hi`` of
-    all output tokens were done. Under saturation this leaves out the ramp (the queue filling)
-    and the drain (the last requests finishing in ever smaller batches, and data-parallel
-    replicas running out of work at different times), which a finite replay otherwise charges.
+    The window runs from the first moment every replica has a non-empty queue to the last
+    moment every replica still has one (from ``steps.parquet``'s ``waiting``), so it leaves out
+    the ramp and the drain of a finite replay (the last requests finishing in ever smaller
+    batches, data-parallel replicas running out of work at different times), which the
+    makespan throughput charges. Tokens of each completed request count from
+    ``requests.parquet``: its first token at ``first_token_s``, the others spread evenly up to
+    ``finish_s``. None when the run never saturates every replica.
     """
-    t = pq.read_table(requests_path, columns=["status", "finish_s", "output_tokens"]).to_pydict()
-    done = [(f, n) for st, f, n in zip(t["status"], t["finish_s"], t["output_tokens"]) if st == "completed"]
-    if len(done) < 3:
+    run_dir = Path(run_dir)
+    st = pq.read_table(run_dir / "steps.parquet", columns=["replica", "start_s", "waiting"]).to_pydict()
+    queued: dict[int, list[float]] = {}
+    for rep, t, w in zip(st["replica"], st["start_s"], st["waiting"]):
+        queued.setdefault(rep, [])
+        if w > 0:
+            queued[rep].append(t)
+    if not queued or not all(queued.values()):
         return None
-    done.sort()
-    fin = np.array([f for f, _ in done])
-    cum = np.cumsum([n for _, n in done])
-    i0, i1 = np.searchsorted(cum, lo * cum[-1]), np.searchsorted(cum, hi * cum[-1])
-    if i1 <= i0 or fin[i1] <= fin[i0]:
+    lo = max(min(v) for v in queued.values())
+    hi = min(max(v) for v in queued.values())
+    if hi <= lo:
         return None
-    return float((cum[i1] - cum[i0]) / (fin[i1] - fin[i0]))
+    rq = pq.read_table(run_dir / "requests.parquet",
+                       columns=["status", "first_token_s", "finish_s", "output_tokens"]).to_pydict()
+    tokens = 0.0
+    for status, first, finish, n in zip(rq["status"], rq["first_token_s"], rq["finish_s"], rq["output_tokens"]):
+        if status != "completed":
+            continue
+        tokens += 1.0 if lo <= first < hi else 0.0
+        if n > 1 and finish > first:
+            tokens += (n - 1) * max(0.0, min(hi, finish) - max(lo, first)) / (finish - first)
+    return tokens / (hi - lo)
 
 
 def simulate(case: str, regime: str, layouts: Sequence[tuple[int, int, int]], max_requests: int,
@@ -143,8 +155,8 @@ def simulate(case: str, regime: str, layouts: Sequence[tuple[int, int, int]], ma
     """One discrete-event simulation per layout of ``case`` in ``regime``; one tidy row per layout.
 
     Columns: ``case``, ``regime``, ``layout``, ``tp``, ``pp``, ``dp``, ``gpus``, the metrics in
-    ``DES_COLUMNS``, ``throughput_steady_tok_s`` (:func:`steady_throughput`) and ``error`` (the
-    simulator's one-line reason for an impossible layout).
+    ``DES_COLUMNS``, ``throughput_steady_tok_s`` (:func:`steady_throughput`, saturated regime
+    only) and ``error`` (the simulator's one-line reason for an impossible layout).
     """
     c = CASES[case]
     base = [*BASE, *c["overrides"], f"workload.max_requests={int(max_requests)}",
@@ -154,8 +166,9 @@ def simulate(case: str, regime: str, layouts: Sequence[tuple[int, int, int]], ma
     rows = []
     for i, ((tp, pp, dp), r) in enumerate(zip(layouts, table)):
         assert (r["parallel.tp"], r["parallel.pp"], r["parallel.dp"]) == (tp, pp, dp)
-        path = out / str(i) / "requests.parquet"
-        steady = steady_throughput(path) if r.get("error") is None and path.is_file() else None
+        job = out / str(i)
+        steady = (steady_throughput(job) if regime == "saturated" and r.get("error") is None
+                  and (job / "steps.parquet").is_file() else None)
         rows.append({"case": case, "regime": regime, "layout": layout_label(tp, pp, dp), "tp": tp, "pp": pp, "dp": dp,
                      "gpus": tp * pp * dp, **{k: r.get(k) for k in DES_COLUMNS}, "throughput_steady_tok_s": steady,
                      "error": r.get("error")})
@@ -232,7 +245,7 @@ def dp_scaling(root: str | Path, dps: Sequence[int] = (1, 2, 4, 8), quick: bool 
             base = [*BASE, "model=llama3_8b", f"workload.max_requests={n_req[regime]}", f"workload.rate_scale={rate!r}"]
             out = Path(root) / "dp_scaling" / regime / str(dp)
             t = run_points(base, layout_points([(1, 1, dp)]), out).to_pylist()[0]
-            steady = steady_throughput(out / "0" / "requests.parquet") if t.get("error") is None else None
+            steady = steady_throughput(out / "0") if regime == "saturated" and t.get("error") is None else None
             rows.append({"regime": regime, "dp": dp, "gpus": dp, "requests": n_req[regime], "rate_scale": rate,
                          **{k: t.get(k) for k in DES_COLUMNS}, "throughput_steady_tok_s": steady,
                          "throughput_per_gpu_tok_s": steady / dp if steady else None, "error": t.get("error")})
