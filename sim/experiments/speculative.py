@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -93,7 +93,8 @@ WAVE_GAP_S = 100.0
 ID_COLUMNS = ("method", "deployment", "tp", "acceptance", "num_tokens", "batch", "latency_scale", "waves",
               "requests")
 #: per-run measurements added from the run's requests.parquet / steps.parquet
-RUN_COLUMNS = ("speed_tok_s", "tokens_per_pass", "mean_gamma", "draft_share")
+PARTS = ("compute", "memory", "network", "fixed")
+RUN_COLUMNS = ("speed_tok_s", "tokens_per_pass", "mean_gamma", "draft_share", *(f"{p}_per_token_s" for p in PARTS))
 
 
 # ------------------------------------------------------------------ grid
@@ -139,7 +140,8 @@ def points(quick: bool = False, trace_dir: str | Path = "traces") -> list[tuple[
     point uses), then each method's :func:`spec_settings`. ``labels`` holds :data:`ID_COLUMNS`
     (``acceptance`` and ``num_tokens`` are None for ``none``); ``overrides`` the Hydra overrides
     on top of :data:`BASE`, with ``workload.path`` pointing at ``trace_dir /`` :func:`trace_name`
-    (write the traces with :func:`write_traces`).
+    (write the traces with :func:`write_traces`) and ``workload.max_requests`` = all of its requests
+    (the experiment config's 3 would truncate it).
     """
     min_tokens = QUICK_MIN_DECODE_TOKENS if quick else MIN_DECODE_TOKENS
     settings = spec_settings(quick)
@@ -150,7 +152,8 @@ def points(quick: bool = False, trace_dir: str | Path = "traces") -> list[tuple[
         waves = waves_for(batch, min_tokens)
         over = {**DEPLOYMENTS[dep], "scheduler.max_batch_size": batch,
                 "scheduler.max_tokens_per_step": max(2048, batch * PROMPT),
-                "network.latency_scale": float(latency), "workload.path": str(trace_dir / trace_name(batch, waves))}
+                "network.latency_scale": float(latency), "workload.path": str(trace_dir / trace_name(batch, waves)),
+                "workload.max_requests": waves * batch}
         labels = {"deployment": dep, "tp": DEPLOYMENTS[dep]["parallel.tp"], "batch": batch,
                   "latency_scale": float(latency), "waves": waves, "requests": waves * batch}
         return labels, over
@@ -191,7 +194,9 @@ def run_measures(requests: pa.Table, steps: pa.Table) -> dict[str, float]:
     ``tokens_per_pass`` = decode tokens / decode passes (1 without speculation);
     ``mean_gamma`` = proposed draft tokens / decode passes (the draft length actually used,
     averaged over passes; ``auto`` may pick 0); ``draft_share`` = drafting time / step time
-    over the decode-only steps (``prefill_tokens == 0``).
+    over the decode-only steps (``prefill_tokens == 0``); ``<part>_per_token_s`` = the decode-only
+    steps' arithmetic / HBM / collective / launch-and-overhead time (drafting included) per token
+    they generated (``batch_size + spec_accepted_tokens`` per step).
     """
     req = requests.to_pydict()
     done = [i for i, s in enumerate(req["status"]) if s == "completed" and req["tpot_s"][i] == req["tpot_s"][i]]
@@ -201,11 +206,15 @@ def run_measures(requests: pa.Table, steps: pa.Table) -> dict[str, float]:
     st = steps.to_pydict()
     decode = [i for i, p in enumerate(st["prefill_tokens"]) if p == 0]
     step_s = sum(st["duration_s"][i] for i in decode)
+    generated = float(sum(st["batch_size"][i] + st["spec_accepted_tokens"][i] for i in decode))
+    per_token = {f"{p}_per_token_s": (sum(st[f"{p}_s"][i] for i in decode) / generated if generated else float("nan"))
+                 for p in PARTS}
     return {
         "speed_tok_s": 1.0 / tpot if tpot > 0 else float("nan"),
         "tokens_per_pass": tokens / passes if passes else float("nan"),
         "mean_gamma": float(sum(st["spec_proposed_tokens"])) / passes if passes else float("nan"),
         "draft_share": sum(st["draft_s"][i] for i in decode) / step_s if step_s > 0 else float("nan"),
+        **per_token,
     }
 
 
@@ -327,6 +336,26 @@ def values(table: pa.Table, column: str) -> list:
 
 # ------------------------------------------------------------------ analytic
 
+def _best_rate(pass_s: list[np.ndarray], a: float, num_tokens: str,
+               b_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Speed (tokens/s), gamma and expected tokens per pass at batch indices ``b_idx`` for a fixed
+    ``num_tokens`` or the best gamma in ``0..len(pass_s) - 1`` (``auto``); ``pass_s[g]`` holds the
+    pass time at ``gamma = g`` per batch size."""
+    from ..speculative import expected_tokens
+
+    cands = range(len(pass_s)) if num_tokens == "auto" else [int(num_tokens)]
+    rate = gam = tok = None
+    for g in cands:
+        e = expected_tokens(a, g) if g > 0 else 1.0
+        r = e / pass_s[g][b_idx]
+        if rate is None:
+            rate, gam, tok = r, np.full(r.shape, g), np.full(r.shape, e)
+        else:
+            better = r > rate * (1 + 1e-12)
+            rate, gam, tok = np.where(better, r, rate), np.where(better, g, gam), np.where(better, e, tok)
+    return rate, gam, tok
+
+
 def analytic(quick: bool = False, context_len: float = PROMPT + OUTPUT / 2) -> pa.Table:
     """Closed-form speedups (:meth:`sim.analytic.AnalyticModel.decode`) along the same four sweeps.
 
@@ -334,14 +363,14 @@ def analytic(quick: bool = False, context_len: float = PROMPT + OUTPUT / 2) -> p
     drafts plus verification does not depend on ``a``, so the speed at any acceptance is
     ``expected_tokens(a, gamma) / pass_s(gamma)`` (``auto``: the best gamma in
     ``0..max_num_tokens``). Axes are denser than the simulated ones (acceptance every 0.025,
-    gamma 1..8 and auto, batches 1..128 roughly geometric, latency scales 9 per octave-ish;
-    quick: the simulated latency scales only). Columns: ``method``, ``deployment``,
+    gamma 1..8 and auto, 24 roughly geometric batch sizes up to the largest simulated one, the
+    simulated latency scales plus 9 geometric ones between them; quick: the simulated latency
+    scales only). Columns: ``method``, ``deployment``,
     ``tp``, ``factor`` (the swept one), the four factors (:data:`FACTORS`), ``gamma`` (the one
     used), ``tokens_per_pass``, ``speed_tok_s``, ``base_speed_tok_s``, ``speedup``.
     """
     from ..analytic import AnalyticModel, Split
     from ..config import parse_config
-    from ..speculative import expected_tokens
     from ..steptime import compose_config
 
     sweeps = QUICK_SWEEPS if quick else SWEEPS
@@ -381,20 +410,10 @@ def analytic(quick: bool = False, context_len: float = PROMPT + OUTPUT / 2) -> p
             for method, m_over in METHODS.items():
                 sm, split = model(dep, m_over, latency)
                 max_g = sm.cfg.speculative.max_num_tokens
-                pass_s = {g: sm.decode(split, all_b, context_len=context_len, gamma=g)["pass_s"] for g in range(max_g + 1)}
+                pass_s = [sm.decode(split, all_b, context_len=context_len, gamma=g)["pass_s"] for g in range(max_g + 1)]
 
-                def best(a: float, num_tokens: str, b_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-                    cands = range(max_g + 1) if num_tokens == "auto" else [int(num_tokens)]
-                    rate, gam, tok = None, None, None
-                    for g in cands:
-                        e = expected_tokens(a, g) if g > 0 else 1.0
-                        r = e / pass_s[g][b_idx]
-                        if rate is None:
-                            rate, gam, tok = r, np.full(r.shape, g), np.full(r.shape, e)
-                        else:
-                            better = r > rate * (1 + 1e-12)
-                            rate, gam, tok = np.where(better, r, rate), np.where(better, g, gam), np.where(better, e, tok)
-                    return rate, gam, tok
+                def best(a: float, num_tokens: str, b_idx: np.ndarray, pass_s=pass_s):
+                    return _best_rate(pass_s, a, num_tokens, b_idx)
 
                 c_idx = np.searchsorted(all_b, [CENTER["batch"]])
                 b1 = base_at[float(CENTER["batch"])]
