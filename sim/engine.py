@@ -14,7 +14,9 @@ Modelling assumptions (see ``docs``/README "Step-time model"):
   in eager mode the host issues one kernel per ``host_launch_us`` and the GPU can never run
   ahead of it;
 * decode attention streams the KV cache at a bandwidth that grows with the number of
-  thread blocks it can keep busy (``attention_ctas_per_sm`` per SM for full bandwidth);
+  thread blocks it can keep busy (``attention_ctas_per_sm`` per SM for full bandwidth): one
+  per query head and block of 64 queries, and with split-KV (FlashDecoding-style) kernels one
+  more per ``attention_kv_split_tokens`` cached tokens (0: no split, as in plain SDPA);
 * norms, residual adds, rotary and activation functions move
   ``elementwise_bytes_per_hidden`` bytes per token per hidden unit per layer.
 """
@@ -42,6 +44,7 @@ class EngineProfile:
     host_launch_us: float = 0.0
     step_overhead_us: float = 0.0
     attention_ctas_per_sm: float = 2.0
+    attention_kv_split_tokens: float = 0.0
     elementwise_bytes_per_hidden: float = 40.0
     lm_head_all_prompt_tokens: bool = False
     # Collectives, as the engine issues them.
@@ -63,6 +66,8 @@ class EngineProfile:
                   "collective_software_us", "activation_reserve_GB", "elementwise_bytes_per_hidden", "oneshot_max_bytes"):
             v = getattr(self, f)
             require(v >= 0.0, f"engine.{f}={v!r} must be >= 0")
+        require(self.attention_kv_split_tokens >= 0,
+                f"engine.attention_kv_split_tokens={self.attention_kv_split_tokens!r} must be >= 0 (0: no split-KV)")
         require(self.attention_ctas_per_sm > 0, f"engine.attention_ctas_per_sm={self.attention_ctas_per_sm!r} must be > 0")
         algorithms = ("auto", "ring", "oneshot", "nccl_model")
         require(self.allreduce_algorithm in algorithms,

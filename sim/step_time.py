@@ -182,6 +182,8 @@ class StepTimePredictor:
         kv = b.kv_tokens_read * 2.0 * self.kv_heads_per_gpu * hd * self.precision.kv_bytes
         qo = 2.0 * b.new_tokens * self.heads_per_gpu * hd * self.precision.activation_bytes
         blocks = b.query_blocks * self.heads_per_gpu
+        if e.attention_kv_split_tokens > 0:  # split-KV kernels also parallelise over the context
+            blocks = blocks + b.kv_tokens_read / e.attention_kv_split_tokens * self.heads_per_gpu
         occupancy = vmin(1.0, blocks / (e.attention_ctas_per_sm * self.hardware.sm_count))
         t_c = flops / (self._peak_attn * e.attention_compute_efficiency)
         t_m = kv / (self._bw * occupancy) + qo / self._bw
