@@ -197,29 +197,23 @@ class ContinuousBatcher:
         for w in plan.work:
             r = w.request
             self.busy.discard(r)
-            if w.proposed:
+            if w.proposed:  # verification: keep the accepted drafts, roll back the rest
                 k = min(w.proposed, (accepted or {}).get(r, 0))
                 self.computed[r] = w.context + 1 + k
                 self.pool.shrink(r, self.computed[r])
-                self.generated[r] += k + 1
+                gained = k + 1
+            else:
+                self.computed[r] = w.context + w.new_tokens
+                gained = 1 if w.samples else 0
+            if gained:
+                self.generated[r] += gained
                 g = self.generated[r]
                 finished = g >= int(self.output[r])
                 if finished:
                     self.running.remove(r)
                     self.pool.free(r)
                     del self.computed[r], self.generated[r]
-                events.append((r, False, finished))
-                continue
-            self.computed[r] = w.context + w.new_tokens
-            if w.samples:
-                self.generated[r] += 1
-                g = self.generated[r]
-                finished = g >= int(self.output[r])
-                if finished:
-                    self.running.remove(r)
-                    self.pool.free(r)
-                    del self.computed[r], self.generated[r]
-                events.append((r, g == 1, finished))
+                events.append((r, g == gained and not w.proposed, finished))
         return events
 
 

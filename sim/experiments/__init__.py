@@ -37,3 +37,27 @@ def run_points(base: Iterable[str], points: Iterable[dict[str, Any]], root: str 
         except ConfigError as exc:
             (job / "error.txt").write_text(str(exc) + "\n")
     return collect(root)
+
+
+# Deployments the headline experiments compare: one HGX node, and two over InfiniBand.
+DEPLOYMENTS: dict[str, dict[str, Any]] = {
+    "TP8": {"topology": "hgx", "parallel.tp": 8},
+    "TP16": {"topology": "multi_node_ib", "parallel.tp": 16},
+}
+DEPLOYMENT_LABELS = {"TP8": "TP8 (1 node, NVSwitch)", "TP16": "TP16 (2 nodes, InfiniBand)"}
+
+
+def save_tables(tables: dict[str, pa.Table], root: str | Path, name: str) -> dict[str, pa.Table]:
+    """Write each table as ``root/<name>_<key>.parquet``; returns ``tables``."""
+    import pyarrow.parquet as pq
+
+    for key, table in tables.items():
+        pq.write_table(table, Path(root) / f"{name}_{key}.parquet")
+    return tables
+
+
+def load_tables(root: str | Path, name: str, keys) -> dict[str, pa.Table]:
+    """The tables :func:`save_tables` wrote under ``root``."""
+    import pyarrow.parquet as pq
+
+    return {k: pq.read_table(Path(root) / f"{name}_{k}.parquet") for k in keys}

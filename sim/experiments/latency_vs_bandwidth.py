@@ -35,16 +35,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import run_points
+from . import DEPLOYMENT_LABELS, DEPLOYMENTS, run_points  # noqa: F401  (labels: used by the notebook)
 
 NAME = "latency_vs_bandwidth"
 BASE = [f"+experiment={NAME}"]
 
-DEPLOYMENTS: dict[str, dict[str, Any]] = {
-    "TP8": {"topology": "hgx", "parallel.tp": 8},
-    "TP16": {"topology": "multi_node_ib", "parallel.tp": 16},
-}
-DEPLOYMENT_LABELS = {"TP8": "TP8 (1 node, NVSwitch)", "TP16": "TP16 (2 nodes, InfiniBand)"}
 
 SCALES = (0.25, 0.5, 1.0, 2.0, 4.0, 10.0)
 QUICK_SCALES = (0.5, 1.0, 10.0)

@@ -56,7 +56,7 @@ import pyarrow.parquet as pq
 from ..analytic import AnalyticModel, Split
 from ..config import parse_config
 from ..steptime import compose_config
-from . import run_points
+from . import load_tables, run_points, save_tables
 
 NAME = "parallelism"
 BASE = [f"+experiment={NAME}"]
@@ -301,12 +301,9 @@ def run(root: str | Path, quick: bool = False, cases: Iterable[str] | None = Non
     out["summary"] = summarize(out["des"])
     out["analytic"] = pa.concat_tables(ana)
     out["dp_scaling"] = dp_scaling(root / "runs", quick=quick)
-    for k, t in out.items():
-        pq.write_table(t, root / f"{NAME}_{k}.parquet")
-    return out
+    return save_tables(out, root, NAME)
 
 
 def load(root: str | Path) -> dict[str, pa.Table]:
     """The tables :func:`run` wrote under ``root``."""
-    root = Path(root)
-    return {k: pq.read_table(root / f"{NAME}_{k}.parquet") for k in ("des", "summary", "analytic", "dp_scaling")}
+    return load_tables(root, NAME, ("des", "summary", "analytic", "dp_scaling"))

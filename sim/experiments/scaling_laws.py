@@ -33,11 +33,11 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ..config import parse_config
 from ..frontier import gpu_counts, search
 from ..steptime import compose_config
+from . import load_tables, save_tables
 
 NAME = "scaling_laws"
 
@@ -177,12 +177,9 @@ def run(root: str | Path, quick: bool = False) -> dict[str, pa.Table]:
                          "epoch_exponent": EPOCH_EXPONENTS[law], "points": tab.num_rows})
     out = {k: pa.concat_tables(v) for k, v in parts.items()}
     out["exponents"] = pa.Table.from_pylist(exps)
-    for k, t in out.items():
-        pq.write_table(t, root / f"{NAME}_{k}.parquet")
-    return out
+    return save_tables(out, root, NAME)
 
 
 def load(root: str | Path) -> dict[str, pa.Table]:
     """The tables :func:`run` wrote under ``root``."""
-    root = Path(root)
-    return {k: pq.read_table(root / f"{NAME}_{k}.parquet") for k in ("params", "bandwidth", "network", "exponents")}
+    return load_tables(root, NAME, ("params", "bandwidth", "network", "exponents"))

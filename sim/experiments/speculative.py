@@ -49,16 +49,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import run_points
+from . import DEPLOYMENT_LABELS, DEPLOYMENTS, run_points  # noqa: F401  (labels: used by the notebook)
 
 NAME = "speculative"
 BASE = [f"+experiment={NAME}"]
 
-DEPLOYMENTS: dict[str, dict[str, Any]] = {
-    "TP8": {"topology": "hgx", "parallel.tp": 8},
-    "TP16": {"topology": "multi_node_ib", "parallel.tp": 16},
-}
-DEPLOYMENT_LABELS = {"TP8": "TP8 (1 node, NVSwitch)", "TP16": "TP16 (2 nodes, InfiniBand)"}
 METHODS: dict[str, dict[str, Any]] = {
     "draft": {"speculative": "draft", "speculative.draft_model": "llama3_8b"},
     "self": {"speculative": "self"},
