@@ -14,15 +14,12 @@ Rules:
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import execute_notebook, run_sim
 
 from sim.experiments import latency_vs_bandwidth as lvb
 
@@ -159,22 +156,13 @@ def test_bandwidth_matters_for_long_prefill(quick):
 # ------------------------------------------------------------------ notebook and command line
 
 def test_notebook_runs_quick_and_writes_pngs(tmp_path, monkeypatch):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    src = ROOT / "notebooks" / "latency_vs_bandwidth.ipynb"
-    shutil.copy(src, tmp_path / src.name)
-    monkeypatch.setenv("SIM_QUICK", "1")
-    nb = nbformat.read(tmp_path / src.name, as_version=4)
-    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    execute_notebook("latency_vs_bandwidth", tmp_path, monkeypatch)
     for png in ("latency_vs_bandwidth.png", "latency_vs_bandwidth_summary.png"):
         assert (tmp_path / png).stat().st_size > 10_000, png
     assert (tmp_path / "runs" / "latency_vs_bandwidth" / "quick" / "latency_vs_bandwidth.parquet").is_file()
 
 
-def _sim(*args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=180, env=env)
+_sim = run_sim
 
 
 def test_cli_runs_the_representative_point(tmp_path):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import execute_notebook
 
 from sim.experiments import parallelism as pm
 
@@ -153,18 +153,7 @@ def test_analytic_view():
 # ---------------------------------------------------------------- notebook and command line
 
 def test_notebook_runs_quick_and_writes_its_figures(tmp_path, monkeypatch):
-    import matplotlib
-    matplotlib.use("Agg")
-    import nbclient
-    import nbformat
-
-    shutil.copy(ROOT / "notebooks" / "parallelism.ipynb", tmp_path / "parallelism.ipynb")
-    monkeypatch.setenv("SIM_QUICK", "1")
-    monkeypatch.setenv("SIM_OUT", str(tmp_path / "data"))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    nb = nbformat.read(tmp_path / "parallelism.ipynb", as_version=4)
-    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    nb = execute_notebook("parallelism", tmp_path, monkeypatch, SIM_OUT=str(tmp_path / "data"))
     for name in ("parallelism.png", "parallelism_analytic.png"):
         png = tmp_path / name
         assert png.is_file() and png.stat().st_size > 10_000, name

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import execute_notebook
 
 from sim.experiments import scaling_laws as sl
 
@@ -125,18 +125,7 @@ def test_measured_assumptions_keep_the_directions():
 # ---------------------------------------------------------------- notebook and command line
 
 def test_notebook_runs_quick_and_writes_its_figure(tmp_path, monkeypatch):
-    import matplotlib
-    matplotlib.use("Agg")
-    import nbclient
-    import nbformat
-
-    shutil.copy(ROOT / "notebooks" / "scaling_laws.ipynb", tmp_path / "scaling_laws.ipynb")
-    monkeypatch.setenv("SIM_QUICK", "1")
-    monkeypatch.setenv("SIM_OUT", str(tmp_path / "data"))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    nb = nbformat.read(tmp_path / "scaling_laws.ipynb", as_version=4)
-    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    nb = execute_notebook("scaling_laws", tmp_path, monkeypatch, SIM_OUT=str(tmp_path / "data"))
     png = tmp_path / "scaling_laws.png"
     assert png.is_file() and png.stat().st_size > 10_000
     tables = sl.load(tmp_path / "data")

@@ -19,13 +19,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import run_sim
 
 from sim.experiments import speculative as spec
 
@@ -265,9 +264,7 @@ def test_closed_form_agrees_with_the_simulation(quick):
 
 # ------------------------------------------------------------------ command line
 
-def _sim(*args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=180, env=env)
+_sim = run_sim
 
 
 def test_cli_runs_the_representative_point(tmp_path):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import execute_notebook
 
 from sim.experiments import time_breakdown as tbd
 
@@ -116,14 +116,7 @@ def test_analytic_model_agrees_with_the_simulation(quick):
 
 
 def test_notebook_runs_quick_and_writes_png(tmp_path, monkeypatch):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    src = ROOT / "notebooks" / "time_breakdown.ipynb"
-    shutil.copy(src, tmp_path / src.name)
-    monkeypatch.setenv("SIM_QUICK", "1")
-    nb = nbformat.read(tmp_path / src.name, as_version=4)
-    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    execute_notebook("time_breakdown", tmp_path, monkeypatch)
     assert (tmp_path / "time_breakdown.png").stat().st_size > 10_000
     assert (tmp_path / "runs" / "time_breakdown" / "quick" / "time_breakdown.parquet").is_file()
 

@@ -1,0 +1,35 @@
+"""Shared test helpers: run the command-line tools, execute a notebook on small settings."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_sim(*args: str, timeout: int = 180) -> subprocess.CompletedProcess:
+    """``python ARGS`` from the repository root, with Hydra's own error switch unset."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def execute_notebook(name: str, workdir: Path, monkeypatch, **env: str):
+    """Copy ``notebooks/NAME.ipynb`` into ``workdir`` and run it top to bottom with
+    ``SIM_QUICK=1`` (small settings); its figures land in ``workdir``. Returns the executed
+    notebook (cells with outputs)."""
+    import nbclient
+    import nbformat
+
+    shutil.copy(ROOT / "notebooks" / f"{name}.ipynb", workdir / f"{name}.ipynb")
+    monkeypatch.setenv("SIM_QUICK", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    nb = nbformat.read(workdir / f"{name}.ipynb", as_version=4)
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(workdir)}}).execute()
+    return nb
