@@ -63,9 +63,9 @@ class _Progress:
         self.env, self.end_s, self.total, self.done = env, max(end_s, 1e-9), total, 0
         self.last = 0.0
 
-    def tick(self) -> None:
+    def tick(self, force: bool = False) -> None:
         now = time.perf_counter()
-        if self.enabled and now - self.last > 0.5:
+        if self.enabled and (force or now - self.last > 0.5):
             self.last = now
             frac = min(1.0, self.env.now / self.end_s)
             sys.stderr.write(f"\r[sim] {frac:6.1%} of trace ({self.env.now:9.1f}/{self.end_s:.1f} s simulated), "
@@ -74,6 +74,7 @@ class _Progress:
 
     def close(self) -> None:
         if self.enabled:
+            self.tick(force=True)
             sys.stderr.write("\n")
 
 
