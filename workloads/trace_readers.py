@@ -175,6 +175,17 @@ def _timestamp_ticks(text: str, where: str, day_cache: dict[str, int]) -> int:
     return ((ordinal * 86_400) + h * 3600 + m * 60 + s) * _TICKS_PER_S + ticks
 
 
+def _data_rows(p: Path, reader, width: int, line_num):
+    """Non-blank CSV rows with their ``file line N`` location; a row of the wrong width is an error."""
+    for row in reader:
+        if not row or not any(cell.strip() for cell in row):
+            continue
+        where = f"{p.name} line {line_num()}"
+        if len(row) != width:
+            raise WorkloadError(f"{where}: has {len(row)} fields; the header has {width}")
+        yield row, where
+
+
 def read_azure_csv(path: str | Path) -> RequestTable:
     """Read an Azure LLM inference trace CSV (``TIMESTAMP,ContextTokens,GeneratedTokens``)."""
     p = _existing_file(path)
@@ -186,12 +197,7 @@ def read_azure_csv(path: str | Path) -> RequestTable:
         prompt: list[int] = []
         output: list[int] = []
         day_cache: dict[str, int] = {}
-        for row in reader:
-            if not row or not any(cell.strip() for cell in row):
-                continue
-            where = f"{p.name} line {line_num()}"
-            if len(row) != width:
-                raise WorkloadError(f"{where}: has {len(row)} fields; the header has {width}")
+        for row, where in _data_rows(p, reader, width, line_num):
             ticks.append(_timestamp_ticks(row[t_col], where, day_cache))
             prompt.append(_parse_count(row[c_col], "ContextTokens", where))
             output.append(_parse_count(row[g_col], "GeneratedTokens", where))
@@ -265,12 +271,7 @@ def _read_plain_csv(p: Path) -> RequestTable:
         arrival: list[float] = []
         prompt: list[int] = []
         output: list[int] = []
-        for row in reader:
-            if not row or not any(cell.strip() for cell in row):
-                continue
-            where = f"{p.name} line {line_num()}"
-            if len(row) != width:
-                raise WorkloadError(f"{where}: has {len(row)} fields; the header has {width}")
+        for row, where in _data_rows(p, reader, width, line_num):
             arrival.append(_parse_seconds(row[a_col], where))
             prompt.append(_parse_plain_count(row[i_col], "prompt_tokens", where))
             output.append(_parse_plain_count(row[o_col], "output_tokens", where))

@@ -61,3 +61,12 @@ def load_tables(root: str | Path, name: str, keys) -> dict[str, pa.Table]:
     import pyarrow.parquet as pq
 
     return {k: pq.read_table(Path(root) / f"{name}_{k}.parquet") for k in keys}
+
+
+def with_columns(table: pa.Table, columns: dict[str, pa.Array]) -> pa.Table:
+    """``table`` with ``columns`` appended, replacing any of the same name."""
+    for name, col in columns.items():
+        if name in table.column_names:
+            table = table.drop_columns([name])
+        table = table.append_column(name, col)
+    return table

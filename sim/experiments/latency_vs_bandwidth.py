@@ -35,7 +35,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import DEPLOYMENT_LABELS, DEPLOYMENTS, run_points  # noqa: F401  (labels: used by the notebook)
+from . import DEPLOYMENT_LABELS, DEPLOYMENTS, run_points, with_columns  # noqa: F401  (labels: used by the notebook)
 
 NAME = "latency_vs_bandwidth"
 BASE = [f"+experiment={NAME}"]
@@ -117,12 +117,7 @@ def label_table(sweep: pa.Table, labels: list[dict[str, Any]]) -> pa.Table:
         "metric": pa.array(metric_names, pa.string()),
         "metric_s": pa.array(values, pa.float64()),
     }
-    out = sweep
-    for name, col in extra.items():
-        if name in out.column_names:
-            out = out.drop_columns([name])
-        out = out.append_column(name, col)
-    return out
+    return with_columns(sweep, extra)
 
 
 def run(root: str | Path, quick: bool = False) -> pa.Table:

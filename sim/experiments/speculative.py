@@ -49,7 +49,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import DEPLOYMENT_LABELS, DEPLOYMENTS, run_points  # noqa: F401  (labels: used by the notebook)
+from . import DEPLOYMENT_LABELS, DEPLOYMENTS, run_points, with_columns  # noqa: F401  (labels: used by the notebook)
 
 NAME = "speculative"
 BASE = [f"+experiment={NAME}"]
@@ -234,12 +234,7 @@ def label_table(sweep: pa.Table, labels: list[dict[str, Any]], jobs_dir: str | P
             else:
                 measures.append({c: float("nan") for c in RUN_COLUMNS})
         extra.update({c: pa.array([m[c] for m in measures], pa.float64()) for c in RUN_COLUMNS})
-    out = sweep
-    for name, col in extra.items():
-        if name in out.column_names:
-            out = out.drop_columns([name])
-        out = out.append_column(name, col)
-    return out
+    return with_columns(sweep, extra)
 
 
 # ------------------------------------------------------------------ analysis
