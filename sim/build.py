@@ -26,6 +26,9 @@ from .step_time import StepTimePredictor
 def build_graph(cfg: RunConfig) -> nx.DiGraph:
     """The topology graph with link parameters from the hardware preset, then scaled."""
     t, hw, need = cfg.topology, cfg.hardware, cfg.gpus
+    # topology.link_* override the hardware preset's scale-up link (fitted topologies).
+    link_lat = t.link_latency_us if t.link_latency_us is not None else hw.scaleup_latency_us
+    link_bw = t.link_bandwidth_GBps if t.link_bandwidth_GBps is not None else hw.scaleup_bandwidth_GBps
     try:
         if t.kind == "hgx":
             gpus = t.gpus_per_node
@@ -33,20 +36,22 @@ def build_graph(cfg: RunConfig) -> nx.DiGraph:
                                   f"use topology=multi_node_ib for more than one node")
             link = "infinity_fabric" if hw.scaleup_link == "infinity_fabric" else "nvlink"
             require(hw.scaleup_link != "pcie", f"hardware {hw.name} has no NVLink/NVSwitch; use topology=pcie_box")
-            g = topologies.hgx_node(gpus, hw.scaleup_bandwidth_GBps, hw.scaleup_latency_us, link=link)
+            g = topologies.hgx_node(gpus, link_bw, link_lat, link=link)
         elif t.kind == "nvl72":
-            g = topologies.nvl72_rack(72, hw.scaleup_bandwidth_GBps, hw.scaleup_latency_us)
+            g = topologies.nvl72_rack(72, link_bw, link_lat)
         elif t.kind == "multi_node_ib":
             require(hw.scaleup_link != "pcie", f"hardware {hw.name} has no NVLink/NVSwitch; use topology=pcie_box")
             nodes = -(-need // t.gpus_per_node) if t.nodes == "auto" else int(t.nodes)
-            g = topologies.multi_node_ib(nodes, t.gpus_per_node, hw.scaleup_bandwidth_GBps, hw.scaleup_latency_us,
+            g = topologies.multi_node_ib(nodes, t.gpus_per_node, link_bw, link_lat,
                                          t.ib_bandwidth_GBps, t.ib_latency_us, hw.pcie_bandwidth_GBps,
                                          1.0, t.rail_optimized,
                                          link="infinity_fabric" if hw.scaleup_link == "infinity_fabric" else "nvlink")
         elif t.kind == "pcie_box":
             gpus = max(need, t.gpus_per_node)
-            g = topologies.pcie_box(gpus, hw.scaleup_bandwidth_GBps if hw.scaleup_link == "pcie" else hw.pcie_bandwidth_GBps,
-                                    1.0 if hw.scaleup_link != "pcie" else hw.scaleup_latency_us, t.gpus_per_switch)
+            pcie_bw = hw.scaleup_bandwidth_GBps if hw.scaleup_link == "pcie" else hw.pcie_bandwidth_GBps
+            pcie_lat = 1.0 if hw.scaleup_link != "pcie" else hw.scaleup_latency_us
+            g = topologies.pcie_box(gpus, t.link_bandwidth_GBps if t.link_bandwidth_GBps is not None else pcie_bw,
+                                    t.link_latency_us if t.link_latency_us is not None else pcie_lat, t.gpus_per_switch)
         else:
             g = topologies.load(t.path)
     except topologies.TopologyError as exc:
@@ -54,6 +59,8 @@ def build_graph(cfg: RunConfig) -> nx.DiGraph:
     have = topologies.gpu_count(g)
     require(need <= have, f"parallel needs {need} GPUs ((tp={cfg.parallel.tp} x pp={cfg.parallel.pp} + "
                           f"{cfg.speculative.extra_gpus} draft) x dp={cfg.parallel.dp}) but topology {t.kind} has {have}")
+    if t.nccl_hops == "links":
+        g.graph["nccl_hops"] = "links"  # Fabric gives nccl_model this graph's hop latencies
     n = cfg.network
     if n.latency_scale != 1.0 or n.bandwidth_scale != 1.0:
         g = topologies.scaled(g, latency_scale=n.latency_scale, bandwidth_scale=n.bandwidth_scale)

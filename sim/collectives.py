@@ -132,20 +132,28 @@ NCCL_PROTOCOLS = {
 
 
 def nccl_model_s(kind: str, n: int, ranks_per_node: int, nodes: int, nbytes, bandwidth_Bps: float,
-                 latency_scale: float = 1.0):
+                 latency_scale: float = 1.0, hop_us: tuple[float, float] | None = None):
     """NCCL-tuning-model time of an all-reduce/all-gather, cheapest protocol per message.
 
     Latency ``base + m((ranks_per_node - 1) hop_nvlink + log2(nodes) hop_net)`` with
     ``m = 2`` for all-reduce and 1 for all-gather, times ``latency_scale``; bandwidth
     ``m (n-1)/n S / (bandwidth x protocol factor)`` (``S`` = the full buffer for all-reduce,
     ``n`` contributions of ``nbytes`` for all-gather).
+
+    ``hop_us = (intra_node_us, network_us)``, when given (a topology with fitted link
+    latencies), replaces NCCL's LL per-hop constants (0.6 us NVLink, 5 us network); the
+    other protocols' hops shift by the same amount (a slower link adds the same time per hop
+    whatever the protocol), never below zero. ``None`` keeps NCCL's constants.
     """
     import math
 
     m = 2.0 if kind == "allreduce" else 1.0
     total = nbytes if kind == "allreduce" else nbytes * n
+    ll_nv, ll_net = NCCL_PROTOCOLS["LL"][1:3]
     best = None
     for base, hop_nv, hop_net, factor in NCCL_PROTOCOLS.values():
+        if hop_us is not None:
+            hop_nv, hop_net = max(0.0, hop_nv + hop_us[0] - ll_nv), max(0.0, hop_net + hop_us[1] - ll_net)
         lat = (base + m * ((ranks_per_node - 1) * hop_nv + math.log2(nodes) * hop_net)) * 1e-6 * latency_scale
         t = lat + m * (n - 1) / n * total / (bandwidth_Bps * factor)
         best = t if best is None else (np.minimum(best, t) if isinstance(t, np.ndarray) else min(best, t))
@@ -183,6 +191,9 @@ class GroupCollectives:
     engines use one-shot all-reduce kernels; ``algorithm`` is ``ring``, ``oneshot`` or
     ``auto`` (one-shot up to ``oneshot_max_bytes``, ring above).
 
+    ``hop_us`` (optional) gives ``nccl_model`` the fabric's own per-hop latencies (see
+    :func:`nccl_model_s`).
+
     ``channels`` (optional) are several rings over the same ranks that split every ring
     collective between them, as NCCL does across nodes with one ring per rail: each carries
     ``1/len(channels)`` of the data, links they share are shared fluidly, and the collective
@@ -192,7 +203,8 @@ class GroupCollectives:
     def __init__(self, ring_paths: Sequence[PairPath], oneshot_paths: Sequence[Sequence[PairPath]],
                  software_s: float, algorithm: str = "auto", oneshot_max_bytes: float = 512 * 1024,
                  oneshot_ok: bool = True, ranks_per_node: int = 1, nodes: int = 1,
-                 latency_scale: float = 1.0, channels: Sequence[Sequence[PairPath]] | None = None) -> None:
+                 latency_scale: float = 1.0, channels: Sequence[Sequence[PairPath]] | None = None,
+                 hop_us: tuple[float, float] | None = None) -> None:
         self.n = len(ring_paths)
         self.ring_paths = tuple(ring_paths)
         self.channels = shared_channels(channels) if channels else [list(ring_paths)]
@@ -202,6 +214,7 @@ class GroupCollectives:
         self.oneshot_max_bytes = oneshot_max_bytes
         self.oneshot_ok = oneshot_ok
         self.ranks_per_node, self.nodes, self.latency_scale = ranks_per_node, nodes, latency_scale
+        self.hop_us = hop_us  # (intra-node, network) hop latency for nccl_model; None: NCCL's constants
         self._cache: dict[tuple[str, float], float] = {}
 
     def _ring_s(self, nbytes, steps: int, per_rank_chunk: bool):
@@ -216,7 +229,7 @@ class GroupCollectives:
 
     def nccl_model_s(self, kind: str, nbytes):
         bw = len(self.channels) * min(p.bandwidth_Bps for ring in self.channels for p in ring)
-        return nccl_model_s(kind, self.n, self.ranks_per_node, self.nodes, nbytes, bw, self.latency_scale)
+        return nccl_model_s(kind, self.n, self.ranks_per_node, self.nodes, nbytes, bw, self.latency_scale, self.hop_us)
 
     def allreduce_algorithm(self, nbytes: float) -> str:
         if self.algorithm == "nccl_model":

@@ -86,10 +86,23 @@ class TopologyConfig:
     rail_optimized: bool = True
     gpus_per_switch: int = 4
     path: str | None = None
+    # Link overrides (e.g. fitted by ``python -m sim.calibrate format=nccl-tests``); null keeps
+    # the hardware preset's scale-up link: GPU-to-GPU latency through one switch (NVSwitch or
+    # PCIe switch/root port) and per-direction bandwidth of the GPU's scale-up link.
+    link_latency_us: float | None = None
+    link_bandwidth_GBps: float | None = None
+    # Per-hop latencies of engine.allreduce_algorithm=nccl_model: NCCL's LL constants
+    # ("constants") or this topology's own link latencies ("links", for fitted topologies).
+    nccl_hops: str = "constants"
 
     def __post_init__(self) -> None:
         kinds = ("hgx", "multi_node_ib", "pcie_box", "nvl72", "file")
         require(self.kind in kinds, f"topology.kind={self.kind!r} is not one of {list(kinds)}")
+        for f in ("link_latency_us", "link_bandwidth_GBps"):
+            v = getattr(self, f)
+            require(v is None or v > 0, f"topology.{f}={v!r} must be a number > 0 or null")
+        require(self.nccl_hops in ("constants", "links"),
+                f"topology.nccl_hops={self.nccl_hops!r} is not one of ['constants', 'links']")
         require(self.nodes == "auto" or (isinstance(self.nodes, int) and self.nodes >= 1),
                 f"topology.nodes={self.nodes!r} must be 'auto' or an integer >= 1")
         require(self.gpus_per_node >= 1, f"topology.gpus_per_node={self.gpus_per_node!r} must be >= 1")
@@ -166,13 +179,18 @@ def parse_config(cfg: Mapping[str, Any]) -> RunConfig:
         precision=_dataclass(Precision, cfg.get("precision"), "precision"),
         parallel=_dataclass(ParallelConfig, cfg.get("parallel"), "parallel"),
         network=_dataclass(NetworkConfig, cfg.get("network"), "network"),
-        topology=_dataclass(TopologyConfig, cfg.get("topology"), "topology"),
+        topology=_dataclass(TopologyConfig, _without_notes(cfg.get("topology")), "topology"),
         workload=_dataclass(WorkloadConfig, cfg.get("workload"), "workload"),
         scheduler=_dataclass(SchedulerConfig, cfg.get("scheduler"), "scheduler"),
         output=_dataclass(OutputConfig, cfg.get("output"), "output"),
         speculative=_dataclass(SpeculativeConfig, cfg.get("speculative"), "speculative"),
         seed=_seed(cfg.get("seed", 0)),
     )
+
+
+def _without_notes(values: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A topology mapping without its ``fitted``/``description`` blocks (documentation only)."""
+    return {k: v for k, v in dict(values or {}).items() if k not in ("fitted", "description")}
 
 
 def _seed(value: Any) -> int:

@@ -71,9 +71,30 @@ class Fabric:
             g = GroupCollectives(ring, oneshot, self.software_s, e.allreduce_algorithm,
                                  e.oneshot_max_bytes, oneshot_ok,
                                  ranks_per_node=per_node, nodes=len(set(servers)), latency_scale=self.latency_scale,
-                                 channels=channels if len(channels) > 1 else None)
+                                 channels=channels if len(channels) > 1 else None,
+                                 hop_us=self.nccl_hop_us(key) if self.graph.graph.get("nccl_hops") == "links" else None)
             self._groups[key] = g
         return g
+
+    def nccl_hop_us(self, ranks: Sequence[str]) -> tuple[float, float]:
+        """(intra-node, network) per-hop latency in us of this group's links, for ``nccl_model``.
+
+        Intra-node hop: the mean route latency between ring neighbours on one server (GPU ->
+        NVSwitch -> GPU, or GPU -> PCIe -> GPU). Network hop: the network-link part
+        (``infiniband``/``ethernet`` edges; the GPU-NIC PCIe hops are left out, as in NCCL's
+        ``hwLat[NET]``) of the cheapest route from the first rank to another server. Both are
+        read before ``network.latency_scale`` (which ``nccl_model_s`` applies itself). A group
+        without such pairs gets NCCL's LL constant for that hop (it is multiplied by 0 then).
+        """
+        n, server = len(ranks), (lambda r: self.graph.nodes[r]["server"])
+        intra = [self.pair(ranks[r], ranks[(r + 1) % n]).latency_s for r in range(n)
+                 if n > 1 and server(ranks[r]) == server(ranks[(r + 1) % n])]
+        net = [sum(self.graph.edges[e]["latency_us"] for e in self.paths.edges(ranks[0], r)
+                   if self.graph.edges[e].get("link") in ("infiniband", "ethernet"))
+               for r in ranks if server(r) != server(ranks[0])]
+        intra_us = sum(intra) / len(intra) * 1e6 / self.latency_scale if intra else 0.6
+        net_us = min(net) / self.latency_scale if net else 5.0
+        return intra_us, net_us
 
     def channel_orders(self, ranks: Sequence[str]) -> list[list[str]]:
         """Ring orders NCCL-style channels use: across nodes, one ring per local rank position,

@@ -141,6 +141,7 @@ class StepTimePredictor:
         self.pp_send_s = pp_send_s
         self.stage_layers = split_layers(model.num_hidden_layers, pp)
         self._peak = hardware.peak_flops(precision.compute_format)
+        self._matmul_rate = self._peak * engine.matmul_efficiency(precision.compute_format)  # achieved FLOP/s
         self._peak_attn = hardware.peak_flops("bf16")
         self._bw = hardware.hbm_bandwidth_Bps * engine.hbm_efficiency
         self.heads_per_gpu = model.num_attention_heads // tp
@@ -172,7 +173,7 @@ class StepTimePredictor:
         e, ab = self.engine, self.precision.activation_bytes
         w = k * n if weight_elems is None else weight_elems
         fl = 2.0 * tokens * k * n if flops is None else flops
-        t_c = fl / (self._peak * e.compute_efficiency)
+        t_c = fl / self._matmul_rate
         t_m = (w * self.precision.weight_bytes + tokens * (k + n) * ab) / self._bw
         return soft_roofline(t_c, t_m, e.roofline_sharpness)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,13 @@ from omegaconf import OmegaConf
 from .batch import BatchShape
 from .build import build_graph, draft_gpus, make_predictor, make_speculative, placement
 from .cli import fail, guarded, json_value, key_values
-from .config import parse_config
+from .config import RunConfig, parse_config
 from .errors import ConfigError
 from .fabric import Fabric
-from .kv_cache import kv_capacity
+from .kv_cache import KVCapacity, kv_capacity
 from .presets import CONF_DIR, check_group_choices
-from .speculative import expected_tokens
+from .speculative import SpeculativeDecoder, expected_tokens
+from .step_time import StepTimePredictor
 
 BATCH_FIELDS = {"size": 1, "context_len": 1024, "new_tokens": 1, "phase": "decode", "prompt_len": 1024}
 
@@ -55,7 +57,20 @@ def compose_config(overrides: list[str]) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
-def predict(cfg_map: dict[str, Any], batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class StepModel:
+    """One replica's cost models built from a composed config (no SimPy)."""
+
+    cfg: RunConfig
+    fabric: Fabric
+    stage_gpus: list[list[str]]
+    predictor: StepTimePredictor
+    spec: SpeculativeDecoder
+    capacity: KVCapacity
+
+
+def build_step_model(cfg_map: dict[str, Any]) -> StepModel:
+    """Replica 0's step predictor, speculative decoder and KV capacity (error if it does not fit)."""
     cfg = parse_config(cfg_map)
     fabric = Fabric(build_graph(cfg), cfg.engine, oneshot_capable=cfg.hardware.scaleup_link != "pcie",
                     software_latency_scale=cfg.network.latency_scale)
@@ -64,7 +79,13 @@ def predict(cfg_map: dict[str, Any], batches: list[dict[str, Any]]) -> list[dict
     predictor = make_predictor(cfg, fabric, stage_gpus)
     spec = make_speculative(cfg, fabric, predictor, stage_gpus, draft_gpus(cfg, gpus, 0))
     shared = spec.draft if cfg.speculative.placement == "same" else None
-    kv_capacity(predictor, cfg.hardware, cfg.engine, cfg.model.name, cfg.scheduler.block_size, shared)  # fits?
+    capacity = kv_capacity(predictor, cfg.hardware, cfg.engine, cfg.model.name, cfg.scheduler.block_size, shared)
+    return StepModel(cfg, fabric, stage_gpus, predictor, spec, capacity)
+
+
+def predict(cfg_map: dict[str, Any], batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    m = build_step_model(cfg_map)
+    cfg, predictor, spec = m.cfg, m.predictor, m.spec
     out = []
     for values in batches:
         batch = batch_from(values)

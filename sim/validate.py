@@ -1,4 +1,6 @@
-"""``python -m sim.validate [data=FILE.jsonl] [out=DIR] [hardware=h100]``: predicted vs measured.
+"""``python -m sim.validate [data=FILE.jsonl] [out=DIR] [hardware=h100] [published=true|false] [groups=G1,G2]``.
+
+Predicted vs measured, in two parts.
 
 For every decode, prefill and matmul row of a calibration file (default: the shared H100
 measurements, or the copy in ``tests/fixtures``), predicts the row with the engine profile of
@@ -9,7 +11,12 @@ with the median and worst absolute error per group. It also refits the graph-mod
 leaving each model out in turn and reports how far the fitted parameters move and how well
 the held-out model is predicted (the transfer test of a calibration).
 
-The comparison against published numbers (NIM, MLPerf, Spec-Bench, ...) is not here yet.
+Second, predicted vs published (``published.md`` and ``published.parquet``): every row of
+``sim/published_rows.yaml`` (single-GPU decode speeds, serving-engine decode steps, NIM
+Llama-3.3-70B TP2 ITL and TTFT, TensorRT-LLM TTFT and throughput tables, MLPerf Llama-2-70B
+offline and server, NCCL and custom all-reduce latencies, Spec-Bench speedups), each with the
+engine profile and config that express it and its error (see :mod:`sim.published`).
+``groups=`` restricts the published part to some groups; ``published=false`` skips it.
 """
 from __future__ import annotations
 
@@ -23,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .calibration import FIT_BOUNDS, fit_engine, predict, read_measurements
+from .calibration import FIT_PARAMS, fit_engine, predict, read_measurements
 from .cli import fail, guarded, key_values
 from .presets import load_engine, load_hardware
 
@@ -74,7 +81,7 @@ def leave_one_model_out(data: Path, hardware: str = "h100") -> list[dict[str, An
         kept = [r for r in rows if _model_of(r.label) != model]
         held = [r for r in rows if _model_of(r.label) == model]
         eng = fit_engine(kept, hw, start).engine
-        drift = {p: abs(getattr(eng, p) / getattr(full, p) - 1.0) for p in FIT_BOUNDS if getattr(full, p) > 1e-9}
+        drift = {p: abs(getattr(eng, p) / getattr(full, p) - 1.0) for p in FIT_PARAMS if getattr(full, p) > 1e-9}
         errs = [abs(predict(r, hw, eng) / r.measured_s - 1.0) for r in held]
         out.append({"held_out": model, "max_param_drift": max(drift.values()),
                     "drift": drift, "held_out_median_abs_error": float(np.median(errs))})
@@ -101,9 +108,12 @@ def markdown(table: pa.Table, groups: dict, loo: list[dict[str, Any]], data: Pat
 @guarded
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = dict(key_values(sys.argv[1:] if argv is None else argv))
-    unknown = sorted(set(args) - {"data", "out", "hardware"})
+    allowed = {"data", "out", "hardware", "published", "groups"}
+    unknown = sorted(set(args) - allowed)
     if unknown:
-        fail(f"unknown argument(s) {unknown}; allowed: data, out, hardware")
+        fail(f"unknown argument(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
+    if args.get("published", "true") not in ("true", "false"):
+        fail(f"published={args['published']!r} is not one of ['true', 'false']")
     data = Path(args["data"]) if "data" in args else next((p for p in DEFAULT_DATA if p.is_file()), DEFAULT_DATA[0])
     out = Path(args.get("out", "."))
     hardware = args.get("hardware", "h100")
@@ -116,6 +126,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {"data": str(data), "groups": groups,
               "leave_one_model_out": [{k: v for k, v in r.items() if k != "drift"} for r in loo],
               "written": [str(out / "validation.md"), str(out / "validation.parquet")]}
+    if args.get("published", "true") == "true":
+        from . import published
+        wanted = set(args["groups"].split(",")) if args.get("groups") else None
+        rows = published.load_rows()
+        known = {r["group"] for r in rows}
+        if wanted and not wanted <= known:
+            fail(f"groups={args['groups']!r}: unknown group(s) {sorted(wanted - known)}; allowed: {sorted(known)}")
+        ptable = published.published_table(rows, wanted)
+        psummary = published.group_summary(ptable)
+        pq.write_table(ptable, out / "published.parquet")
+        (out / "published.md").write_text(published.markdown(ptable, psummary))
+        report["published"] = psummary
+        report["written"] += [str(out / "published.md"), str(out / "published.parquet")]
     print(json.dumps(report))
     return report
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from sim.calibration import FIT_BOUNDS, fit_engine, predict, read_measurements
+from sim.calibration import ATTENTION_DEFAULTS, FIT_BOUNDS, FIT_PARAMS, fit_engine, predict, read_measurements
 from sim.engine import EngineProfile, engine_from_mapping
 from sim.errors import ConfigError
 from sim.presets import load_engine, load_hardware
@@ -55,8 +55,9 @@ def test_read_measurements_parses_all_row_kinds(rows):
     kinds = {}
     for r in rows:
         kinds[(r.kind, r.mode)] = kinds.get((r.kind, r.mode), 0) + 1
-    assert kinds == {("gemm_sweep", "graph"): 14, ("decode", "graph"): 28, ("decode", "eager"): 6,
+    assert kinds == {("gemm_sweep", "graph"): 16, ("decode", "graph"): 28, ("decode", "eager"): 6,
                      ("prefill", "graph"): 12}
+    assert {r.dtype for r in rows if r.kind == "gemm_sweep"} == {"bf16", "fp8"}  # the two gemm_peak rows
     # rows skipped for memory (no "ms") are not measurements
     assert not any("B=256" in r.label and r.model.name == "qwen2.5-14b" for r in rows if r.kind == "decode")
     assert {r.model.name for r in rows if r.model} == set(MODELS)
@@ -147,7 +148,7 @@ def test_gemm_sweep_roofline(rows):
 # --------------------------------------------------------------------------------- refit
 @pytest.fixture(scope="module")
 def refit(rows):
-    return fit_engine(rows, H100, EngineProfile())
+    return fit_engine(rows, H100, EngineProfile(**ATTENTION_DEFAULTS))
 
 
 def test_refit_reproduces_data(refit):
@@ -171,12 +172,20 @@ def test_refit_is_physically_meaningful(refit):
     # eager launch slower than the 9.3 us/kernel microbenchmark is allowed, graph gaps 1-5 us
     assert 0.75 < e.hbm_efficiency < 0.93
     assert 0.6 < e.compute_efficiency < 0.9
+    # the fp8 8192^3 matmul row: 1,460 of 1,979 TFLOP/s (a lower fraction than bf16's 790 of 989)
+    assert 0.65 < e.low_precision_compute_efficiency < e.compute_efficiency
     assert 1.0 < e.kernel_overhead_us < 5.0
+
+
+def test_default_fit_leaves_attention_kernel_parameters_documented(refit):
+    assert "attention_compute_efficiency" not in FIT_PARAMS and "attention_ctas_per_sm" not in FIT_PARAMS
+    for p, v in ATTENTION_DEFAULTS.items():
+        assert getattr(refit.engine, p) == v
 
 
 def test_refit_matches_committed_profile(refit):
     committed = load_engine("pytorch_cudagraph")
-    for p in FIT_BOUNDS:
+    for p in FIT_BOUNDS:  # fitted ones and the documented attention values
         if p == "step_overhead_us":
             assert abs(refit.engine.step_overhead_us - committed.step_overhead_us) < 1.0
         else:
@@ -221,7 +230,7 @@ def test_calibrate_cli_writes_loadable_profiles(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert report["rows"] == 60
+    assert report["rows"] == 62
     assert report["median_abs_error_graph"] <= 0.10
     assert report["median_abs_error_eager"] <= 0.25
     written = sorted(p.name for p in out.glob("*.yaml"))

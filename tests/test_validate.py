@@ -13,10 +13,11 @@ FIXTURE = Path(__file__).resolve().parent / "fixtures" / "h100_pytorch_cudagraph
 
 def test_validation_report_on_shared_data(tmp_path):
     data = next((p for p in DEFAULT_DATA if p.is_file()))
-    report = main([f"data={data}", f"out={tmp_path}"])
+    report = main([f"data={data}", f"out={tmp_path}", "published=false"])
+    assert "published" not in report
     assert (tmp_path / "validation.md").read_text().startswith("# Validation against")
     table = pq.read_table(tmp_path / "validation.parquet")
-    assert table.num_rows == report["groups"]["all"]["rows"] == 60
+    assert table.num_rows == report["groups"]["all"]["rows"] == 62
     assert report["groups"]["graph"]["median_abs_error"] <= 0.10   # the build fails above 10 %
     assert report["groups"]["all"]["median_abs_error"] <= 0.10
     assert report["groups"]["eager"]["median_abs_error"] <= 0.25   # eager rows are noisy (median vs min up to 30 %)
@@ -31,9 +32,33 @@ def test_group_errors_are_medians_of_absolute_errors():
 
 
 def test_leave_one_model_out_predicts_the_held_out_model():
-    """Fitted on two models, the third is predicted within 10 % median, and the bandwidth and
-    FLOP/s efficiencies and the per-kernel overhead move by under 6 %."""
-    for r in leave_one_model_out(FIXTURE):
-        assert r["held_out_median_abs_error"] <= 0.10, r
-        for p in ("hbm_efficiency", "compute_efficiency", "kernel_overhead_us"):
-            assert r["drift"][p] < 0.06, (r["held_out"], p)
+    """Fitted on two models, the third is predicted within 5 % median, and every fitted
+    parameter stays put: the efficiencies within 1 %, all of them within 5.1 % (measured:
+    largest 5.08 %, the elementwise traffic when llama-3.2-1b is left out)."""
+    loo = leave_one_model_out(FIXTURE)
+    assert len(loo) == 3
+    for r in loo:
+        assert r["held_out_median_abs_error"] <= 0.05, r
+        assert set(r["drift"]) >= {"hbm_efficiency", "compute_efficiency", "kernel_overhead_us",
+                                   "roofline_sharpness", "elementwise_bytes_per_hidden"}
+        for p in ("hbm_efficiency", "compute_efficiency"):
+            assert r["drift"][p] < 0.01, (r["held_out"], p)
+        assert r["max_param_drift"] <= 0.051, r
+
+
+def test_published_part_of_the_report(tmp_path):
+    report = main([f"data={FIXTURE}", f"out={tmp_path}", "groups=single_gpu_decode,custom_allreduce"])
+    assert set(report["published"]) == {"single_gpu_decode", "custom_allreduce", "all"}
+    table = pq.read_table(tmp_path / "published.parquet")
+    assert table.num_rows == report["published"]["all"]["rows"] == 20
+    assert {"engine", "config", "measured", "predicted", "error", "source"} <= set(table.column_names)
+    assert (tmp_path / "published.md").read_text().startswith("# Validation against published numbers")
+
+
+def test_validate_cli_rejects_bad_arguments(tmp_path):
+    import subprocess
+    import sys
+    for arg, msg in (("groups=nope", "unknown group"), ("published=maybe", "published='maybe'"), ("x=1", "unknown argument")):
+        r = subprocess.run([sys.executable, "-m", "sim.validate", f"data={FIXTURE}", f"out={tmp_path}", arg],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode != 0 and msg in r.stderr and "Traceback" not in r.stderr, (arg, r.stderr)

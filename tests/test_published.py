@@ -1,0 +1,113 @@
+"""Predicted vs published (sim/published.py, sim/published_rows.yaml).
+
+The published part of the validation report must evaluate every row through the simulator,
+state the engine profile and config of each, and keep the directions the measurements show.
+Error levels are held loosely (they document where the model stands, see the README), but a
+regression that breaks a group's order of magnitude fails here.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sim.errors import ConfigError
+from sim.published import ROWS_FILE, Evaluator, acceptance_for, group_summary, load_rows, markdown, published_table
+from sim.speculative import expected_tokens
+
+
+@pytest.fixture(scope="module")
+def table():
+    return published_table()
+
+
+@pytest.fixture(scope="module")
+def by_id(table):
+    d = table.to_pydict()
+    return {i: {k: d[k][n] for k in d} for n, i in enumerate(d["id"])}
+
+
+def test_every_row_is_evaluated_with_its_engine_and_source(table):
+    rows = load_rows()
+    assert table.num_rows == len(rows) >= 70
+    d = table.to_pydict()
+    for i in range(table.num_rows):
+        assert math.isfinite(d["predicted"][i]) and d["predicted"][i] > 0, d["id"][i]
+        assert d["engine"][i] in ("optimized", "pytorch_cudagraph", "pytorch_eager"), d["id"][i]
+        assert d["source"][i] and d["tier"][i] in ("A", "B")
+        assert d["error"][i] == pytest.approx(d["predicted"][i] / d["measured"][i] - 1.0)
+    groups = set(d["group"])
+    assert {"single_gpu_decode", "nim_70b_fp8_tp2", "mlperf_llama2_70b", "trtllm_ttft", "trtllm_throughput",
+            "nccl_allreduce", "custom_allreduce", "spec_bench", "serving_decode"} <= groups
+
+
+def test_summary_and_markdown(table):
+    s = group_summary(table)
+    assert s["all"]["rows"] == table.num_rows
+    assert all(0 <= g["median_abs_error"] <= g["worst_abs_error"] for g in s.values())
+    md = markdown(table, s)
+    assert md.startswith("# Validation against published numbers")
+    assert md.count("\n| ") >= table.num_rows + len(s)
+
+
+def test_single_gpu_decode_within_a_quarter(table):
+    """Memory-bound single-GPU decode is the best-understood case (speed of light x efficiency)."""
+    s = group_summary(table)
+    assert s["single_gpu_decode"]["median_abs_error"] <= 0.15
+    assert s["single_gpu_decode"]["worst_abs_error"] <= 0.25
+
+
+def test_directions_the_measurements_show(by_id):
+    p = {k: v["predicted"] for k, v in by_id.items()}
+    # NIM ITL grows with concurrency; TTFT with the prompt
+    itl = [p[f"nim_70b_itl_c{c}"] for c in (5, 25, 50, 100)]
+    assert itl == sorted(itl) and itl[-1] > 3 * p["nim_70b_itl_c1_5000_500"]
+    assert p["nim_70b_ttft_5000"] > 5 * p["nim_70b_ttft_500"]
+    # longer prompts per output token lower the offline throughput
+    assert p["trtllm_tput_70b_h100tp2_128_128"] > p["trtllm_tput_70b_h100tp2_1000_1000"] > p["trtllm_tput_70b_h100tp2_5000_500"]
+    # 8-bit weights decode faster than 16-bit on the same card
+    assert p["calm_mistral7b_8bit_4090"] < 0.6 * p["calm_mistral7b_fp16_4090"]
+    # Spec-Bench: more accepted tokens per step, more speedup; every method speeds up
+    assert p["specbench_7b_eagle"] > p["specbench_7b_hydra"] > p["specbench_7b_medusa"] > p["specbench_7b_sps"] > 1.0
+    # NCCL through PyTorch is slower than the custom one-shot kernel at the same size and TP
+    assert p["nccl_torch_8xh100_128B"] > 2 * p["customar_h100_tp8_512"]
+
+
+def test_mlperf_prompt_length_fitted_on_one_row_predicts_the_h200(by_id):
+    """The unpublished mean prompt length is fitted on the H100 Offline row (zero error by
+    construction); the H200 Offline row is then a prediction of the H200/H100 ratio."""
+    assert by_id["mlperf_70b_offline_8xh100"]["error"] == pytest.approx(0.0, abs=1e-3)
+    assert abs(by_id["mlperf_70b_offline_8xh200"]["error"]) <= 0.10
+    ev = Evaluator()
+    rows = {r["id"]: r for r in load_rows()}
+    assert 100 <= ev.fitted_isl(rows["mlperf_70b_offline_8xh100"]) <= 2000
+
+
+@settings(max_examples=50, deadline=None)
+@given(gamma=st.integers(1, 10), frac=st.floats(0.0, 1.0))
+def test_acceptance_inverts_expected_tokens(gamma, frac):
+    tau = 1.0 + frac * gamma
+    a = acceptance_for(tau, gamma)
+    assert 0.0 <= a <= 1.0
+    assert expected_tokens(a, gamma) == pytest.approx(tau, rel=1e-6, abs=1e-6)
+
+
+def test_bad_rows_are_one_line_errors(tmp_path):
+    with pytest.raises(ConfigError, match="missing field 'measured'"):
+        bad = tmp_path / "rows.yaml"
+        bad.write_text(yaml.safe_dump([{"id": "x", "group": "g", "kind": "decode_ms", "source": "s", "tier": "A",
+                                        "config": []}]))
+        load_rows(bad)
+    with pytest.raises(ConfigError, match="kind='nope'"):
+        bad.write_text(yaml.safe_dump([{"id": "x", "group": "g", "kind": "nope", "source": "s", "tier": "A",
+                                        "measured": 1, "config": []}]))
+        load_rows(bad)
+    with pytest.raises(ConfigError, match="tau"):
+        acceptance_for(9.0, 4)
+
+
+def test_rows_file_is_the_shipped_one():
+    assert ROWS_FILE.is_file() and ROWS_FILE.parent.name == "sim"
