@@ -21,7 +21,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .calibration import ATTENTION_DEFAULTS, fit_engine, profile_yaml, read_measurements
+from .calibration import DOCUMENTED_DEFAULTS, fit_engine, profile_yaml, read_measurements
 from .cli import fail, guarded, key_values
 from .presets import CONF_DIR, load_engine, load_hardware
 
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     # latency that puts an 8-GPU small all-reduce at the 19-25 us measured on 8xH100 through
     # torch.distributed (published_numbers.md section 2.2).
     start = start or EngineProfile(name=name, allreduce_algorithm="ring", collective_software_us=12.0,
-                                   **ATTENTION_DEFAULTS)
+                                   **DOCUMENTED_DEFAULTS)
     rows = read_measurements(args["data"])
     result = fit_engine(rows, hardware, start)
     for r in result.rows:

@@ -20,8 +20,11 @@ Modelling assumptions (see ``docs``/README "Step-time model"):
   thread blocks it can keep busy (``attention_ctas_per_sm`` per SM for full bandwidth): one
   per query head and block of 64 queries, and with split-KV (FlashDecoding-style) kernels one
   more per ``attention_kv_split_tokens`` cached tokens (0: no split, as in plain SDPA);
-* norms, residual adds, rotary and activation functions move
-  ``elementwise_bytes_per_hidden`` bytes per token per hidden unit per layer.
+* norms, residual adds, rotary and activation functions move, per token and layer,
+  ``elementwise_bytes_per_hidden`` bytes per hidden unit (norms, residuals: replicated on
+  every tensor-parallel rank), ``elementwise_bytes_per_qk`` per query and key column of the
+  rank's shard (passes over q and k such as rotary) and ``elementwise_bytes_per_ffn`` per
+  MLP column of the shard (activation function and gating).
 """
 from __future__ import annotations
 
@@ -51,6 +54,8 @@ class EngineProfile:
     attention_ctas_per_sm: float = 2.0
     attention_kv_split_tokens: float = 0.0
     elementwise_bytes_per_hidden: float = 40.0
+    elementwise_bytes_per_qk: float = 0.0
+    elementwise_bytes_per_ffn: float = 0.0
     lm_head_all_prompt_tokens: bool = False
     # Collectives, as the engine issues them.
     allreduce_algorithm: str = "auto"
@@ -76,7 +81,8 @@ class EngineProfile:
         require(0.0 <= self.network_overlap <= 1.0, f"engine.network_overlap={self.network_overlap!r} must be in [0, 1]")
         require(self.roofline_sharpness >= 1.0, f"engine.roofline_sharpness={self.roofline_sharpness!r} must be >= 1")
         for f in ("kernels_per_layer", "kernels_per_step", "kernel_overhead_us", "host_launch_us", "step_overhead_us",
-                  "collective_software_us", "activation_reserve_GB", "elementwise_bytes_per_hidden", "oneshot_max_bytes"):
+                  "collective_software_us", "activation_reserve_GB", "elementwise_bytes_per_hidden",
+                  "elementwise_bytes_per_qk", "elementwise_bytes_per_ffn", "oneshot_max_bytes"):
             v = getattr(self, f)
             require(v >= 0.0, f"engine.{f}={v!r} must be >= 0")
         require(self.attention_kv_split_tokens >= 0,

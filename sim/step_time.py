@@ -146,6 +146,10 @@ class StepTimePredictor:
         self._bw = hardware.hbm_bandwidth_Bps * engine.hbm_efficiency
         self.heads_per_gpu = model.num_attention_heads // tp
         self.kv_heads_per_gpu = max(1, model.num_key_value_heads // tp)
+        qk_cols = (self.heads_per_gpu + self.kv_heads_per_gpu) * model.head_dim
+        self._elementwise_bytes_per_token = (engine.elementwise_bytes_per_hidden * model.hidden_size
+                                             + engine.elementwise_bytes_per_qk * qk_cols
+                                             + engine.elementwise_bytes_per_ffn * model.intermediate_size / tp)
 
     # ----- memory footprint -----------------------------------------------------------
     def weight_bytes_per_gpu(self, stage: int = 0) -> float:
@@ -201,7 +205,7 @@ class StepTimePredictor:
             self._attention(b),
             (0.0, M * 2.0 * kv_cols * self.precision.kv_bytes / self._bw),  # KV write
             self._matmul(M, q_cols, h),                                     # output projection
-            (0.0, self.engine.elementwise_bytes_per_hidden * M * h / self._bw),
+            (0.0, self._elementwise_bytes_per_token * M / self._bw),
         ]
         ffn = m.intermediate_size // tp
         if m.is_moe:

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from sim.calibration import ATTENTION_DEFAULTS, FIT_BOUNDS, FIT_PARAMS, fit_engine, predict, read_measurements
+from sim.calibration import DOCUMENTED_DEFAULTS, FIT_BOUNDS, FIT_PARAMS, fit_engine, predict, read_measurements
 from sim.engine import EngineProfile, engine_from_mapping
 from sim.errors import ConfigError
 from sim.presets import load_engine, load_hardware
@@ -148,7 +148,7 @@ def test_gemm_sweep_roofline(rows):
 # --------------------------------------------------------------------------------- refit
 @pytest.fixture(scope="module")
 def refit(rows):
-    return fit_engine(rows, H100, EngineProfile(**ATTENTION_DEFAULTS))
+    return fit_engine(rows, H100, EngineProfile(**DOCUMENTED_DEFAULTS))
 
 
 def test_refit_reproduces_data(refit):
@@ -177,9 +177,10 @@ def test_refit_is_physically_meaningful(refit):
     assert 1.0 < e.kernel_overhead_us < 5.0
 
 
-def test_default_fit_leaves_attention_kernel_parameters_documented(refit):
-    assert "attention_compute_efficiency" not in FIT_PARAMS and "attention_ctas_per_sm" not in FIT_PARAMS
-    for p, v in ATTENTION_DEFAULTS.items():
+def test_default_fit_leaves_documented_parameters_alone(refit):
+    assert not set(DOCUMENTED_DEFAULTS) & set(FIT_PARAMS)
+    assert set(DOCUMENTED_DEFAULTS) <= set(FIT_BOUNDS)  # they can still be fitted on request
+    for p, v in DOCUMENTED_DEFAULTS.items():
         assert getattr(refit.engine, p) == v
 
 

@@ -277,11 +277,10 @@ def test_collectives_table_has_nccl_tests_format(collective_table, op, bus_facto
 
 
 def test_collectives_table_reads_with_sim_nccl_log(collective_table):
-    nccl_log = pytest.importorskip("sim.nccl_log")
-    if not hasattr(nccl_log, "parse_nccl_log"):
-        pytest.skip("sim.nccl_log has no parse_nccl_log yet")
+    from sim.nccl_log import parse_nccl_log
+
     path = collective_table("all_reduce")
-    log = nccl_log.parse_nccl_log(path)
+    log = parse_nccl_log(path)
     rows = [line for line in path.read_text().splitlines() if not line.startswith("#")]
     assert log.collective == "allreduce"
     assert log.ranks == 2 and log.nodes == 1 and log.gpus_per_process == 1
@@ -291,8 +290,6 @@ def test_collectives_table_reads_with_sim_nccl_log(collective_table):
 
 
 def test_collectives_table_fits_with_calibrate_command(collective_table, tmp_path):
-    pytest.importorskip("sim.nccl_log")
-    pytest.importorskip("sim.link_fit")
     path = collective_table("all_reduce")
     proc = subprocess.run([sys.executable, "-m", "sim.calibrate", f"data={path}", "format=nccl-tests",
                            "hardware=h100", f"out={tmp_path / 'topo'}"],

@@ -33,18 +33,17 @@ def test_group_errors_are_medians_of_absolute_errors():
 
 def test_leave_one_model_out_predicts_the_held_out_model():
     """Fitted on two models, the third is predicted within 5 % median, and every fitted
-    parameter stays put: the efficiencies within 1 %, all of them within 5.1 % (measured:
-    largest 5.08 %, the elementwise traffic when llama-3.2-1b is left out)."""
+    parameter stays within 5 % (measured: largest 4.7 %, the roofline sharpness when
+    qwen2.5-14b is left out)."""
     loo = leave_one_model_out(FIXTURE)
     assert len(loo) == 3
     for r in loo:
         assert r["held_out_median_abs_error"] <= 0.05, r
-        assert set(r["drift"]) >= {"hbm_efficiency", "compute_efficiency", "kernel_overhead_us",
-                                   "roofline_sharpness", "elementwise_bytes_per_hidden"}
+        assert set(r["drift"]) >= {"hbm_efficiency", "compute_efficiency", "kernel_overhead_us", "roofline_sharpness"}
         for p in ("hbm_efficiency", "compute_efficiency"):
-            assert r["drift"][p] < 0.01, (r["held_out"], p)
-        assert r["max_param_drift"] <= 0.051, r
-
+            assert r["drift"][p] < 0.02, (r["held_out"], p)
+        assert r["max_param_drift"] <= 0.05, r
+        assert not r["change_at_zero_bound"], r
 
 def test_published_part_of_the_report(tmp_path):
     report = main([f"data={FIXTURE}", f"out={tmp_path}", "groups=single_gpu_decode,custom_allreduce"])
