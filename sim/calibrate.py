@@ -1,10 +1,12 @@
-"""``python -m sim.calibrate data=FILE [hardware=h100] [name=NAME] [out=PATH] [start=ENGINE]``
+"""``python -m sim.calibrate data=FILE [hardware=h100] [name=NAME] [out=PATH] [start=ENGINE] [fit=default|all|P1,P2]``
 
 Fits an engine profile to step-time measurements (JSONL rows as in ``shared/calibration``)
 with the hardware held at its datasheet values, prints the per-row error table and the
 median absolute error, and writes two profiles: ``NAME_cudagraph`` (graph-mode rows) and
 ``NAME_eager`` (same kernels, host-launch-bound, fitted on eager rows) into ``out``
-(default ``conf/engine``).
+(default ``conf/engine``). ``fit=`` chooses the fitted parameters: ``default`` (those the
+step data identify, :data:`sim.calibration.FIT_PARAMS`; the rest keep their documented values),
+``all`` (also attention, elementwise and per-step overhead) or a comma-separated list.
 
 ``python -m sim.calibrate data=LOG[,LOG...] [data=LOG ...] format=nccl-tests [hardware=auto|NAME]
 [name=NAME] [out=DIR] [collective=allreduce|allgather] [network=auto|ib|roce] [nic_GBps=X]
@@ -21,19 +23,35 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .calibration import DOCUMENTED_DEFAULTS, fit_engine, profile_yaml, read_measurements
+from .calibration import DOCUMENTED_DEFAULTS, FIT_BOUNDS, FIT_PARAMS, fit_engine, profile_yaml, read_measurements
 from .cli import fail, guarded, key_values
 from .presets import CONF_DIR, load_engine, load_hardware
+
+
+STEP_ARGS = ("data", "hardware", "name", "out", "start", "fit")
+
+
+def fit_params(choice: str) -> tuple[str, ...]:
+    """The parameters ``fit=`` names (one-line error for unknown ones)."""
+    if choice == "default":
+        return FIT_PARAMS
+    if choice == "all":
+        return tuple(FIT_BOUNDS)
+    names = tuple(n.strip() for n in choice.split(",") if n.strip())
+    unknown = [n for n in names if n not in FIT_BOUNDS]
+    if unknown or not names:
+        fail(f"fit={choice!r}: unknown parameter(s) {unknown}; allowed: default, all, or names from {sorted(FIT_BOUNDS)}")
+    return names
 
 
 def parse_args(argv: list[str]) -> dict[str, str]:
     args = {}
     for a in argv:
         if "=" not in a:
-            fail(f"argument {a!r} is not KEY=VALUE; allowed keys: data, hardware, name, out, start")
+            fail(f"argument {a!r} is not KEY=VALUE; allowed keys: {', '.join(STEP_ARGS)}")
         k, v = a.split("=", 1)
-        if k not in ("data", "hardware", "name", "out", "start"):
-            fail(f"unknown argument {k!r}; allowed: data, hardware, name, out, start")
+        if k not in STEP_ARGS:
+            fail(f"unknown argument {k!r}; allowed: {', '.join(STEP_ARGS)}")
         args[k] = v
     if "data" not in args:
         fail("data=FILE is required (a JSONL file of step-time measurements)")
@@ -56,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     start = start or EngineProfile(name=name, allreduce_algorithm="ring", collective_software_us=12.0,
                                    **DOCUMENTED_DEFAULTS)
     rows = read_measurements(args["data"])
-    result = fit_engine(rows, hardware, start)
+    result = fit_engine(rows, hardware, start, fit_params(args.get("fit", "default")))
     for r in result.rows:
         print(f"{r['label']:48s} measured {r['measured_s'] * 1e3:9.3f} ms  predicted {r['predicted_s'] * 1e3:9.3f} ms"
               f"  error {r['error'] * 100:+6.1f}%")

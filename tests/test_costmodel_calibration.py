@@ -262,3 +262,21 @@ def test_calibrate_cli_errors(tmp_path, args, needle):
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert not list(tmp_path.glob("*.yaml"))
+
+
+def test_calibrate_fit_choice(tmp_path):
+    """``fit=all`` also fits the documented parameters (a lower in-sample error, not the
+    default because they are not stable); ``fit=NAME`` fits only that; unknown names fail."""
+    from sim.calibrate import main as calibrate_main
+
+    all_fit = calibrate_main([f"data={FIXTURE}", f"out={tmp_path / 'a'}", "fit=all"])
+    default = calibrate_main([f"data={FIXTURE}", f"out={tmp_path / 'd'}"])
+    assert all_fit["median_abs_error_graph"] < default["median_abs_error_graph"]
+    one = calibrate_main([f"data={FIXTURE}", f"out={tmp_path / 'o'}", "fit=hbm_efficiency"])
+    e = engine_from_mapping(OmegaConf.to_container(OmegaConf.load(tmp_path / "o" / "pytorch_cudagraph.yaml")))
+    assert e.kernel_overhead_us == EngineProfile().kernel_overhead_us       # not fitted
+    assert e.hbm_efficiency != EngineProfile().hbm_efficiency
+    assert one["median_abs_error_graph"] > default["median_abs_error_graph"]
+    proc = subprocess.run([sys.executable, "-m", "sim.calibrate", f"data={FIXTURE}", f"out={tmp_path}", "fit=nope"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "fit='nope'" in proc.stderr and "Traceback" not in proc.stderr
