@@ -7,9 +7,9 @@ summary's headline numbers as one JSON line.
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
+import os
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.types import RunMode
@@ -22,6 +22,7 @@ from .app import run
 from .cli import guarded
 from .errors import ConfigError
 from .presets import check_group_choices
+from .sweep import check_launcher
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
@@ -56,4 +57,5 @@ def _run(cfg: DictConfig, out: Path) -> None:
 
 if __name__ == "__main__":
     guarded(check_group_choices)(sys.argv[1:])
+    guarded(check_launcher)(sys.argv[1:], os.environ)
     main()

@@ -11,7 +11,8 @@ from typing import Any, Mapping
 
 from .build import build_cluster, load_workload
 from .config import parse_config
-from .metrics import summarize
+from .cost import fleet_cost
+from .metrics import fleet_use, summarize
 from .recorder import write_table
 from .simulation import simulate
 
@@ -26,9 +27,8 @@ def run(cfg_mapping: Mapping[str, Any], out_dir: str | Path) -> dict[str, Any]:
     if cfg.output.write_parquet:
         write_table(result.requests, out / "requests.parquet")
         write_table(result.steps, out / "steps.parquet")
-    summary = summarize(result.requests, result.steps, gpus=result.gpus, usd_per_gpu_hour=cfg.hardware.usd_per_hour,
-                        gpu_busy_s=result.gpu_busy_s,
-                        wall_s=result.wall_s, events=result.events)
+    summary = summarize(result.requests, result.steps, wall_s=result.wall_s, events=result.events)
+    summary["cost"] = fleet_cost(cfg.cost, cfg.hardware, fleet_use(cfg, result.gpus, result.gpu_busy_s, summary))
     cap = plan.replicas[0].capacity
     summary["config"] = {
         "hardware": cfg.hardware.name, "model": cfg.model.name, "engine": cfg.engine.name,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+from .cost import CostConfig, cost_from_mapping
 from .engine import EngineProfile, engine_from_mapping
 from .errors import ConfigError, require
 from .hardware import HardwareSpec
@@ -156,6 +157,7 @@ class RunConfig:
     scheduler: SchedulerConfig
     output: OutputConfig
     speculative: SpeculativeConfig = SpeculativeConfig()
+    cost: CostConfig = CostConfig()
     seed: int = 0
 
     @property
@@ -184,6 +186,7 @@ def parse_config(cfg: Mapping[str, Any]) -> RunConfig:
         scheduler=_dataclass(SchedulerConfig, cfg.get("scheduler"), "scheduler"),
         output=_dataclass(OutputConfig, cfg.get("output"), "output"),
         speculative=_dataclass(SpeculativeConfig, cfg.get("speculative"), "speculative"),
+        cost=cost_from_mapping(cfg.get("cost")),
         seed=_seed(cfg.get("seed", 0)),
     )
 

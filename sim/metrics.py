@@ -3,17 +3,19 @@
 Definitions (see README "Metrics"):
 TTFT = first-token time - arrival; TPOT = (finish - first token) / (output tokens - 1),
 undefined for one-token outputs; end-to-end = finish - arrival; output throughput = output
-tokens of completed requests / makespan (first arrival to last finish). Cost: the fleet's
-price per hour; ``usd_per_million_output_tokens`` charges GPU-hours while a GPU's stage is busy
-(physics.md section 5: GPUs x price x busy hours / tokens), and
-``usd_per_million_output_tokens_wall`` charges the whole makespan, as renting does.
+tokens of completed requests / makespan (first arrival to last finish). Cost and energy:
+:mod:`sim.cost` (``usd_per_million_output_tokens`` charges the whole fleet over the makespan;
+``usd_per_million_output_tokens_busy`` only GPU-hours while a GPU's stage is busy, physics.md
+section 5).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pyarrow as pa
+
+from .cost import FleetUse
 
 PARTS = ("compute_s", "memory_s", "network_s", "fixed_s")
 
@@ -33,8 +35,9 @@ def time_breakdown(steps: pa.Table) -> dict[str, float]:
     return out
 
 
-def summarize(requests: pa.Table, steps: pa.Table, *, gpus: int, usd_per_gpu_hour: float,
-              gpu_busy_s: float, wall_s: float, events: int) -> dict[str, Any]:
+def summarize(requests: pa.Table, steps: pa.Table, *, wall_s: float, events: int) -> dict[str, Any]:
+    """Latency percentiles, throughput and the step-time breakdown of one run (the fleet's
+    cost and energy are added by :func:`sim.cost.fleet_cost`)."""
     status = requests.column("status").to_numpy(zero_copy_only=False)
     done = status == "completed"
     arrival = requests.column("arrival_s").to_numpy()
@@ -42,10 +45,6 @@ def summarize(requests: pa.Table, steps: pa.Table, *, gpus: int, usd_per_gpu_hou
     out_tokens = requests.column("output_tokens").to_numpy()
     tokens = int(out_tokens[done].sum())
     makespan = float(np.nanmax(finish) - arrival.min()) if done.any() else 0.0
-    busy_gpu_h = gpu_busy_s / 3600.0
-    usd_per_hour = gpus * usd_per_gpu_hour
-    def per_mtok(usd: float) -> float | None:
-        return usd / tokens * 1e6 if tokens else None
     return {
         "requests": {"total": int(requests.num_rows), "completed": int(done.sum()),
                      "rejected": int((~done).sum()),
@@ -58,9 +57,16 @@ def summarize(requests: pa.Table, steps: pa.Table, *, gpus: int, usd_per_gpu_hou
                        "output_tokens": tokens, "makespan_s": makespan},
         "time_breakdown": time_breakdown(steps),
         "steps": int(steps.num_rows),
-        "cost": {"gpus": gpus, "usd_per_gpu_hour": usd_per_gpu_hour, "usd_per_hour": usd_per_hour,
-                 "busy_gpu_hours": busy_gpu_h,
-                 "usd_per_million_output_tokens": per_mtok(busy_gpu_h * usd_per_gpu_hour),
-                 "usd_per_million_output_tokens_wall": per_mtok(usd_per_hour * makespan / 3600.0)},
         "sim": {"wall_s": wall_s, "events": events, "events_per_s": events / wall_s if wall_s > 0 else None},
     }
+
+
+def fleet_use(cfg, gpus: int, gpu_busy_s: float, summary: Mapping[str, Any]) -> FleetUse:
+    """The fleet a run used: GPUs, servers (as a fraction of ``topology.gpus_per_node``-GPU
+    nodes: a partial node is charged its share), leaf network ports (one per GPU when the
+    topology spans nodes), the run's makespan, busy GPU-seconds and output tokens."""
+    per_node = cfg.topology.gpus_per_node
+    multi_node = cfg.topology.kind == "multi_node_ib" and gpus > per_node
+    return FleetUse(gpus=gpus, nodes=gpus / per_node, network_ports=gpus if multi_node else 0,
+                    makespan_s=float(summary["throughput"]["makespan_s"]), gpu_busy_s=gpu_busy_s,
+                    output_tokens=int(summary["throughput"]["output_tokens"]))

@@ -64,7 +64,8 @@ def load_engine(name: str) -> EngineProfile:
     return engine_from_mapping(load_preset("engine", name))
 
 
-GROUPS = ("hardware", "model", "engine", "topology", "parallel", "network", "workload", "scheduler", "assumptions", "speculative")
+GROUPS = ("hardware", "model", "engine", "topology", "parallel", "network", "workload", "scheduler", "assumptions",
+          "speculative", "cost")
 
 
 def check_group_choices(overrides: list[str], conf_dir: Path = CONF_DIR) -> None:

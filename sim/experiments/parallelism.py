@@ -98,7 +98,7 @@ DES_COLUMNS = ("requests_total", "requests_completed", "requests_rejected", "req
                "ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s", "e2e_p50_s",
                "throughput_output_tokens_per_s", "throughput_makespan_s", "cost_gpus", "cost_usd_per_hour",
                "cost_busy_gpu_hours",
-               "cost_usd_per_million_output_tokens", "cost_usd_per_million_output_tokens_wall",
+               "cost_usd_per_million_output_tokens", "cost_usd_per_million_output_tokens_busy",
                "memory_weights_GB_per_gpu", "memory_kv_GB_per_gpu", "memory_kv_capacity_tokens_per_replica",
                "time_breakdown_network_s", "time_breakdown_total_s", "sim_wall_s")
 
@@ -219,8 +219,8 @@ def summarize(des: pa.Table) -> pa.Table:
             out["throughput_makespan_tok_s"] = r["throughput_output_tokens_per_s"]
             out["speed_saturated_tok_s"] = inv(r["tpot_p50_s"])
             out["usd_per_mtok"] = r["cost_usd_per_hour"] / 3600.0 / tput * 1e6 if ok and tput else None
-            out["usd_per_mtok_busy"] = r["cost_usd_per_million_output_tokens"]
-            out["usd_per_mtok_wall"] = r["cost_usd_per_million_output_tokens_wall"]
+            out["usd_per_mtok_busy"] = r["cost_usd_per_million_output_tokens_busy"]
+            out["usd_per_mtok_wall"] = r["cost_usd_per_million_output_tokens"]
     cols = ("case", "layout", "tp", "pp", "dp", "gpus", "speed_tok_s", "ttft_p50_light_s", "speed_recorded_tok_s",
             "ttft_p50_recorded_s", "ttft_p99_recorded_s", "throughput_tok_s", "throughput_per_gpu_tok_s",
             "throughput_makespan_tok_s", "speed_saturated_tok_s", "usd_per_mtok", "usd_per_mtok_busy",
