@@ -16,6 +16,7 @@ from typing import Iterable
 
 import numpy as np
 
+from .batch import BatchShape
 from .build import build_graph, shardable, draft_gpus, make_predictor, make_speculative, placement
 from .config import RunConfig
 from .fabric import Fabric
@@ -168,3 +169,22 @@ def pareto_mask(speed: np.ndarray, cost: np.ndarray) -> np.ndarray:
             keep[i] = True
             best = cost[i]
     return keep
+
+
+def steady_step_s(m, seqs: int, isl: float, osl: float, prefilling: float) -> float:
+    """Step time of a continuously batched replica in steady state (``m``: a
+    :class:`sim.steptime.StepModel`): ``seqs`` decodes at the mean context ``isl + osl/2`` plus
+    ``prefilling`` prompt tokens of the requests that replace finished ones.
+
+    The prompt tokens are one chunk placed so that its attention work equals the average over
+    a whole prompt (``prefilling * isl / 2`` query-key pairs).
+    """
+    ctx = [isl + osl / 2.0] * seqs
+    new = [1] * seqs
+    sampled = [1] * seqs
+    chunk = int(round(prefilling))
+    if chunk >= 1:
+        ctx.append(max(isl - chunk, 0) / 2.0)
+        new.append(chunk)
+        sampled.append(0)
+    return m.predictor.step(BatchShape.from_sequences(ctx, new, sampled)).total_s

@@ -14,19 +14,28 @@ from .config import parse_config
 from .cost import fleet_cost
 from .metrics import fleet_use, summarize
 from .recorder import write_table
-from .simulation import simulate
+from .simulation import SimResult, simulate
 
 
 def run(cfg_mapping: Mapping[str, Any], out_dir: str | Path) -> dict[str, Any]:
-    cfg = parse_config(cfg_mapping)
+    """Simulate, write ``requests.parquet``/``steps.parquet`` as soon as they exist, then ``summary.json``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    summary, _ = evaluate(cfg_mapping, out)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def evaluate(cfg_mapping: Mapping[str, Any], out_dir: Path | None = None) -> tuple[dict[str, Any], SimResult]:
+    """Simulate one config; the summary (latency, throughput, cost, energy, memory) and the
+    tables. With ``out_dir``, the tables are written there (when ``output.write_parquet``)."""
+    cfg = parse_config(cfg_mapping)
     table = load_workload(cfg)
     plan = build_cluster(cfg)
     result = simulate(cfg, plan, table)
-    if cfg.output.write_parquet:
-        write_table(result.requests, out / "requests.parquet")
-        write_table(result.steps, out / "steps.parquet")
+    if out_dir is not None and cfg.output.write_parquet:
+        write_table(result.requests, out_dir / "requests.parquet")
+        write_table(result.steps, out_dir / "steps.parquet")
     summary = summarize(result.requests, result.steps, wall_s=result.wall_s, events=result.events)
     summary["cost"] = fleet_cost(cfg.cost, cfg.hardware, fleet_use(cfg, result.gpus, result.gpu_busy_s, summary))
     cap = plan.replicas[0].capacity
@@ -39,5 +48,4 @@ def run(cfg_mapping: Mapping[str, Any], out_dir: str | Path) -> dict[str, Any]:
     }
     summary["memory"] = {"weights_GB_per_gpu": cap.weights_GB_per_gpu, "kv_GB_per_gpu": cap.kv_GB_per_gpu,
                          "kv_capacity_tokens_per_replica": cap.tokens}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    return summary, result

@@ -185,6 +185,8 @@ def load_workload(cfg: RunConfig) -> workloads.RequestTable:
             raise ConfigError("workload.source=file needs workload.path=FILE")
         if w.max_requests is not None and w.max_requests < len(table):
             table = table.take(w.max_requests)
+        if w.resample:
+            table = table.resampled(np.random.default_rng(w.seed))
         if w.rate_scale != 1.0:
             table = table.scaled_rate(w.rate_scale)
     except workloads.WorkloadError as exc:

@@ -123,6 +123,9 @@ class WorkloadConfig:
     cv: float = 2.0
     prompt_tokens: Any = 512
     output_tokens: Any = 128
+    # Bootstrap the request lengths with ``seed`` (arrival times kept): one draw of the same
+    # traffic, for the spread of results over replays.
+    resample: bool = False
 
     def __post_init__(self) -> None:
         require(self.source in ("bundled", "file", "synthetic"),

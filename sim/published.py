@@ -49,6 +49,7 @@ from .config import parse_config
 from .errors import ConfigError
 from .fabric import Fabric
 from .speculative import expected_tokens
+from .analytic import steady_step_s
 from .steptime import StepModel, build_step_model, compose_config
 from .steptime import predict as steptime_predict
 
@@ -123,23 +124,6 @@ def _decode_ms(ev: Evaluator, cfg: list[str], p: dict, row: dict) -> float:
 def _ttft_ms(ev: Evaluator, cfg: list[str], p: dict, row: dict) -> float:
     m = ev.model(cfg)
     return m.predictor.step(BatchShape.prefill(int(p["prompt_len"]))).total_s * 1e3
-
-
-def steady_step_s(m: StepModel, seqs: int, isl: float, osl: float, prefilling: float) -> float:
-    """Step time with ``seqs`` decodes at context ``isl + osl/2`` plus ``prefilling`` prompt tokens.
-
-    The prompt tokens are one chunk placed so that its attention work equals the average over
-    a whole prompt (``prefilling * isl / 2`` query-key pairs).
-    """
-    ctx = [isl + osl / 2.0] * seqs
-    new = [1] * seqs
-    sampled = [1] * seqs
-    chunk = int(round(prefilling))
-    if chunk >= 1:
-        ctx.append(max(isl - chunk, 0) / 2.0)
-        new.append(chunk)
-        sampled.append(0)
-    return m.predictor.step(BatchShape.from_sequences(ctx, new, sampled)).total_s
 
 
 def _itl_ms(ev: Evaluator, cfg: list[str], p: dict, row: dict) -> float:

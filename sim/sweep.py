@@ -147,10 +147,12 @@ def collect_tables(sweep_dir: str | Path) -> tuple[pa.Table, pa.Table]:
 def check_launcher(overrides: list[str], environ: Mapping[str, str]) -> None:
     """Reject a ``hydra/launcher=NAME`` that cannot start, in one line, before Hydra runs.
 
-    Two cases Hydra would otherwise report as a long traceback: the launcher's plugin is not
-    installed (``pip install -e '.[sweeps]'``), and ``ray_cluster`` without a cluster address
-    (``RAY_ADDRESS`` unset or empty and no ``hydra.launcher.ray.init.address=...`` override);
-    in the latter case the sweep must not quietly start a local Ray instance instead.
+    Cases Hydra would otherwise report as a long traceback: the launcher's plugin is not
+    installed (``pip install -e '.[sweeps]'``); ``ray_cluster`` without a cluster address
+    (``RAY_ADDRESS`` unset or empty and no ``hydra.launcher.ray.init.address=...`` override),
+    where the sweep must not quietly start a local Ray instance instead; and ``ray`` (a local
+    instance) with an address, which Ray would try to join with the plugin's local-only
+    ``object_store_memory`` setting and refuse.
     """
     for arg in overrides:
         key, sep, value = arg.lstrip("+~").partition("=")
@@ -160,12 +162,15 @@ def check_launcher(overrides: list[str], environ: Mapping[str, str]) -> None:
         if plugin and find_spec(f"hydra_plugins.{plugin}") is None:
             raise ConfigError(f"hydra/launcher={value} needs the {plugin.replace('_', '-')} plugin: "
                               "pip install -e '.[sweeps]'")
-        if value == "ray_cluster":
-            explicit = any(a.lstrip("+").startswith("hydra.launcher.ray.init.address=") for a in overrides)
-            if not explicit and not environ.get("RAY_ADDRESS"):
-                raise ConfigError("hydra/launcher=ray_cluster needs the cluster's address: set RAY_ADDRESS "
-                                  "(e.g. RAY_ADDRESS=ray://HEAD:10001) or hydra.launcher.ray.init.address=...; "
-                                  "hydra/launcher=ray starts a local Ray instance")
+        explicit = any(a.lstrip("+").startswith("hydra.launcher.ray.init.address=") for a in overrides)
+        if value == "ray_cluster" and not explicit and not environ.get("RAY_ADDRESS"):
+            raise ConfigError("hydra/launcher=ray_cluster needs the cluster's address: set RAY_ADDRESS "
+                              "(e.g. RAY_ADDRESS=ray://HEAD:10001) or hydra.launcher.ray.init.address=...; "
+                              "hydra/launcher=ray starts a local Ray instance")
+        if value == "ray" and (explicit or environ.get("RAY_ADDRESS")):
+            raise ConfigError("hydra/launcher=ray starts a local Ray instance but a cluster address is given "
+                              "(RAY_ADDRESS or hydra.launcher.ray.init.address): use hydra/launcher=ray_cluster "
+                              "for that cluster, or unset RAY_ADDRESS")
 
 
 @guarded

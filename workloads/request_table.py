@@ -189,6 +189,17 @@ class RequestTable:
             prefix_block_ids=blocks,
         )
 
+    def resampled(self, rng: np.random.Generator) -> RequestTable:
+        """One bootstrap draw of the same traffic: the arrival times are kept and each arrival
+        gets the (prompt, output) lengths of a request drawn with replacement from the table
+        (its prefix blocks travel with it). Used to measure the spread of results over replays."""
+        if not isinstance(rng, np.random.Generator):
+            raise WorkloadError(f"rng={rng!r} is not a numpy Generator")
+        idx = rng.integers(0, len(self), len(self))
+        blocks = None if self.prefix_block_ids is None else tuple(self.prefix_block_ids[i] for i in idx)
+        return replace(self, prompt_tokens=self.prompt_tokens[idx], output_tokens=self.output_tokens[idx],
+                       prefix_block_ids=blocks, source=f"{self.source} (resampled)")
+
     def scaled_rate(self, factor: float) -> RequestTable:
         """Replay at ``factor`` times the recorded arrival rate (``arrival_s / factor``).
 

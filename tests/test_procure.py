@@ -1,0 +1,162 @@
+"""``python -m sim.procure``: cheapest fleet meeting the SLOs, confirmed by simulation.
+
+The acceptance run uses the bundled Azure code trace at 4x its recorded rate (its first
+1,500 requests, 151 s of traffic, to keep the suite fast; the procurement notebook runs the
+whole trace): the configuration it returns meets the SLOs when simulated again on its own
+through ``python -m sim``, and the configuration one step cheaper does not.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from sim.errors import ConfigError
+from sim.procurement import Candidate, Layout, Slo, search
+
+REPO = Path(__file__).resolve().parent.parent
+WORKLOAD = ["workload=azure_code", "workload.rate_scale=4", "workload.max_requests=1500"]
+SLO = {"ttft_p99_s": 5.0, "tpot_p99_s": 0.1}
+SEARCH = ["search.hardware=[h100,h200]", "search.tp=[2,4,8]", "search.max_batch_size=[256]",
+          "search.max_tokens_per_step=[512,2048]"]
+
+
+def sim_cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def procured(tmp_path_factory):
+    out = tmp_path_factory.mktemp("procure")
+    r = sim_cli(["-m", "sim.procure", *WORKLOAD, f"slo.ttft_p99_s={SLO['ttft_p99_s']}",
+                 f"slo.tpot_p99_s={SLO['tpot_p99_s']}", *SEARCH, "sensitivity.seeds=1", f"hydra.run.dir={out}"], REPO)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out, json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def resimulate(cfg: dict, tmp: Path) -> dict:
+    topology = "hgx" if cfg["gpus"] <= 8 else "multi_node_ib"
+    r = sim_cli(["-m", "sim", *WORKLOAD, f"hardware={cfg['hardware']}", f"topology={topology}",
+                 f"parallel.tp={cfg['tp']}", f"parallel.pp={cfg['pp']}", f"parallel.dp={cfg['replicas']}",
+                 f"scheduler.max_batch_size={cfg['max_batch_size']}",
+                 f"scheduler.max_tokens_per_step={cfg['max_tokens_per_step']}",
+                 "output.progress=never", "output.write_parquet=false", f"hydra.run.dir={tmp}"], REPO)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads((tmp / "summary.json").read_text())
+
+
+def meets(summary: dict) -> bool:
+    return (summary["requests"]["completed"] == summary["requests"]["total"]
+            and summary["ttft_s"]["p99"] <= SLO["ttft_p99_s"] and summary["tpot_s"]["p99"] <= SLO["tpot_p99_s"])
+
+
+def test_best_meets_the_slos_when_simulated_on_its_own(procured, tmp_path):
+    out, result = procured
+    best = result["best"]
+    assert set(best) >= {"hardware", "gpus", "tp", "pp", "replicas", "usd_per_million_output_tokens",
+                         "ttft_p99_s", "tpot_p99_s"}
+    assert best["gpus"] == best["tp"] * best["pp"] * best["replicas"]
+    summary = resimulate(best, tmp_path)
+    assert meets(summary)
+    assert summary["ttft_s"]["p99"] == pytest.approx(best["ttft_p99_s"], rel=1e-9)
+    assert summary["cost"]["usd_per_million_output_tokens"] == pytest.approx(best["usd_per_million_output_tokens"])
+
+
+def test_one_step_cheaper_misses_and_the_report_shows_both(procured, tmp_path):
+    out, result = procured
+    cheaper = result["one_step_cheaper"]
+    assert cheaper is not None and cheaper["meets_slo"] is False
+    table = pq.read_table(out / "procure.parquet").to_pylist()
+    best_row = next(r for r in table if r["meets_slo"] and r["gpus"] == result["best"]["gpus"]
+                    and r["hardware"] == result["best"]["hardware"] and r["tp"] == result["best"]["tp"])
+    cheaper_row = next(r for r in table if r["hardware"] == cheaper["hardware"] and r["tp"] == cheaper["tp"]
+                       and r["replicas"] == cheaper["replicas"] and r["simulated"]
+                       and r["ttft_p99_s"] == cheaper["ttft_p99_s"])
+    assert cheaper_row["analytic_usd_per_hour"] < best_row["analytic_usd_per_hour"]
+    # every configuration strictly cheaper than the best either was pruned or was simulated and missed
+    for r in table:
+        if r["analytic_usd_per_hour"] is not None and r["analytic_usd_per_hour"] < best_row["analytic_usd_per_hour"]:
+            assert r["pruned"] or r["meets_slo"] is False, r
+    cfg = {**cheaper, "max_batch_size": cheaper_row["max_batch_size"],
+           "max_tokens_per_step": cheaper_row["max_tokens_per_step"]}
+    assert not meets(resimulate(cfg, tmp_path))
+    md = (out / "procure.md").read_text()
+    assert "## Best" in md and "One step cheaper" in md and "misses" in md
+
+
+def test_outputs_frontier_and_sensitivity(procured):
+    out, result = procured
+    assert (out / "procure_frontier.png").stat().st_size > 10_000
+    assert (out / "sensitivity.png").stat().st_size > 10_000
+    table = pq.read_table(out / "procure.parquet")
+    for col in ("hardware", "tp", "pp", "replicas", "gpus", "max_batch_size", "max_tokens_per_step", "pruned",
+                "meets_slo", "ttft_p99_s", "tpot_p99_s", "goodput_requests_per_s", "usd_per_million_output_tokens",
+                "joules_per_output_token"):
+        assert col in table.column_names
+    sens = pq.read_table(out / "sensitivity.parquet").to_pylist()
+    params = {(r["parameter"], r["change"]) for r in sens}
+    for p in ("HBM bandwidth", "FLOP/s", "link latency", "link bandwidth", "price"):
+        assert (p, "-20%") in params and (p, "+20%") in params
+    base = next(r for r in sens if r["parameter"] == "base")
+    price_up = next(r for r in sens if r["parameter"] == "price" and r["change"] == "+20%")
+    assert price_up["usd_per_million_output_tokens"] == pytest.approx(1.2 * base["usd_per_million_output_tokens"])
+    hbm_up = next(r for r in sens if r["parameter"] == "HBM bandwidth" and r["change"] == "+20%")
+    hbm_down = next(r for r in sens if r["parameter"] == "HBM bandwidth" and r["change"] == "-20%")
+    assert hbm_up["tpot_p99_s"] < base["tpot_p99_s"] < hbm_down["tpot_p99_s"]
+    assert any(r["parameter"] == "trace replay" for r in sens)
+
+
+# ------------------------------------------------------------------ search logic, no simulation
+def _cand(usd: float, pruned: bool = False, name: str = "h100") -> Candidate:
+    return Candidate(Layout(name, 8, 1, 256, 2048), replicas=int(usd), usd_per_hour=usd, pruned=pruned,
+                     analytic_utilization=0.5)
+
+
+def _fake(passing: set[float]):
+    calls = []
+
+    def simulate(c: Candidate) -> dict:
+        calls.append(c.usd_per_hour)
+        ok = c.usd_per_hour in passing
+        return {"requests": {"completed": 1, "total": 1}, "ttft_s": {"p99": 0.1 if ok else 9.0},
+                "tpot_s": {"p99": 0.01}}
+    return simulate, calls
+
+
+def test_search_simulates_cheapest_unpruned_first_and_checks_one_step_cheaper():
+    cands = [_cand(1, pruned=True), _cand(2, pruned=True), _cand(3), _cand(4), _cand(5)]
+    simulate, calls = _fake({4.0, 5.0})
+    best, cheaper = search(cands, Slo(1.0, 1.0), simulate, max_runs=10)
+    assert best.usd_per_hour == 4 and cheaper.usd_per_hour == 3
+    assert calls == [3, 4]          # pruned ones never simulated; the cheaper one already known to miss
+
+
+def test_search_corrects_a_wrong_pruning():
+    cands = [_cand(1, pruned=True), _cand(2, pruned=True), _cand(3)]
+    simulate, calls = _fake({2.0, 3.0})
+    best, cheaper = search(cands, Slo(1.0, 1.0), simulate, max_runs=10)
+    assert best.usd_per_hour == 2 and cheaper.usd_per_hour == 1 and calls == [3, 2, 1]
+
+
+def test_search_gives_up_after_max_runs():
+    cands = [_cand(float(i)) for i in range(1, 6)]
+    simulate, calls = _fake(set())
+    assert search(cands, Slo(1.0, 1.0), simulate, max_runs=3) == (None, None)
+    assert len(calls) == 3
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path):
+    with pytest.raises(ConfigError, match="slo.tpot_p99_s"):
+        Slo(1.0, -2)
+    r = sim_cli(["-m", "sim.procure", "search.colour=[1]", f"hydra.run.dir={tmp_path}"], REPO)
+    assert r.returncode != 0 and "search.colour" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = sim_cli(["-m", "sim.procure", "+search.colour=[1]", f"hydra.run.dir={tmp_path}"], REPO)
+    assert r.returncode != 0 and "search has unknown field" in r.stderr and "Traceback" not in r.stderr
+    r = sim_cli(["-m", "sim.procure", *WORKLOAD, "workload.max_requests=50", "slo.ttft_p99_s=0.001",
+                 "search.hardware=[h100]", "search.tp=[8]", "search.max_tokens_per_step=[2048]",
+                 f"hydra.run.dir={tmp_path}"], REPO)
+    assert r.returncode != 0 and "no configuration" in r.stderr and "Traceback" not in r.stderr
