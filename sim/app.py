@@ -11,8 +11,8 @@ from typing import Any, Mapping
 
 from .build import build_cluster, load_workload
 from .config import parse_config
-from .cost import fleet_cost
-from .metrics import fleet_use, summarize
+from .cost import mixed_fleet_cost
+from .metrics import fleet_parts, summarize
 from .recorder import write_table
 from .simulation import SimResult, simulate
 
@@ -37,10 +37,11 @@ def evaluate(cfg_mapping: Mapping[str, Any], out_dir: Path | None = None) -> tup
         write_table(result.requests, out_dir / "requests.parquet")
         write_table(result.steps, out_dir / "steps.parquet")
     summary = summarize(result.requests, result.steps, wall_s=result.wall_s, events=result.events)
-    summary["cost"] = fleet_cost(cfg.cost, cfg.hardware, fleet_use(cfg, result.gpus, result.gpu_busy_s, summary))
-    cap = plan.replicas[0].capacity
+    summary["cost"] = mixed_fleet_cost(cfg.cost, fleet_parts(cfg, [r.group for r in plan.replicas],
+                                                             result.replica_busy_gpu_s, summary))
+    cap = min((r.capacity for r in plan.replicas), key=lambda c: c.tokens)
     summary["config"] = {
-        "hardware": cfg.hardware.name, "model": cfg.model.name, "engine": cfg.engine.name,
+        "hardware": "+".join(f"{g.parallel.dp}x{g.hardware.name}" for g in cfg.groups()) if cfg.fleet else cfg.hardware.name, "model": cfg.model.name, "engine": cfg.engine.name,
         "tp": cfg.parallel.tp, "pp": cfg.parallel.pp, "dp": cfg.parallel.dp,
         "fidelity": cfg.network.fidelity, "latency_scale": cfg.network.latency_scale,
         "bandwidth_scale": cfg.network.bandwidth_scale,

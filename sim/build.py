@@ -85,6 +85,7 @@ class ReplicaPlan:
     stage_gpus: list[list[str]]
     capacity: KVCapacity
     speculative: SpeculativeDecoder
+    group: int = 0
 
 
 @dataclass
@@ -96,18 +97,64 @@ class ClusterPlan:
     gpus: int = 0
 
 
+def fleet_graph(groups: list[RunConfig]) -> tuple[nx.DiGraph, list[list[str]]]:
+    """One graph holding every group's own topology side by side (data-parallel replicas
+    never talk, so groups meet only at a frontend switch), and each group's GPU names in
+    placement order.
+
+    Group ``k``'s GPUs are renumbered after the previous groups' servers so that every GPU
+    keeps the ``gpu<server * gpus_per_node + local_rank>`` naming; its other nodes get a
+    ``fleet<k>/`` prefix."""
+    if len(groups) == 1:
+        g = build_graph(groups[0])
+        return g, [list(topologies.PathTable(g).gpus)]
+    union = nx.DiGraph(name="fleet")
+    names: list[list[str]] = []
+    server_offset = 0
+    for k, cfg in enumerate(groups):
+        g = build_graph(cfg)
+        per_node = int(g.graph.get("gpus_per_node", cfg.topology.gpus_per_node))
+        require(per_node == cfg.topology.gpus_per_node,
+                f"fleet[{k}]: its topology has {per_node} GPUs per node but topology.gpus_per_node="
+                f"{cfg.topology.gpus_per_node}; fleets need one node size")
+        order = list(topologies.PathTable(g).gpus)
+        mapping = {}
+        for node, data in g.nodes(data=True):
+            if data.get("kind") == "gpu":
+                mapping[node] = topologies.gpu_name(topologies.gpu_index(node) + server_offset * per_node)
+            else:
+                mapping[node] = f"fleet{k}/{node}"
+        g = nx.relabel_nodes(g, mapping)
+        for node, data in g.nodes(data=True):
+            if data.get("kind") == "gpu":
+                data["server"] = data["server"] + server_offset
+        servers = {d["server"] for _, d in g.nodes(data=True) if d.get("kind") == "gpu"}
+        server_offset = max(servers) + 1
+        union = nx.union(union, g)
+        names.append([mapping[n] for n in order])
+    # the groups meet only at the data-centre frontend (100 GbE, ~50 us per hop): every GPU
+    # reaches every GPU as the topology contract asks, and no collective ever crosses it
+    union.add_node("fleet/frontend", kind="ib_switch")
+    for gpus in names:
+        union.add_edge(gpus[0], "fleet/frontend", latency_us=50.0, bandwidth_GBps=12.5, link="ethernet")
+        union.add_edge("fleet/frontend", gpus[0], latency_us=50.0, bandwidth_GBps=12.5, link="ethernet")
+    union.graph.update(gpus_per_node=groups[0].topology.gpus_per_node)
+    return union, names
+
+
 def build_cluster(cfg: RunConfig) -> ClusterPlan:
-    graph = build_graph(cfg)
-    fabric = Fabric(graph, cfg.engine, oneshot_capable=cfg.hardware.scaleup_link != "pcie",
+    groups = cfg.groups()
+    graph, group_gpus = fleet_graph(groups)
+    fabric = Fabric(graph, cfg.engine, oneshot_capable=any(g.hardware.scaleup_link != "pcie" for g in groups),
                     software_latency_scale=cfg.network.latency_scale)
     replicas = []
-    gpus = list(fabric.gpus)
-    for i, stage_gpus in enumerate(placement(cfg, gpus)):
-        predictor = make_predictor(cfg, fabric, stage_gpus)
-        spec = make_speculative(cfg, fabric, predictor, stage_gpus, draft_gpus(cfg, gpus, i))
-        shared = spec.draft if cfg.speculative.placement == "same" and spec.draft is not None else None
-        cap = kv_capacity(predictor, cfg.hardware, cfg.engine, cfg.model.name, cfg.scheduler.block_size, shared)
-        replicas.append(ReplicaPlan(predictor, stage_gpus, cap, spec))
+    for k, (gcfg, gpus) in enumerate(zip(groups, group_gpus)):
+        for i, stage_gpus in enumerate(placement(gcfg, gpus)):
+            predictor = make_predictor(gcfg, fabric, stage_gpus)
+            spec = make_speculative(gcfg, fabric, predictor, stage_gpus, draft_gpus(gcfg, gpus, i))
+            shared = spec.draft if gcfg.speculative.placement == "same" and spec.draft is not None else None
+            cap = kv_capacity(predictor, gcfg.hardware, gcfg.engine, gcfg.model.name, gcfg.scheduler.block_size, shared)
+            replicas.append(ReplicaPlan(predictor, stage_gpus, cap, spec, k))
     return ClusterPlan(graph, fabric, replicas, cfg.gpus)
 
 

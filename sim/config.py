@@ -8,7 +8,7 @@ sentence a user can act on.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping
 
 from .cost import CostConfig, cost_from_mapping
@@ -148,6 +148,16 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class FleetGroup:
+    """Replicas of one hardware preset in a heterogeneous fleet (``fleet:`` list)."""
+
+    hardware: HardwareSpec
+    replicas: int
+    tp: int
+    pp: int
+
+
+@dataclass(frozen=True)
 class RunConfig:
     hardware: HardwareSpec
     model: ModelSpec
@@ -161,6 +171,7 @@ class RunConfig:
     output: OutputConfig
     speculative: SpeculativeConfig = SpeculativeConfig()
     cost: CostConfig = CostConfig()
+    fleet: tuple[FleetGroup, ...] = ()
     seed: int = 0
 
     @property
@@ -169,7 +180,28 @@ class RunConfig:
 
     @property
     def gpus(self) -> int:
-        return self.gpus_per_replica * self.parallel.dp
+        return sum(g.gpus_per_replica * g.parallel.dp for g in self.groups())
+
+    def groups(self) -> list["RunConfig"]:
+        """One homogeneous config per fleet group (hardware, tp, pp, dp = its replicas, and a
+        topology its hardware can have: PCIe cards in a PCIe box, NVLink GPUs in HGX nodes,
+        InfiniBand between nodes when a group outgrows one); the config itself when there is
+        no ``fleet``."""
+        if not self.fleet:
+            return [self]
+        out = []
+        for g in self.fleet:
+            topo = self.topology
+            gpus = g.tp * g.pp * g.replicas
+            if g.hardware.scaleup_link == "pcie" and topo.kind in ("hgx", "multi_node_ib", "nvl72"):
+                topo = replace(topo, kind="pcie_box")        # a PCIe card has no NVSwitch node
+            elif g.hardware.scaleup_link != "pcie" and topo.kind == "pcie_box":
+                topo = replace(topo, kind="hgx")
+            if topo.kind == "hgx" and gpus > topo.gpus_per_node:
+                topo = replace(topo, kind="multi_node_ib", nodes="auto")
+            out.append(replace(self, hardware=g.hardware, topology=topo, fleet=(),
+                               parallel=replace(self.parallel, tp=g.tp, pp=g.pp, dp=g.replicas)))
+        return out
 
 
 def parse_config(cfg: Mapping[str, Any]) -> RunConfig:
@@ -190,8 +222,34 @@ def parse_config(cfg: Mapping[str, Any]) -> RunConfig:
         output=_dataclass(OutputConfig, cfg.get("output"), "output"),
         speculative=_dataclass(SpeculativeConfig, cfg.get("speculative"), "speculative"),
         cost=cost_from_mapping(cfg.get("cost")),
+        fleet=_fleet(cfg.get("fleet"), cfg.get("parallel") or {}),
         seed=_seed(cfg.get("seed", 0)),
     )
+
+
+def _fleet(values: Any, parallel: Mapping[str, Any]) -> tuple[FleetGroup, ...]:
+    """``fleet: [{hardware: h100, replicas: 2, tp: 4}, ...]``: replicas of several hardware
+    presets behind one router (tp/pp default to ``parallel``'s); empty: a homogeneous fleet
+    of ``parallel.dp`` replicas of ``hardware``."""
+    from .presets import load_hardware
+
+    if values in (None, [], ()):
+        return ()
+    require(isinstance(values, (list, tuple)), f"fleet={values!r} must be a list of groups "
+                                               "({hardware: NAME, replicas: N[, tp: T, pp: P]})")
+    groups = []
+    for i, g in enumerate(values):
+        require(isinstance(g, Mapping), f"fleet[{i}]={g!r} must be a mapping with hardware and replicas")
+        unknown = sorted(set(g) - {"hardware", "replicas", "tp", "pp"})
+        require(not unknown, f"fleet[{i}] has unknown field(s) {unknown}; allowed: ['hardware', 'pp', 'replicas', 'tp']")
+        require("hardware" in g and "replicas" in g, f"fleet[{i}] needs hardware and replicas")
+        for f in ("replicas", "tp", "pp"):
+            v = g.get(f, parallel.get(f, 1))
+            require(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+                    f"fleet[{i}].{f}={v!r} must be an integer >= 1")
+        groups.append(FleetGroup(load_hardware(str(g["hardware"])), int(g["replicas"]),
+                                 int(g.get("tp", parallel.get("tp", 1))), int(g.get("pp", parallel.get("pp", 1)))))
+    return tuple(groups)
 
 
 def _without_notes(values: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -111,27 +111,60 @@ def energy(cost: CostConfig, hw: HardwareSpec, use: FleetUse) -> dict[str, float
 
 def fleet_cost(cost: CostConfig, hw: HardwareSpec, use: FleetUse) -> dict[str, Any]:
     """Dollars per hour and per million output tokens, energy per token, and the assumptions."""
-    e = energy(cost, hw, use)
-    hours = use.makespan_s / 3600.0
-    out: dict[str, Any] = {"model": cost.model, "gpus": use.gpus, "nodes": use.nodes}
-    if cost.model == "rent":
-        price = gpu_hour_price(cost, hw)
-        usd_per_hour = use.gpus * price
-        out.update({"usd_per_gpu_hour": price, "usd_per_hour": usd_per_hour})
-        busy_usd = use.gpu_busy_s / 3600.0 * price
-    else:
-        cap = capital_usd(cost, hw, use.gpus, use.nodes, use.network_ports)
-        capex_per_hour = sum(cap.values()) / (cost.depreciation_years * 365.25 * 24.0)
-        energy_per_hour = (e["avg_power_W"] or 0.0) / 1e3 * cost.electricity_usd_per_kWh
-        usd_per_hour = capex_per_hour + energy_per_hour
-        out.update({**cap, "capex_usd_per_hour": capex_per_hour, "energy_usd_per_hour": energy_per_hour,
-                    "usd_per_hour": usd_per_hour, "usd_per_gpu_hour": usd_per_hour / use.gpus})
-        busy_usd = use.gpu_busy_s / 3600.0 * usd_per_hour / use.gpus
-    per_mtok = (lambda usd: usd / use.output_tokens * 1e6) if use.output_tokens else (lambda usd: None)
-    out.update({"usd_per_million_output_tokens": per_mtok(usd_per_hour * hours),
+    return mixed_fleet_cost(cost, [(hw, use)])
+
+
+def mixed_fleet_cost(cost: CostConfig, parts: list[tuple[HardwareSpec, FleetUse]]) -> dict[str, Any]:
+    """:func:`fleet_cost` of a fleet made of groups of different hardware (each group's
+    GPUs, servers, ports and busy time in its :class:`FleetUse`; every part has the run's
+    makespan and output tokens): costs and energies add up."""
+    makespan = parts[0][1].makespan_s
+    tokens = parts[0][1].output_tokens
+    hours = makespan / 3600.0
+    per_hour = busy_usd = 0.0
+    joules = busy_s = 0.0
+    gpus = 0
+    out: dict[str, Any] = {"model": cost.model}
+    capital = {"gpus_usd": 0.0, "servers_usd": 0.0, "network_usd": 0.0}
+    capex_per_hour = energy_per_hour = 0.0
+    groups = []
+    for hw, use in parts:
+        e = energy(cost, hw, use)
+        joules += e["joules"]
+        busy_s += use.gpu_busy_s
+        gpus += use.gpus
+        if cost.model == "rent":
+            price = gpu_hour_price(cost, hw)
+            group_per_hour = use.gpus * price
+            busy_usd += use.gpu_busy_s / 3600.0 * price
+        else:
+            cap = capital_usd(cost, hw, use.gpus, use.nodes, use.network_ports)
+            for k, v in cap.items():
+                capital[k] += v
+            group_capex = sum(cap.values()) / (cost.depreciation_years * 365.25 * 24.0)
+            group_energy = (e["avg_power_W"] or 0.0) / 1e3 * cost.electricity_usd_per_kWh
+            capex_per_hour += group_capex
+            energy_per_hour += group_energy
+            group_per_hour = group_capex + group_energy
+            busy_usd += use.gpu_busy_s / 3600.0 * group_per_hour / use.gpus
+        per_hour += group_per_hour
+        groups.append({"hardware": hw.name, "gpus": use.gpus, "usd_per_hour": group_per_hour,
+                       "gpu_utilization": e["gpu_utilization"]})
+    out.update({"gpus": gpus, "nodes": sum(u.nodes for _, u in parts)})
+    if cost.model == "own":
+        out.update({**capital, "capex_usd_per_hour": capex_per_hour, "energy_usd_per_hour": energy_per_hour})
+    out.update({"usd_per_hour": per_hour, "usd_per_gpu_hour": per_hour / gpus if gpus else None})
+    per_mtok = (lambda usd: usd / tokens * 1e6) if tokens else (lambda usd: None)
+    out.update({"usd_per_million_output_tokens": per_mtok(per_hour * hours),
                 "usd_per_million_output_tokens_busy": per_mtok(busy_usd),
-                "busy_gpu_hours": use.gpu_busy_s / 3600.0,
-                "energy": e, "assumptions": {**cost.assumptions(), "sources": dict(cost.sources)}})
+                "busy_gpu_hours": busy_s / 3600.0,
+                "energy": {"joules": joules, "kWh": joules / 3.6e6,
+                           "avg_power_W": joules / makespan if makespan > 0 else None,
+                           "gpu_utilization": busy_s / (gpus * makespan) if gpus and makespan > 0 else None,
+                           "joules_per_output_token": joules / tokens if tokens else None},
+                "assumptions": {**cost.assumptions(), "sources": dict(cost.sources)}})
+    if len(parts) > 1:
+        out["groups"] = groups
     return out
 
 

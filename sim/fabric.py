@@ -49,6 +49,10 @@ class Fabric:
         data = self.graph.edges[edge]
         return data["latency_us"] * 1e-6, data["bandwidth_GBps"] * 1e9
 
+    def over_pcie(self, ranks: Sequence[str]) -> bool:
+        """Whether the group's GPUs talk over PCIe (no NVLink P2P for one-shot kernels)."""
+        return len(ranks) > 1 and any(self.graph.edges[e].get("link") == "pcie" for e in self.paths.edges(ranks[0], ranks[1]))
+
     def same_server(self, ranks: Sequence[str]) -> bool:
         return len({self.graph.nodes[r]["server"] for r in ranks}) == 1
 
@@ -60,7 +64,8 @@ class Fabric:
             n = len(key)
             e = self.engine
             ring = [self.pair(key[r], key[(r + 1) % n]) for r in range(n)] if n > 1 else []
-            oneshot_ok = self.oneshot_capable and self.same_server(key) and e.allreduce_algorithm in ("auto", "oneshot")
+            oneshot_ok = (self.oneshot_capable and self.same_server(key) and e.allreduce_algorithm in ("auto", "oneshot")
+                          and not self.over_pcie(key))
             # every rank's route to every other rank: only where one-shot kernels can run
             oneshot = ([[self.pair(key[r], key[(r + k) % n]) for k in range(1, n)] for r in range(n)]
                        if n > 1 and oneshot_ok else [])

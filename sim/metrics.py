@@ -61,12 +61,19 @@ def summarize(requests: pa.Table, steps: pa.Table, *, wall_s: float, events: int
     }
 
 
-def fleet_use(cfg, gpus: int, gpu_busy_s: float, summary: Mapping[str, Any]) -> FleetUse:
-    """The fleet a run used: GPUs, servers (as a fraction of ``topology.gpus_per_node``-GPU
-    nodes: a partial node is charged its share), leaf network ports (one per GPU when the
-    topology spans nodes), the run's makespan, busy GPU-seconds and output tokens."""
+def fleet_parts(cfg, replica_groups: list[int], replica_busy_gpu_s: list[float],
+                summary: Mapping[str, Any]) -> list[tuple[Any, FleetUse]]:
+    """Per hardware group of the fleet (one group unless ``fleet:`` mixes hardware): its
+    hardware and what it used -- GPUs, servers (as a fraction of ``topology.gpus_per_node``-GPU
+    nodes: a partial node is charged its share), leaf network ports (one per GPU when the group
+    spans nodes), the run's makespan, its busy GPU-seconds, the run's output tokens."""
     per_node = cfg.topology.gpus_per_node
-    multi_node = cfg.topology.kind == "multi_node_ib" and gpus > per_node
-    return FleetUse(gpus=gpus, nodes=gpus / per_node, network_ports=gpus if multi_node else 0,
-                    makespan_s=float(summary["throughput"]["makespan_s"]), gpu_busy_s=gpu_busy_s,
-                    output_tokens=int(summary["throughput"]["output_tokens"]))
+    parts = []
+    for k, g in enumerate(cfg.groups()):
+        gpus = g.gpus
+        multi_node = g.hardware.scaleup_link != "pcie" and gpus > per_node
+        busy = sum(b for grp, b in zip(replica_groups, replica_busy_gpu_s) if grp == k)
+        parts.append((g.hardware, FleetUse(gpus=gpus, nodes=gpus / per_node, network_ports=gpus if multi_node else 0,
+                                           makespan_s=float(summary["throughput"]["makespan_s"]), gpu_busy_s=busy,
+                                           output_tokens=int(summary["throughput"]["output_tokens"]))))
+    return parts

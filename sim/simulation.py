@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -53,6 +53,7 @@ class SimResult:
     gpu_busy_s: float
     kv_capacity_tokens: int
     preemptions: int
+    replica_busy_gpu_s: list[float] = field(default_factory=list)  # per replica: busy seconds x its GPUs
 
 
 class _Progress:
@@ -189,5 +190,6 @@ def simulate(cfg: RunConfig, plan: ClusterPlan, table: workloads.RequestTable) -
         "decode_passes": passes,
         "tokens_per_pass": np.where(passes > 0, (output - 1) / np.maximum(passes, 1), np.nan),
     }, schema=schemas.REQUESTS)
+    busy = [sum(r.stage_busy_s) * rp.predictor.tp for r, rp in zip(replicas, plan.replicas)]
     return SimResult(requests, steps.table(), wall, env.events_scheduled, env.now, plan.gpus,
-                     sum(sum(r.stage_busy_s) for r in replicas) * cfg.parallel.tp, capacity, int(sum(r.batcher.preemptions for r in replicas)))
+                     sum(busy), capacity, int(sum(r.batcher.preemptions for r in replicas)), busy)
