@@ -22,6 +22,7 @@ from .app import run
 from .cli import guarded
 from .errors import ConfigError
 from .presets import check_group_choices
+from .steptime import check_overrides
 from .sweep import check_launcher
 
 
@@ -58,4 +59,5 @@ def _run(cfg: DictConfig, out: Path) -> None:
 if __name__ == "__main__":
     guarded(check_group_choices)(sys.argv[1:])
     guarded(check_launcher)(sys.argv[1:], os.environ)
+    guarded(check_overrides)(sys.argv[1:])
     main()
