@@ -21,7 +21,8 @@ def run_points(base: Iterable[str], points: Iterable[dict[str, Any]], root: str 
     """Run one simulation per point (Hydra-style overrides) under ``root/<i>/``; return the sweep table.
 
     Each job directory gets ``.hydra/overrides.yaml`` like a Hydra multirun job, so the
-    result is exactly what ``python -m sim.collect`` gives for the equivalent ``-m`` sweep.
+    result is what ``python -m sim.collect`` gives for the equivalent ``-m`` sweep, in one table:
+    ``sweep.parquet``'s columns plus the ``sim_*`` runtime columns of ``sweep_runtime.parquet``.
     Impossible points are recorded as ``error.txt`` and the sweep goes on.
     """
     root = Path(root)
