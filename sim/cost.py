@@ -4,8 +4,8 @@ Pure (no SimPy). Modelling assumptions:
 
 * **Power.** A GPU draws ``idle_W`` when idle and ``tdp_W`` while busy (a step running on
   it), so its energy over a run is ``idle_W * T + (tdp_W - idle_W) * busy_s`` with ``busy_s``
-  taken from the simulation; the host (CPUs, memory, NICs, fans) draws ``host_W_per_gpu`` per
-  GPU for the whole run; the facility multiplies everything by its PUE. Memory-bound decode
+  taken from the simulation; the host (CPUs, memory, NICs, fans) draws ``host_W_per_gpu[hardware]``
+  per GPU for the whole run (a server's maximum power minus its GPUs' TDP: an upper bound); the facility multiplies everything by its PUE. Memory-bound decode
   draws less than TDP on real GPUs, so this is an upper bound on busy power.
 * **Rent.** The fleet is paid for the whole run (first arrival to last finish), every GPU at
   the price per GPU-hour of the chosen pricing (``spot``/first column, ``on_demand``,
@@ -43,7 +43,7 @@ class CostConfig:
     depreciation_years: float = 3.0
     pue: float = 1.2
     electricity_usd_per_kWh: float = 0.08
-    host_W_per_gpu: float = 0.0
+    host_W_per_gpu: dict[str, float] = field(default_factory=dict)   # per hardware preset; "default" for the rest
     sources: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -51,8 +51,12 @@ class CostConfig:
         require(self.pricing in PRICINGS, f"cost.pricing={self.pricing!r} is not one of {list(PRICINGS)}")
         require(self.depreciation_years > 0, f"cost.depreciation_years={self.depreciation_years!r} must be > 0")
         require(self.pue >= 1.0, f"cost.pue={self.pue!r} must be >= 1 (facility power / IT power)")
-        for f in ("electricity_usd_per_kWh", "host_W_per_gpu", "network_usd_per_port"):
+        for f in ("electricity_usd_per_kWh", "network_usd_per_port"):
             require(getattr(self, f) >= 0, f"cost.{f}={getattr(self, f)!r} must be >= 0")
+
+    def host_W(self, hardware: str) -> float:
+        """Host power per GPU (CPUs, memory, NICs, fans) of a server of ``hardware``."""
+        return float(self.host_W_per_gpu.get(hardware, self.host_W_per_gpu.get("default", 0.0)) or 0.0)
 
     def assumptions(self) -> dict[str, Any]:
         keep = ("model", "depreciation_years", "pue", "electricity_usd_per_kWh", "host_W_per_gpu",
@@ -99,7 +103,7 @@ class FleetUse:
 
 def energy(cost: CostConfig, hw: HardwareSpec, use: FleetUse) -> dict[str, float | None]:
     """Facility energy of the run from each GPU's busy time (see module docstring)."""
-    it_J = (use.gpus * (hw.idle_W + cost.host_W_per_gpu) * use.makespan_s
+    it_J = (use.gpus * (hw.idle_W + cost.host_W(hw.name)) * use.makespan_s
             + (hw.tdp_W - hw.idle_W) * use.gpu_busy_s)
     facility_J = it_J * cost.pue
     util = use.gpu_busy_s / (use.gpus * use.makespan_s) if use.gpus and use.makespan_s > 0 else None
@@ -176,10 +180,12 @@ def cost_from_mapping(values: Mapping[str, Any] | None) -> CostConfig:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"cost has unknown field(s) {unknown}; allowed: {sorted(known)}")
-    for f in ("reserved_usd_per_gpu_hour", "purchase_usd_per_gpu", "server_usd_per_node", "sources"):
+    if isinstance(values.get("host_W_per_gpu"), (int, float)) and not isinstance(values.get("host_W_per_gpu"), bool):
+        values["host_W_per_gpu"] = {"default": values["host_W_per_gpu"]}
+    for f in ("reserved_usd_per_gpu_hour", "purchase_usd_per_gpu", "server_usd_per_node", "host_W_per_gpu", "sources"):
         if f in values and not isinstance(values[f], Mapping):
             raise ConfigError(f"cost.{f}={values[f]!r} must be a mapping of hardware preset -> value")
-    for f in ("reserved_usd_per_gpu_hour", "purchase_usd_per_gpu", "server_usd_per_node"):
+    for f in ("reserved_usd_per_gpu_hour", "purchase_usd_per_gpu", "server_usd_per_node", "host_W_per_gpu"):
         for k, v in dict(values.get(f, {})).items():
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
                 raise ConfigError(f"cost.{f}.{k}={v!r} must be a number >= 0 or null")

@@ -19,13 +19,21 @@ USE = FleetUse(gpus=8, nodes=1.0, network_ports=0, makespan_s=3600.0, gpu_busy_s
 
 
 def test_energy_closed_form():
-    c = CostConfig(pue=1.5, host_W_per_gpu=100.0)
+    c = CostConfig(pue=1.5, host_W_per_gpu={"default": 100.0})
     e = energy(c, H100, USE)
     it_J = 8 * (H100.idle_W + 100.0) * 3600.0 + (H100.tdp_W - H100.idle_W) * 8 * 1800.0
     assert e["joules"] == pytest.approx(1.5 * it_J)
     assert e["gpu_utilization"] == pytest.approx(0.5)
     assert e["joules_per_output_token"] == pytest.approx(1.5 * it_J / 1e6)
     assert e["avg_power_W"] == pytest.approx(1.5 * it_J / 3600.0)
+
+
+def test_host_power_per_hardware():
+    rent = cost_from_mapping(load_preset("cost", "rent"))
+    assert rent.host_W("h100") == 575 and rent.host_W("rtx4090") == 83 and rent.host_W("l40s") == 575
+    assert cost_from_mapping({"host_W_per_gpu": 50}).host_W("anything") == 50.0
+    with pytest.raises(ConfigError, match="host_W_per_gpu.h100=-1"):
+        cost_from_mapping({"host_W_per_gpu": {"h100": -1}})
 
 
 def test_rent_and_own_closed_forms():
