@@ -54,9 +54,15 @@ def traffic_stats(cfg_map: dict[str, Any]) -> TrafficStats:
     table = load_workload(parse_config(cfg_map))
     prompts = np.asarray(table.prompt_tokens, dtype=float)
     outputs = np.asarray(table.output_tokens, dtype=float)
-    duration = float(table.arrival_s[-1] - table.arrival_s[0]) or 1.0
+    arrival = np.asarray(table.arrival_s, dtype=float)
+    duration = float(arrival[-1] - arrival[0]) or 1.0
+    cum = np.concatenate([[0.0], np.cumsum(prompts)])
+    windows = []
+    for w in (1.0, 3.0, 10.0, 30.0, 100.0):
+        end = np.searchsorted(arrival, arrival + w, side="right")   # requests in [t_i, t_i + w]
+        windows.append((w, float(np.max(cum[end] - cum[np.arange(len(arrival))]))))
     return TrafficStats(len(table), duration, float(prompts.mean()), float(outputs.mean()),
-                        float(np.percentile(prompts, 99)))
+                        float(np.percentile(prompts, 99)), tuple(windows))
 
 
 def deployment(base: dict[str, Any], layout: Layout, replicas: int) -> dict[str, Any]:

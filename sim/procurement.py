@@ -9,10 +9,13 @@ tokens per step: the prefill chunk that decode steps share) x replicas (data par
 * whether its TPOT tail can meet the target: a decode step that shares the step with a full
   prefill chunk (``max_tokens_per_step`` tokens of a long prompt) must fit in ``tpot_p99_s``;
 * its sustainable output throughput under the TPOT target: the largest batch ``B`` (within
-  the batch limit and the KV cache at the mean request length) whose steady step -- ``B``
-  decodes at the mean context plus the prompt tokens that replace finished requests
-  (:func:`sim.published.steady_step_s`) -- is at most ``tpot_p99_s``; throughput ``B / step``;
-* hence a lower bound on the replicas the trace's mean output rate needs.
+  the batch limit, the KV cache at the mean request length, and the step's token budget:
+  ``B`` decodes plus the ``B x prompt/output`` prompt tokens that keep ``B`` requests in flight
+  must fit in ``max_tokens_per_step``) whose steady step (:func:`sim.analytic.steady_step_s`)
+  is at most ``tpot_p99_s``; throughput ``B / step``;
+* hence a lower bound on the replicas the trace's mean output rate needs, raised by its
+  bursts: 99 % of the prompt tokens arriving within any window of ``W`` seconds must be
+  prefilled within ``W + ttft_p99_s`` at the replica's chunked-prefill rate.
 
 Every (layout, replicas) pair within ``max_gpus`` becomes a candidate, priced per hour by
 the cost model at the analytic utilization. Candidates below their layout's bound are
@@ -60,6 +63,8 @@ class TrafficStats:
     mean_prompt: float
     mean_output: float
     p99_prompt: float
+    # (window_s, most prompt tokens arriving within any window of that length): the bursts
+    window_prompt_tokens: tuple[tuple[float, float], ...] = ()
 
     @property
     def output_tokens_per_s(self) -> float:
@@ -126,20 +131,25 @@ def layout_bound(layout: Layout, model, stats: TrafficStats, slo: Slo,
         return LayoutBound(layout, False, f"prefill of the p99 prompt ({p99} tokens) alone takes {prefill:.3f} s "
                                           f"> ttft_p99_s={slo.ttft_p99_s}", prefill_p99_s=prefill)
     kv_cap = int(model.capacity.tokens // max(1.0, stats.mean_prompt + stats.mean_output))
-    most = min(layout.max_batch_size, kv_cap)
-    if most < 1:
+    ratio = stats.mean_prompt / stats.mean_output          # prompt tokens to prefill per output token
+    budget = layout.max_tokens_per_step
+    # a step holds at most ``budget`` tokens: B decodes plus the prompt tokens that keep B
+    # sequences in flight (B * ratio) must fit, so B <= budget / (1 + ratio)
+    most = min(layout.max_batch_size, kv_cap, max(1, int(budget // (1.0 + ratio))))
+    if kv_cap < 1:
         return LayoutBound(layout, False, "the KV cache holds no request of mean length", prefill_p99_s=prefill)
     best_b, best_t = 0, 0.0
     lo, hi = 1, most
+
     # step time grows with the batch: the largest batch within the TPOT target, by bisection
     def step(b: int) -> float:
-        return steady_step_s(model, b, stats.mean_prompt, stats.mean_output, b * stats.mean_prompt / stats.mean_output)
+        return steady_step_s(model, b, stats.mean_prompt, stats.mean_output, min(b * ratio, max(0, budget - b)))
     # the slowest decode steps share the step with a full prefill chunk; a request whose
     # decode overlaps a long prompt sees them throughout, which sets the TPOT tail
     tail = steady_step_s(model, 1, stats.mean_prompt, stats.mean_output,
-                         max(0, min(layout.max_tokens_per_step - 1, int(stats.p99_prompt))))
+                         max(0, min(budget - 1, int(stats.p99_prompt))))
     if tail > slo.tpot_p99_s:
-        return LayoutBound(layout, False, f"a decode step sharing a {layout.max_tokens_per_step}-token prefill chunk "
+        return LayoutBound(layout, False, f"a decode step sharing a {budget}-token prefill chunk "
                                           f"takes {tail:.4f} s > tpot_p99_s={slo.tpot_p99_s}", prefill_p99_s=prefill)
     while lo <= hi:
         mid = (lo + hi) // 2
@@ -148,8 +158,16 @@ def layout_bound(layout: Layout, model, stats: TrafficStats, slo: Slo,
             best_b, best_t, lo = mid, t, mid + 1
         else:
             hi = mid - 1
-    tput = best_b / best_t
+    # output tokens per step: B, unless the budget cannot also prefill B requests' prompts
+    best_b_out = min(best_b, max(0, budget - best_b) / ratio) if ratio > 0 else best_b
+    tput = best_b_out / best_t
     need = max(1, math.ceil(stats.output_tokens_per_s / tput))
+    # bursts: 99 % of the prompts arriving within any window of W seconds must be prefilled
+    # within W + ttft_p99_s, at most ``budget`` tokens per step of a replica
+    chunk_step = steady_step_s(model, 1, stats.mean_prompt, stats.mean_output, max(0, budget - 1))
+    prefill_tok_s = max(0, budget - 1) / chunk_step
+    for window_s, tokens in stats.window_prompt_tokens:
+        need = max(need, math.ceil(0.99 * tokens / (prefill_tok_s * (window_s + slo.ttft_p99_s))))
     return LayoutBound(layout, True, replica_tok_s=tput, batch=best_b, min_replicas=need, prefill_p99_s=prefill)
 
 

@@ -160,3 +160,18 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
                  "search.hardware=[h100]", "search.tp=[8]", "search.max_tokens_per_step=[2048]",
                  f"hydra.run.dir={tmp_path}"], REPO)
     assert r.returncode != 0 and "no configuration" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_traffic_stats_bursts():
+    from sim.procure import traffic_stats
+    from sim.steptime import compose_config
+
+    s = traffic_stats(compose_config(WORKLOAD))
+    assert s.requests == 1500 and s.mean_prompt > 0 and s.p99_prompt >= s.mean_prompt
+    windows = [w for w, _ in s.window_prompt_tokens]
+    tokens = [t for _, t in s.window_prompt_tokens]
+    assert windows == sorted(windows) and tokens == sorted(tokens)          # longer windows hold more
+    assert tokens[-1] <= s.mean_prompt * s.requests + 1e-6
+    # a window's busiest burst is at least its share of the mean rate
+    for w, t in s.window_prompt_tokens:
+        assert t >= s.mean_prompt * s.requests * min(1.0, w / s.duration_s) * 0.999
