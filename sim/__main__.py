@@ -50,7 +50,11 @@ def _run(cfg: DictConfig, out: Path) -> None:
         raise ConfigError(f"config could not be resolved: {str(exc).splitlines()[0]}") from None
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     summary = run(container, out)
-    headline = {k: summary[k] for k in ("requests", "ttft_s", "tpot_s", "throughput", "cost")}
+    headline = {k: summary[k] for k in ("requests", "ttft_s", "tpot_s", "throughput")}
+    c = summary["cost"]
+    headline["cost"] = {"model": c["model"], "gpus": c["gpus"], "usd_per_hour": c["usd_per_hour"],
+                        "usd_per_million_output_tokens": c["usd_per_million_output_tokens"],
+                        "joules_per_output_token": c["energy"]["joules_per_output_token"]}
     headline["run_dir"] = str(out)
     headline["sim"] = summary["sim"]
     print(json.dumps(headline))

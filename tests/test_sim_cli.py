@@ -85,8 +85,11 @@ def test_run_writes_every_output(tmp_path):
     check_summary(summary)
     assert summary["requests"]["total"] == 200 and summary["requests"]["completed"] == 200
     assert summary["cost"]["gpus"] == 8 and summary["cost"]["usd_per_hour"] == pytest.approx(8 * 2.69)
-    for k in ("requests", "ttft_s", "tpot_s", "throughput", "cost"):
+    for k in ("requests", "ttft_s", "tpot_s", "throughput"):
         assert headline[k] == summary[k]
+    for k in ("model", "gpus", "usd_per_hour", "usd_per_million_output_tokens"):
+        assert headline["cost"][k] == summary["cost"][k]
+    assert headline["cost"]["joules_per_output_token"] == summary["cost"]["energy"]["joules_per_output_token"]
     assert pq.read_table(run_dir / "requests.parquet").num_rows == 200
     assert pq.read_table(run_dir / "steps.parquet").num_rows == summary["steps"] > 0
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
