@@ -253,7 +253,7 @@ def procure(cfg_map: dict[str, Any], out: Path) -> dict[str, Any]:
     by_layout = {b.layout: b for b in bounds}
     rows = [candidate_row(c, by_layout[c.layout]) for c in cands] + [infeasible_row(b) for b in bounds if not b.feasible]
     columns = list(candidate_row(Candidate(Layout("", 1, 1, 1, 1), 1, 0.0, True, 0.0), LayoutBound(None, False)))
-    rows = [{k: r.get(k) for k in columns} for r in rows]
+    rows = [{k: r.get(k) for k in columns} for r in rows]  # infeasible layouts lack the simulated columns
     table = pa.Table.from_pylist(rows) if rows else pa.table({k: pa.array([], pa.null()) for k in columns})
     pq.write_table(table, out / "procure.parquet")
     plot_frontier(table, out / "procure_frontier.png", slo)

@@ -78,6 +78,7 @@ class Evaluator:
         self._maps: dict[tuple[str, ...], dict[str, Any]] = {}
         self._models: dict[tuple[str, ...], StepModel] = {}
         self._runs: dict[tuple, dict[str, Any]] = {}
+        self._isl: dict[str, float] = {}
 
     def config(self, overrides: list[str]) -> dict[str, Any]:
         key = tuple(overrides)
@@ -102,8 +103,7 @@ class Evaluator:
 
     def fitted_isl(self, ref: dict[str, Any]) -> float:
         """Prompt length at which ``ref``'s predicted throughput equals its measurement."""
-        key = ("isl", ref["id"])
-        if key not in self._runs:
+        if ref["id"] not in self._isl:
             def gap(isl: float) -> float:
                 return _offline_tok_s(self, ref["config"], {**ref["params"], "isl": isl}, ref) - float(ref["measured"])
             lo, hi = 1.0, 32768.0
@@ -112,8 +112,8 @@ class Evaluator:
             for _ in range(40):
                 mid = (lo * hi) ** 0.5
                 lo, hi = (mid, hi) if gap(mid) > 0 else (lo, mid)
-            self._runs[key] = {"isl": (lo * hi) ** 0.5}
-        return self._runs[key]["isl"]
+            self._isl[ref["id"]] = (lo * hi) ** 0.5
+        return self._isl[ref["id"]]
 
 
 def _decode_ms(ev: Evaluator, cfg: list[str], p: dict, row: dict) -> float:
