@@ -17,6 +17,18 @@ def run_sim(*args: str, timeout: int = 180) -> subprocess.CompletedProcess:
                           timeout=timeout, env=env)
 
 
+def sweep_experiment(name: str, sweep_dir: Path):
+    """``python -m sim -m +experiment=NAME`` into ``sweep_dir``, then ``python -m sim.collect``;
+    the collected ``sweep.parquet`` as a pyarrow table."""
+    import pyarrow.parquet as pq
+
+    res = run_sim("-m", "sim", "-m", f"+experiment={name}", f"hydra.sweep.dir={sweep_dir}")
+    assert res.returncode == 0, res.stderr
+    res = run_sim("-m", "sim.collect", str(sweep_dir))
+    assert res.returncode == 0, res.stderr
+    return pq.read_table(sweep_dir / "sweep.parquet")
+
+
 def execute_notebook(name: str, workdir: Path, monkeypatch, **env: str):
     """Copy ``notebooks/NAME.ipynb`` into ``workdir`` and run it top to bottom with
     ``SIM_QUICK=1`` (small settings); its figures land in ``workdir``. Returns the executed

@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import execute_notebook, run_sim
+from helpers import execute_notebook, run_sim, sweep_experiment
 
 from sim.experiments import latency_vs_bandwidth as lvb
 
@@ -174,12 +174,7 @@ def test_cli_runs_the_representative_point(tmp_path):
 
 
 def test_cli_multirun_sweeps_the_scales(tmp_path):
-    sweep = tmp_path / "sweep"
-    res = _sim("-m", "sim", "-m", "+experiment=latency_vs_bandwidth", f"hydra.sweep.dir={sweep}")
-    assert res.returncode == 0, res.stderr
-    res = _sim("-m", "sim.collect", str(sweep))
-    assert res.returncode == 0, res.stderr
-    table = pq.read_table(sweep / "sweep.parquet")
+    table = sweep_experiment("latency_vs_bandwidth", tmp_path / "sweep")
     assert table.num_rows == 12 and all(e is None for e in table.column("error").to_pylist())
     rows = {(r["network.latency_scale"], r["network.bandwidth_scale"]): r["tpot_p50_s"]
             for r in table.select(["network.latency_scale", "network.bandwidth_scale", "tpot_p50_s"]).to_pylist()}

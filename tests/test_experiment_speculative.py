@@ -24,7 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import run_sim
+from helpers import run_sim, sweep_experiment
 
 from sim.experiments import speculative as spec
 
@@ -280,12 +280,7 @@ def test_cli_runs_the_representative_point(tmp_path):
 
 
 def test_cli_multirun_sweeps_methods_and_acceptance(tmp_path):
-    sweep = tmp_path / "sweep"
-    res = _sim("-m", "sim", "-m", "+experiment=speculative", f"hydra.sweep.dir={sweep}")
-    assert res.returncode == 0, res.stderr
-    res = _sim("-m", "sim.collect", str(sweep))
-    assert res.returncode == 0, res.stderr
-    table = pq.read_table(sweep / "sweep.parquet")
+    table = sweep_experiment("speculative", tmp_path / "sweep")
     assert table.num_rows == 9 and all(e is None for e in table.column("error").to_pylist())
     tpot = {(r["speculative"], r["speculative.acceptance"]): r["tpot_mean_s"]
             for r in table.select(["speculative", "speculative.acceptance", "tpot_mean_s"]).to_pylist()}
