@@ -14,7 +14,6 @@ Rules (checked on the quick run, ``SIM_QUICK=1``: the first 1,500 requests of th
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
