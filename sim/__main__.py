@@ -15,15 +15,14 @@ import hydra
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from sim.app import run
+from sim.config.compose import check_overrides
+from sim.config.presets import check_group_choices
+from sim.errors import ConfigError
+from sim.tools.cli import guarded
+from sim.tools.sweep import check_launcher
 from topologies import TopologyError
 from workloads import WorkloadError
-
-from .app import run
-from .cli import guarded
-from .errors import ConfigError
-from .presets import check_group_choices
-from .steptime import check_overrides
-from .sweep import check_launcher
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="config")

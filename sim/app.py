@@ -9,12 +9,12 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from .build import build_cluster, load_workload
-from .config import parse_config
-from .cost import mixed_fleet_cost
-from .metrics import fleet_parts, summarize
-from .recorder import write_table
-from .simulation import SimResult, simulate
+from sim.build import build_cluster, load_workload
+from sim.config.parse import parse_config
+from sim.cost.money import mixed_fleet_cost
+from sim.des.simulation import SimResult, simulate
+from sim.observe.metrics import fleet_parts, summarize
+from sim.observe.recorder import write_table
 
 
 def run(cfg_mapping: Mapping[str, Any], out_dir: str | Path) -> dict[str, Any]:

@@ -7,20 +7,24 @@ tensor-parallel group fills consecutive GPUs of one node when ``tp`` divides the
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import networkx as nx
 import numpy as np
+import simpy
 
 import topologies
 import workloads
-
-from .config import RunConfig
-from .errors import ConfigError, require
-from .fabric import Fabric
-from .kv_cache import KVCapacity, kv_capacity
-from .presets import load_model
-from .speculative import SpeculativeDecoder
-from .step_time import StepTimePredictor
+from sim.config.parse import parse_config
+from sim.config.presets import load_model
+from sim.config.schema import RunConfig
+from sim.cost.fabric import Fabric
+from sim.cost.memory import KVCapacity, kv_capacity
+from sim.cost.placement import draft_gpus, placement, shardable, tp_groups
+from sim.cost.step_time import StepTimePredictor
+from sim.errors import ConfigError, require
+from sim.network.fidelity import CollectiveNetwork, MessageNetwork
+from sim.policy.speculative import SpeculativeDecoder
 
 
 def build_graph(cfg: RunConfig) -> nx.DiGraph:
@@ -65,18 +69,6 @@ def build_graph(cfg: RunConfig) -> nx.DiGraph:
     if n.latency_scale != 1.0 or n.bandwidth_scale != 1.0:
         g = topologies.scaled(g, latency_scale=n.latency_scale, bandwidth_scale=n.bandwidth_scale)
     return g
-
-
-def placement(cfg: RunConfig, gpus: list[str]) -> list[list[list[str]]]:
-    """``[replica][stage] -> GPU names`` of the tensor-parallel group."""
-    tp, pp, dp, per = cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.dp, cfg.gpus_per_replica
-    return [[gpus[r * per + s * tp: r * per + (s + 1) * tp] for s in range(pp)] for r in range(dp)]
-
-
-def draft_gpus(cfg: RunConfig, gpus: list[str], replica: int) -> list[str]:
-    """GPUs of replica ``replica``'s separate draft model (after its target GPUs)."""
-    per, start = cfg.gpus_per_replica, cfg.parallel.gpus_per_replica
-    return gpus[replica * per + start: (replica + 1) * per]
 
 
 @dataclass
@@ -158,12 +150,6 @@ def build_cluster(cfg: RunConfig) -> ClusterPlan:
     return ClusterPlan(graph, fabric, replicas, cfg.gpus)
 
 
-def shardable(model, tp: int) -> bool:
-    """Whether ``tp``-way tensor parallelism splits the model's heads and MLP evenly."""
-    return (model.num_attention_heads % tp == 0 and model.intermediate_size % tp == 0
-            and (model.num_key_value_heads % tp == 0 or tp % model.num_key_value_heads == 0))
-
-
 def make_speculative(cfg: RunConfig, fabric: Fabric, target: StepTimePredictor, stage_gpus: list[list[str]],
                      own_gpus: list[str]) -> SpeculativeDecoder:
     """The replica's draft predictor and gamma policy (no draft when speculation is off)."""
@@ -190,17 +176,6 @@ def make_speculative(cfg: RunConfig, fabric: Fabric, target: StepTimePredictor, 
     draft = StepTimePredictor(draft_model, cfg.hardware, cfg.engine, cfg.precision, s.draft_tp or 1, 1, comm)
     handoff = fabric.send_s(stage_gpus[0][0], own_gpus[0], 64.0)
     return SpeculativeDecoder(s, target, draft, handoff)
-
-
-def tp_groups(ranks: list[str], tp_cols: int) -> dict[str, list[list[str]]]:
-    """Rank groups of one stage: the whole TP group, and the row/column groups of a 2-D grid
-    (rows = consecutive ranks, inside a node when they fit; cols = strided ranks)."""
-    groups = {"tp": [list(ranks)]}
-    if tp_cols > 1:
-        rows = len(ranks) // tp_cols
-        groups["rows"] = [list(ranks[c * rows:(c + 1) * rows]) for c in range(tp_cols)]
-        groups["cols"] = [list(ranks[r::rows]) for r in range(rows)]
-    return groups
 
 
 def make_predictor(cfg: RunConfig, fabric: Fabric, stage_gpus: list[list[str]]) -> StepTimePredictor:
@@ -239,3 +214,35 @@ def load_workload(cfg: RunConfig) -> workloads.RequestTable:
     except workloads.WorkloadError as exc:
         raise ConfigError(str(exc)) from None
     return table
+
+
+def make_network(fidelity: str, env: simpy.Environment, fabric: Fabric):
+    """The network implementation for ``network.fidelity``."""
+    impls = {"collective": CollectiveNetwork, "message": MessageNetwork}
+    return impls[fidelity](env, fabric)
+
+
+@dataclass(frozen=True)
+class StepModel:
+    """One replica's cost models built from a composed config (no SimPy)."""
+
+    cfg: RunConfig
+    fabric: Fabric
+    stage_gpus: list[list[str]]
+    predictor: StepTimePredictor
+    spec: SpeculativeDecoder
+    capacity: KVCapacity
+
+
+def build_step_model(cfg_map: dict[str, Any]) -> StepModel:
+    """Replica 0's step predictor, speculative decoder and KV capacity (error if it does not fit)."""
+    cfg = parse_config(cfg_map)
+    fabric = Fabric(build_graph(cfg), cfg.engine, oneshot_capable=cfg.hardware.scaleup_link != "pcie",
+                    software_latency_scale=cfg.network.latency_scale)
+    gpus = list(fabric.gpus)
+    stage_gpus = placement(cfg, gpus)[0]
+    predictor = make_predictor(cfg, fabric, stage_gpus)
+    spec = make_speculative(cfg, fabric, predictor, stage_gpus, draft_gpus(cfg, gpus, 0))
+    shared = spec.draft if cfg.speculative.placement == "same" else None
+    capacity = kv_capacity(predictor, cfg.hardware, cfg.engine, cfg.model.name, cfg.scheduler.block_size, shared)
+    return StepModel(cfg, fabric, stage_gpus, predictor, spec, capacity)

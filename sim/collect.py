@@ -1,5 +1,5 @@
 """``python -m sim.collect SWEEP_DIR``: write ``SWEEP_DIR/sweep.parquet`` (see :mod:`sim.sweep`)."""
-from .sweep import main
+from sim.tools.sweep import main
 
 if __name__ == "__main__":
     main()

@@ -6,10 +6,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from sim.analytic import AnalyticModel, Split, pareto_mask, valid_splits
 from sim.app import run
-from sim.config import parse_config
-from sim.steptime import compose_config
+from sim.config.compose import compose_config
+from sim.config.parse import parse_config
+from sim.cost.analytic import AnalyticModel, Split, pareto_mask, valid_splits
 
 
 def _steady(tmp_path, overrides, batch=16, prompt=1024, output=64):
@@ -47,7 +47,7 @@ def test_vectorised_equals_scalar_prediction():
     batches = np.array([1, 3, 17, 64, 255])
     vec = model.decode(Split(8), batches, context_len=2048)
     pred = model.predictor(Split(8))
-    from sim.batch import BatchShape
+    from sim.spec.batch import BatchShape
     for i, b in enumerate(batches):
         assert vec["latency_s"][i] == pytest.approx(pred.step(BatchShape.decode(int(b), 2048)).total_s, rel=1e-12)
 

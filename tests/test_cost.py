@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from sim.app import run
-from sim.cost import CostConfig, FleetUse, cost_from_mapping, energy, fleet_cost, gpu_hour_price
+from sim.config.compose import compose_config
+from sim.config.parse import cost_from_mapping
+from sim.config.presets import load_hardware, load_preset
+from sim.cost.money import CostConfig, FleetUse, energy, fleet_cost, gpu_hour_price
 from sim.errors import ConfigError
-from sim.presets import load_hardware, load_preset
-from sim.steptime import compose_config
 
 H100 = load_hardware("h100")
 REPO = Path(__file__).resolve().parent.parent

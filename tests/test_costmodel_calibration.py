@@ -20,10 +20,18 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from sim.calibration import DOCUMENTED_DEFAULTS, FIT_BOUNDS, FIT_PARAMS, fit_engine, predict, read_measurements
-from sim.engine import EngineProfile, engine_from_mapping
+from sim.config.parse import engine_from_mapping
+from sim.config.presets import load_engine, load_hardware
 from sim.errors import ConfigError
-from sim.presets import load_engine, load_hardware
+from sim.spec.engine import EngineProfile
+from sim.tools.calibration.engine_fit import (
+    DOCUMENTED_DEFAULTS,
+    FIT_BOUNDS,
+    FIT_PARAMS,
+    fit_engine,
+    predict,
+    read_measurements,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "h100_pytorch_cudagraph.jsonl"
@@ -267,7 +275,7 @@ def test_calibrate_cli_errors(tmp_path, args, needle):
 def test_calibrate_fit_choice(tmp_path):
     """``fit=all`` also fits the documented parameters (a lower in-sample error, not the
     default because they are not stable); ``fit=NAME`` fits only that; unknown names fail."""
-    from sim.calibrate import main as calibrate_main
+    from sim.tools.calibration.cli import main as calibrate_main
 
     all_fit = calibrate_main([f"data={FIXTURE}", f"out={tmp_path / 'a'}", "fit=all"])
     default = calibrate_main([f"data={FIXTURE}", f"out={tmp_path / 'd'}"])

@@ -7,16 +7,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import topologies
-from sim.collectives import (
+from sim.build import make_network
+from sim.cost.collectives import (
     GroupCollectives,
     PairPath,
     oneshot_schedule_s,
     ring_allreduce_closed_form_s,
     ring_schedule_s,
 )
-from sim.engine import EngineProfile
-from sim.fabric import Fabric
-from sim.network import CollectiveNetwork, MessageNetwork, make_network
+from sim.cost.fabric import Fabric
+from sim.network.fidelity import CollectiveNetwork, MessageNetwork
+from sim.spec.engine import EngineProfile
 
 ALPHA = 0.6e-6      # hgx_node default: GPU -> NVSwitch -> GPU
 BETA = 450e9        # NVLink4 per direction

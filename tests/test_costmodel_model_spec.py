@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from sim.config.parse import load_hf_config, model_from_mapping
+from sim.config.presets import load_model, preset_names
 from sim.errors import ConfigError
-from sim.model_spec import ModelSpec, load_hf_config, model_from_mapping, with_overrides
-from sim.presets import load_model, preset_names
+from sim.spec.model import ModelSpec, with_overrides
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "h100_pytorch_cudagraph.jsonl"
 

@@ -8,13 +8,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import topologies
-from sim.batch import BatchShape
-from sim.engine import EngineProfile
+from sim.config.presets import load_engine, load_hardware, load_model
+from sim.cost.fabric import Fabric
+from sim.cost.step_time import StepTime, StepTimePredictor, soft_roofline, split_layers
 from sim.errors import ConfigError
-from sim.fabric import Fabric
-from sim.precision import Precision
-from sim.presets import load_engine, load_hardware, load_model
-from sim.step_time import StepTime, StepTimePredictor, soft_roofline, split_layers
+from sim.spec.batch import BatchShape
+from sim.spec.engine import EngineProfile
+from sim.spec.precision import Precision
 
 H100 = load_hardware("h100")
 A100 = load_hardware("a100")

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from sim.batch import BatchShape
-from sim.precision import Precision
-from sim.presets import load_engine, load_hardware, load_model
-from sim.step_time import StepTimePredictor
+from sim.config.presets import load_engine, load_hardware, load_model
+from sim.cost.step_time import StepTimePredictor
+from sim.spec.batch import BatchShape
+from sim.spec.precision import Precision
 
 REPO = Path(__file__).resolve().parent.parent
 PARTS = ("compute_s", "memory_s", "network_s", "fixed_s")

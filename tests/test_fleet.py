@@ -10,10 +10,10 @@ import pytest
 
 from sim.app import run
 from sim.build import build_cluster
-from sim.config import parse_config
+from sim.config.compose import compose_config
+from sim.config.parse import parse_config
+from sim.config.presets import load_hardware
 from sim.errors import ConfigError
-from sim.presets import load_hardware
-from sim.steptime import compose_config
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = ["workload=synthetic", "workload.max_requests=120", "workload.rate_per_s=6", "model=llama3_8b",

@@ -9,8 +9,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from sim.frontier import search
-from sim.steptime import compose_config, predict
+from sim.config.compose import compose_config
+from sim.tools.frontier import search
+from sim.tools.steptime import predict
 
 ROOT = Path(__file__).resolve().parent.parent
 

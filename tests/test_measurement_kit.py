@@ -92,9 +92,9 @@ def test_steps_rows_have_the_shared_format(steps_file):
 
 
 def test_steps_file_reads_and_fits(steps_file):
-    from sim.calibration import fit_engine, read_measurements
-    from sim.engine import EngineProfile
-    from sim.presets import load_hardware
+    from sim.config.presets import load_hardware
+    from sim.spec.engine import EngineProfile
+    from sim.tools.calibration.engine_fit import fit_engine, read_measurements
 
     raw = _rows(steps_file)
     measured = read_measurements(steps_file)
@@ -174,7 +174,7 @@ def test_decoder_decode_matches_prefill_and_masks_future_tokens(steps_mod):
 
 
 def test_param_count_matches_simulator(steps_mod):
-    from sim.model_spec import ModelSpec
+    from sim.spec.model import ModelSpec
 
     for name, shape in steps_mod.PRESETS.items():
         m = dict(shape, name=name)
@@ -277,7 +277,7 @@ def test_collectives_table_has_nccl_tests_format(collective_table, op, bus_facto
 
 
 def test_collectives_table_reads_with_sim_nccl_log(collective_table):
-    from sim.nccl_log import parse_nccl_log
+    from sim.tools.calibration.nccl_log import parse_nccl_log
 
     path = collective_table("all_reduce")
     log = parse_nccl_log(path)

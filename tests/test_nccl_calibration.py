@@ -10,11 +10,12 @@ from helpers import ROOT, run_sim
 from omegaconf import OmegaConf
 
 from sim.build import build_graph
-from sim.calibrate import _run_config
-from sim.calibrate import main as calibrate_main
-from sim.collectives import nccl_model_s
+from sim.config.presets import load_hardware, load_preset
+from sim.cost.collectives import nccl_model_s
 from sim.errors import ConfigError
-from sim.link_fit import (
+from sim.tools.calibration.cli import _run_config
+from sim.tools.calibration.cli import main as calibrate_main
+from sim.tools.calibration.link_fit import (
     LogSystem,
     errors,
     fabric_times_us,
@@ -23,8 +24,7 @@ from sim.link_fit import (
     network_from_name,
     topology_mapping,
 )
-from sim.nccl_log import parse_nccl_log
-from sim.presets import load_hardware, load_preset
+from sim.tools.calibration.nccl_log import parse_nccl_log
 
 FIXTURES = ROOT / "tests" / "fixtures" / "nccl"
 LOGS = sorted(FIXTURES.glob("*.txt"))

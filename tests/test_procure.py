@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sim.errors import ConfigError
-from sim.procurement import Candidate, Layout, Slo, search
+from sim.tools.procurement.search import Candidate, Layout, Slo, search
 
 REPO = Path(__file__).resolve().parent.parent
 WORKLOAD = ["workload=azure_code", "workload.rate_scale=4", "workload.max_requests=1500"]
@@ -163,8 +163,8 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
 
 
 def test_traffic_stats_bursts():
-    from sim.procure import traffic_stats
-    from sim.steptime import compose_config
+    from sim.config.compose import compose_config
+    from sim.tools.procurement.cli import traffic_stats
 
     s = traffic_stats(compose_config(WORKLOAD))
     assert s.requests == 1500 and s.mean_prompt > 0 and s.p99_prompt >= s.mean_prompt

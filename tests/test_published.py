@@ -15,8 +15,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sim.errors import ConfigError
-from sim.published import ROWS_FILE, Evaluator, acceptance_for, group_summary, load_rows, markdown, published_table
-from sim.speculative import expected_tokens
+from sim.policy.speculative import expected_tokens
+from sim.tools.validation.published import (
+    ROWS_FILE,
+    Evaluator,
+    acceptance_for,
+    group_summary,
+    load_rows,
+    markdown,
+    published_table,
+)
 
 
 @pytest.fixture(scope="module")

@@ -24,10 +24,10 @@ import pytest
 import workloads
 from sim.app import run
 from sim.build import build_cluster, load_workload
-from sim.config import parse_config
+from sim.config.compose import compose_config
+from sim.config.parse import parse_config
+from sim.config.presets import CONF_DIR, preset_names
 from sim.errors import ConfigError
-from sim.presets import CONF_DIR, preset_names
-from sim.steptime import compose_config
 
 # Every conf/ group that has presets (discovered, so that a new group or preset is tested too).
 GROUPS = tuple(sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and any(p.glob("*.yaml"))))

@@ -35,13 +35,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import sim.simulation
+import sim.des.simulation
 from sim.app import run
 from sim.build import load_workload
-from sim.config import parse_config
-from sim.kv_cache import KVBlockPool
-from sim.scheduler import ContinuousBatcher, SchedulerConfig
-from sim.steptime import compose_config
+from sim.config.compose import compose_config
+from sim.config.parse import parse_config
+from sim.policy.batching import ContinuousBatcher, SchedulerConfig
+from sim.policy.kv_cache import KVBlockPool
 
 PARTS = ("compute_s", "memory_s", "network_s", "fixed_s")
 

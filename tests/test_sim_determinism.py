@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sim.app import run
-from sim.steptime import compose_config
+from sim.config.compose import compose_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

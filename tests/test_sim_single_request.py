@@ -22,10 +22,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from sim.app import run
-from sim.batch import BatchShape
 from sim.build import build_cluster
-from sim.config import parse_config
-from sim.steptime import compose_config
+from sim.config.compose import compose_config
+from sim.config.parse import parse_config
+from sim.spec.batch import BatchShape
 
 REL = 1e-9
 

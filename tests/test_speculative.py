@@ -10,12 +10,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sim.analytic import AnalyticModel, Split
 from sim.app import run
-from sim.config import parse_config
-from sim.frontier import search
-from sim.speculative import SpeculativeConfig, best_gamma, expected_tokens, sample_accepted
-from sim.steptime import compose_config, predict
+from sim.config.compose import compose_config
+from sim.config.parse import parse_config
+from sim.cost.analytic import AnalyticModel, Split
+from sim.policy.speculative import SpeculativeConfig, best_gamma, expected_tokens, sample_accepted
+from sim.tools.frontier import search
+from sim.tools.steptime import predict
 
 
 def test_expected_tokens_closed_form():

@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from sim.errors import ConfigError
-from sim.sweep import check_launcher
+from sim.tools.sweep import check_launcher
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -165,7 +165,7 @@ def test_check_launcher():
 
 
 def test_missing_plugin_is_one_line(monkeypatch):
-    import sim.sweep
+    import sim.tools.sweep
 
     monkeypatch.setattr(sim.sweep, "find_spec", lambda name: None)
     with pytest.raises(ConfigError, match=r"hydra-ray-launcher plugin: pip install -e '\.\[sweeps\]'"):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from sim.validate import DEFAULT_DATA, group_errors, leave_one_model_out, main, validation_table
+from sim.tools.validation.cli import DEFAULT_DATA, group_errors, leave_one_model_out, main, validation_table
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "h100_pytorch_cudagraph.jsonl"
 

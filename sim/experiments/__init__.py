@@ -11,10 +11,10 @@ from typing import Any, Iterable
 import pyarrow as pa
 import yaml
 
-from ..app import run
-from ..errors import ConfigError
-from ..steptime import compose_config
-from ..sweep import collect
+from sim.app import run
+from sim.config.compose import compose_config
+from sim.errors import ConfigError
+from sim.tools.sweep import collect
 
 
 def run_points(base: Iterable[str], points: Iterable[dict[str, Any]], root: str | Path) -> pa.Table:

@@ -35,7 +35,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import DEPLOYMENT_LABELS, DEPLOYMENTS, run_points, with_columns  # noqa: F401  (labels: used by the notebook)
+from sim.experiments import DEPLOYMENT_LABELS, DEPLOYMENTS, run_points, with_columns  # noqa: F401  (labels: used by the notebook)
 
 NAME = "latency_vs_bandwidth"
 BASE = [f"+experiment={NAME}"]

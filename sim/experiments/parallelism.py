@@ -53,10 +53,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..analytic import AnalyticModel, Split
-from ..config import parse_config
-from ..steptime import compose_config
-from . import load_tables, run_points, save_tables
+from sim.config.compose import compose_config
+from sim.config.parse import parse_config
+from sim.cost.analytic import AnalyticModel, Split
+from sim.experiments import load_tables, run_points, save_tables
 
 NAME = "parallelism"
 BASE = [f"+experiment={NAME}"]

@@ -34,10 +34,10 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pyarrow as pa
 
-from ..config import parse_config
-from ..frontier import gpu_counts, search
-from ..steptime import compose_config
-from . import load_tables, save_tables
+from sim.config.compose import compose_config
+from sim.config.parse import parse_config
+from sim.experiments import load_tables, save_tables
+from sim.tools.frontier import gpu_counts, search
 
 NAME = "scaling_laws"
 

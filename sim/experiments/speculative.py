@@ -49,7 +49,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import DEPLOYMENT_LABELS, DEPLOYMENTS, run_points, with_columns  # noqa: F401  (labels: used by the notebook)
+from sim.experiments import DEPLOYMENT_LABELS, DEPLOYMENTS, run_points, with_columns  # noqa: F401  (labels: used by the notebook)
 
 NAME = "speculative"
 BASE = [f"+experiment={NAME}"]
@@ -331,7 +331,7 @@ def _best_rate(pass_s: list[np.ndarray], a: float, num_tokens: str,
     """Speed (tokens/s), gamma and expected tokens per pass at batch indices ``b_idx`` for a fixed
     ``num_tokens`` or the best gamma in ``0..len(pass_s) - 1`` (``auto``); ``pass_s[g]`` holds the
     pass time at ``gamma = g`` per batch size."""
-    from ..speculative import expected_tokens
+    from sim.policy.speculative import expected_tokens
 
     cands = range(len(pass_s)) if num_tokens == "auto" else [int(num_tokens)]
     rate = gam = tok = None
@@ -359,9 +359,9 @@ def analytic(quick: bool = False, context_len: float = PROMPT + OUTPUT / 2) -> p
     ``tp``, ``factor`` (the swept one), the four factors (:data:`FACTORS`), ``gamma`` (the one
     used), ``tokens_per_pass``, ``speed_tok_s``, ``base_speed_tok_s``, ``speedup``.
     """
-    from ..analytic import AnalyticModel, Split
-    from ..config import parse_config
-    from ..steptime import compose_config
+    from sim.config.compose import compose_config
+    from sim.config.parse import parse_config
+    from sim.cost.analytic import AnalyticModel, Split
 
     sweeps = QUICK_SWEEPS if quick else SWEEPS
     acc = np.round(np.arange(sweeps["acceptance"][0], sweeps["acceptance"][-1] + 1e-9, 0.025), 4)

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import run_points
+from sim.experiments import run_points
 
 NAME = "time_breakdown"
 BASE = [f"+experiment={NAME}"]
@@ -94,9 +94,9 @@ def analytic_shares(overrides: Sequence[str], batch: Sequence[float], context_le
     is that config's ``parallel.tp`` x ``parallel.pp``. Columns ``analytic_step_s`` and
     ``analytic_<part>_share``, aligned with ``batch``.
     """
-    from ..analytic import AnalyticModel, Split
-    from ..config import parse_config
-    from ..steptime import compose_config
+    from sim.config.compose import compose_config
+    from sim.config.parse import parse_config
+    from sim.cost.analytic import AnalyticModel, Split
 
     cfg = parse_config(compose_config(list(overrides)))
     model = AnalyticModel(cfg)

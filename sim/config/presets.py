@@ -1,0 +1,64 @@
+"""Load the named presets under ``conf/`` outside Hydra (for tools, tests and notebooks).
+
+The Hydra apps compose the same YAML files; this module reads one preset file directly so
+that pure cost-model code can be used without a Hydra run.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from sim.config.parse import engine_from_mapping, hardware_from_mapping, model_from_mapping
+from sim.errors import ConfigError
+from sim.spec.engine import EngineProfile
+from sim.spec.hardware import HardwareSpec
+from sim.spec.model import ModelSpec
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def preset_names(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
+    return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+
+
+def load_preset(group: str, name: str, conf_dir: Path = CONF_DIR) -> dict[str, Any]:
+    path = conf_dir / group / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{group}={name!r} is not a known preset; allowed: {preset_names(group, conf_dir)}")
+    data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    assert isinstance(data, dict)
+    return data
+
+
+def load_hardware(name: str) -> HardwareSpec:
+    return hardware_from_mapping(load_preset("hardware", name))
+
+
+def load_model(name: str) -> ModelSpec:
+    return model_from_mapping(load_preset("model", name))
+
+
+def load_engine(name: str) -> EngineProfile:
+    return engine_from_mapping(load_preset("engine", name))
+
+
+GROUPS = ("hardware", "model", "engine", "topology", "parallel", "network", "workload", "scheduler", "assumptions",
+          "speculative", "cost")
+
+
+def check_group_choices(overrides: list[str], conf_dir: Path = CONF_DIR) -> None:
+    """Reject ``group=name`` overrides naming a preset that does not exist (one line).
+
+    Hydra reports these itself, over many lines; checking first keeps the one-line rule.
+    Sweep lists (``group=a,b``) are checked element by element.
+    """
+    for arg in overrides:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        if not sep or key not in GROUPS:
+            continue
+        for name in value.split(","):
+            name = name.strip()
+            if name and not (conf_dir / key / f"{name}.yaml").is_file():
+                raise ConfigError(f"{key}={name!r} is not a known preset; allowed: {preset_names(key, conf_dir)}")

@@ -1,0 +1,189 @@
+"""Schemas of the run configuration: frozen dataclasses whose ``__post_init__`` checks values.
+
+:func:`sim.config.parse.parse_config` builds them from Hydra's composed mapping. Plain
+dataclass validation is used instead of OmegaConf structured configs so that every error
+reads as one sentence a user can act on (field, value, what is allowed).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from sim.cost.money import CostConfig
+from sim.errors import require
+from sim.policy.batching import SchedulerConfig
+from sim.policy.routing import ROUTERS
+from sim.policy.speculative import SpeculativeConfig
+from sim.spec.engine import EngineProfile
+from sim.spec.hardware import HardwareSpec
+from sim.spec.model import ModelSpec
+from sim.spec.precision import Precision
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    tp: int = 8
+    pp: int = 1
+    dp: int = 1
+    tp_cols: int = 1
+    router: str = "least_outstanding_tokens"
+
+    def __post_init__(self) -> None:
+        for f in ("tp", "pp", "dp"):
+            v = getattr(self, f)
+            require(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+                    f"parallel.{f}={v!r} must be an integer >= 1")
+        require(isinstance(self.tp_cols, int) and self.tp_cols >= 1 and self.tp % self.tp_cols == 0,
+                f"parallel.tp_cols={self.tp_cols!r} must be an integer >= 1 dividing parallel.tp={self.tp}")
+        require(self.router in ROUTERS, f"parallel.router={self.router!r} is not one of {list(ROUTERS)}")
+
+    @property
+    def gpus_per_replica(self) -> int:
+        return self.tp * self.pp
+
+    @property
+    def gpus(self) -> int:
+        return self.tp * self.pp * self.dp
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    fidelity: str = "collective"
+    latency_scale: float = 1.0
+    bandwidth_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        require(self.fidelity in ("collective", "message"),
+                f"network.fidelity={self.fidelity!r} is not one of ['collective', 'message']")
+        for f in ("latency_scale", "bandwidth_scale"):
+            v = getattr(self, f)
+            require(isinstance(v, (int, float)) and v > 0, f"network.{f}={v!r} must be a number > 0")
+
+
+@dataclass(frozen=True)
+class TopologyConfig:
+    kind: str = "hgx"
+    nodes: int | str = "auto"
+    gpus_per_node: int = 8
+    ib_bandwidth_GBps: float = 50.0
+    ib_latency_us: float = 5.0
+    rail_optimized: bool = True
+    gpus_per_switch: int = 4
+    path: str | None = None
+    # Link overrides (e.g. fitted by ``python -m sim.calibrate format=nccl-tests``); null keeps
+    # the hardware preset's scale-up link: GPU-to-GPU latency through one switch (NVSwitch or
+    # PCIe switch/root port) and per-direction bandwidth of the GPU's scale-up link.
+    link_latency_us: float | None = None
+    link_bandwidth_GBps: float | None = None
+    # Per-hop latencies of engine.allreduce_algorithm=nccl_model: NCCL's LL constants
+    # ("constants") or this topology's own link latencies ("links", for fitted topologies).
+    nccl_hops: str = "constants"
+
+    def __post_init__(self) -> None:
+        kinds = ("hgx", "multi_node_ib", "pcie_box", "nvl72", "file")
+        require(self.kind in kinds, f"topology.kind={self.kind!r} is not one of {list(kinds)}")
+        for f in ("link_latency_us", "link_bandwidth_GBps"):
+            v = getattr(self, f)
+            require(v is None or v > 0, f"topology.{f}={v!r} must be a number > 0 or null")
+        require(self.nccl_hops in ("constants", "links"),
+                f"topology.nccl_hops={self.nccl_hops!r} is not one of ['constants', 'links']")
+        require(self.nodes == "auto" or (isinstance(self.nodes, int) and self.nodes >= 1),
+                f"topology.nodes={self.nodes!r} must be 'auto' or an integer >= 1")
+        require(self.gpus_per_node >= 1, f"topology.gpus_per_node={self.gpus_per_node!r} must be >= 1")
+
+
+@dataclass(frozen=True)
+class WorkloadConfig:
+    source: str = "bundled"
+    trace: str = "azure_code"
+    path: str | None = None
+    format: str = "auto"
+    rate_scale: float = 1.0
+    max_requests: int | None = None
+    seed: int = 0
+    arrival: str = "poisson"
+    rate_per_s: float = 1.0
+    cv: float = 2.0
+    prompt_tokens: Any = 512
+    output_tokens: Any = 128
+    # Bootstrap the request lengths with ``seed`` (arrival times kept): one draw of the same
+    # traffic, for the spread of results over replays.
+    resample: bool = False
+
+    def __post_init__(self) -> None:
+        require(self.source in ("bundled", "file", "synthetic"),
+                f"workload.source={self.source!r} is not one of ['bundled', 'file', 'synthetic']")
+        require(isinstance(self.rate_scale, (int, float)) and self.rate_scale > 0,
+                f"workload.rate_scale={self.rate_scale!r} must be a number > 0")
+        require(self.seed >= 0, f"workload.seed={self.seed!r} must be an integer >= 0")
+        require(self.max_requests is None or (isinstance(self.max_requests, int) and self.max_requests >= 1),
+                f"workload.max_requests={self.max_requests!r} must be an integer >= 1 or null")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    progress: str = "auto"
+    write_parquet: bool = True
+
+    def __post_init__(self) -> None:
+        require(self.progress in ("auto", "always", "never"),
+                f"output.progress={self.progress!r} is not one of ['auto', 'always', 'never']")
+
+
+@dataclass(frozen=True)
+class FleetGroup:
+    """Replicas of one hardware preset in a heterogeneous fleet (``fleet:`` list)."""
+
+    hardware: HardwareSpec
+    replicas: int
+    tp: int
+    pp: int
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    hardware: HardwareSpec
+    model: ModelSpec
+    engine: EngineProfile
+    precision: Precision
+    parallel: ParallelConfig
+    network: NetworkConfig
+    topology: TopologyConfig
+    workload: WorkloadConfig
+    scheduler: SchedulerConfig
+    output: OutputConfig
+    speculative: SpeculativeConfig = SpeculativeConfig()
+    cost: CostConfig = CostConfig()
+    fleet: tuple[FleetGroup, ...] = ()
+    seed: int = 0
+
+    @property
+    def gpus_per_replica(self) -> int:
+        return self.parallel.gpus_per_replica + self.speculative.extra_gpus
+
+    @property
+    def gpus(self) -> int:
+        return sum(g.gpus_per_replica * g.parallel.dp for g in self.groups())
+
+    def groups(self) -> list["RunConfig"]:
+        """One homogeneous config per fleet group (hardware, tp, pp, dp = its replicas, and a
+        topology its hardware can have: PCIe cards in a PCIe box, NVLink GPUs in HGX nodes,
+        InfiniBand between nodes when a group outgrows one); the config itself when there is
+        no ``fleet``."""
+        if not self.fleet:
+            return [self]
+        out = []
+        for g in self.fleet:
+            topo = self.topology
+            gpus = g.tp * g.pp * g.replicas
+            if g.hardware.scaleup_link == "pcie" and topo.kind in ("hgx", "multi_node_ib", "nvl72"):
+                topo = replace(topo, kind="pcie_box")        # a PCIe card has no NVSwitch node
+            elif g.hardware.scaleup_link != "pcie" and topo.kind == "pcie_box":
+                topo = replace(topo, kind="hgx")
+            if topo.kind == "hgx" and gpus > topo.gpus_per_node:
+                topo = replace(topo, kind="multi_node_ib", nodes="auto")
+            out.append(replace(self, hardware=g.hardware, topology=topo, fleet=(),
+                               parallel=replace(self.parallel, tp=g.tp, pp=g.pp, dp=g.replicas)))
+        return out
+
+

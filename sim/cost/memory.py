@@ -1,0 +1,53 @@
+"""GPU memory of one replica: weights, activation reserve and the KV cache that fits beside them.
+
+Capacity assumption (vLLM-style): each GPU may use ``gpu_memory_utilization`` of its memory;
+from that it holds its weight shard and an activation reserve, and the rest is KV cache.
+A replica's token capacity is set by its most loaded GPU (the pipeline stage with the most
+layers). Blocks hold ``block_size`` token positions of every layer the GPU serves.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sim.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class KVCapacity:
+    weights_GB_per_gpu: float
+    usable_GB_per_gpu: float
+    kv_GB_per_gpu: float
+    kv_bytes_per_token_per_gpu: float
+    tokens: int
+
+
+def kv_capacity(predictor, hardware, engine, model_name: str, block_size: int, draft=None) -> KVCapacity:
+    """Token capacity of one replica's KV cache; error if the weights do not fit.
+
+    A draft model on the same GPUs (``draft``: its predictor) takes its weight shard from the
+    memory and its own KV per token alongside the target's.
+    """
+    usable = hardware.memory_bytes * engine.gpu_memory_utilization - engine.activation_reserve_GB * 1e9
+    worst_tokens = None
+    worst_weights = 0.0
+    per_token = 0.0
+    for stage in range(predictor.pp):
+        weights = predictor.weight_bytes_per_gpu(stage)
+        kv_per_token = predictor.kv_bytes_per_token_per_gpu(stage)
+        if draft is not None and stage == 0:
+            weights += draft.weight_bytes_per_gpu(0)
+            kv_per_token += draft.kv_bytes_per_token_per_gpu(0)
+        worst_weights = max(worst_weights, weights)
+        free = usable - weights
+        if free <= kv_per_token * block_size:
+            raise ConfigError(
+                f"model {model_name} does not fit: {weights / 1e9:.1f} GB of weights per GPU (stage {stage}, "
+                f"tp={predictor.tp}, pp={predictor.pp}) on {hardware.name} with {usable / 1e9:.1f} GB usable "
+                f"(memory_GB={hardware.memory_GB} x gpu_memory_utilization={engine.gpu_memory_utilization} "
+                f"- activation_reserve_GB={engine.activation_reserve_GB}); raise parallel.tp or parallel.pp, "
+                f"or quantize (precision.weights)")
+        tokens = int(free // kv_per_token)
+        if worst_tokens is None or tokens < worst_tokens:
+            worst_tokens, per_token = tokens, kv_per_token
+    tokens = (worst_tokens // block_size) * block_size
+    return KVCapacity(worst_weights / 1e9, usable / 1e9, tokens * per_token / 1e9, per_token, tokens)

@@ -1,0 +1,295 @@
+"""Predicted time of one forward step on one GPU of a replica, split into four parts.
+
+Pure cost model (no SimPy). Per decoder layer the GPU runs, on its tensor-parallel shard:
+QKV projection, attention over the KV cache, KV write of the new tokens, output projection,
+the (gated or mixture-of-experts) MLP, and norm/residual/rotary elementwise work; the last
+pipeline stage adds the LM head on the sampled tokens, the first the embedding lookup.
+
+Each operator is a soft roofline of its arithmetic time (FLOPs / peak x efficiency) and its
+memory time (bytes / HBM bandwidth x efficiency); the arithmetic and memory shares of the
+operator's time are attributed to ``compute_s`` and ``memory_s``. Kernel launch gaps and
+per-step overheads are ``fixed_s``. The step's collectives (two all-reduces per layer under
+tensor parallelism, the vocabulary-parallel embedding all-reduce and logits all-gather) are
+``network_s``; they do not overlap with compute unless ``engine.network_overlap`` says so,
+because each depends on the layer's output. ``total_s - network_s`` is therefore what one
+GPU holding that shard would take alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from sim.cost.vec import vmax, vmin, vwhere
+from sim.errors import require
+from sim.spec.batch import BatchShape
+from sim.spec.engine import EngineProfile
+from sim.spec.hardware import HardwareSpec
+from sim.spec.model import ModelSpec
+from sim.spec.precision import Precision
+
+
+@dataclass(frozen=True)
+class StepTime:
+    """One step's wall time in four additive parts (seconds)."""
+
+    compute_s: float = 0.0
+    memory_s: float = 0.0
+    network_s: float = 0.0
+    fixed_s: float = 0.0
+
+    @property
+    def total_s(self) -> float:
+        return self.compute_s + self.memory_s + self.network_s + self.fixed_s
+
+    def scaled(self, k: float) -> "StepTime":
+        return StepTime(self.compute_s * k, self.memory_s * k, self.network_s * k, self.fixed_s * k)
+
+    def __add__(self, other: "StepTime") -> "StepTime":
+        return StepTime(self.compute_s + other.compute_s, self.memory_s + other.memory_s,
+                        self.network_s + other.network_s, self.fixed_s + other.fixed_s)
+
+    def as_dict(self) -> dict[str, float]:
+        return {"total_s": self.total_s, "compute_s": self.compute_s, "memory_s": self.memory_s,
+                "network_s": self.network_s, "fixed_s": self.fixed_s}
+
+
+class CollectiveCost(Protocol):
+    """Time of the collectives of one tensor-parallel group (see :mod:`sim.collectives`)."""
+
+    def allreduce_s(self, nbytes: float) -> float: ...
+
+    def allgather_s(self, nbytes: float) -> float: ...
+
+
+@dataclass(frozen=True)
+class Collective:
+    """A collective the step issues: ``kind`` in {allreduce, allgather}, bytes per rank's buffer.
+
+    ``group`` names which ranks take part: ``tp`` (the whole tensor-parallel group), or under
+    2-D tensor parallelism ``rows`` / ``cols`` (every row or column group of the grid at once).
+    """
+
+    kind: str
+    nbytes: float
+    group: str = "tp"
+
+
+@dataclass(frozen=True)
+class StageWork:
+    """What one pipeline stage's GPU computes alone, and the collectives it issues, per step."""
+
+    local: StepTime
+    layers: int
+    per_layer_collectives: tuple[Collective, ...] = ()
+    pre_collectives: tuple[Collective, ...] = ()
+    post_collectives: tuple[Collective, ...] = ()
+
+    @property
+    def collectives(self) -> list[Collective]:
+        """All collectives of the step in issue order."""
+        return (list(self.pre_collectives) + list(self.per_layer_collectives) * self.layers
+                + list(self.post_collectives))
+
+
+def soft_roofline(t_compute, t_memory, sharpness: float):
+    """Split ``(t_c^p + t_m^p)^(1/p)`` into arithmetic and memory shares (sum = that time).
+
+    Works on floats and on numpy arrays alike.
+    """
+    if isinstance(t_compute, np.ndarray) or isinstance(t_memory, np.ndarray):
+        hi = np.maximum(np.maximum(t_compute, t_memory), 1e-300)
+    else:
+        if t_compute <= 0.0 and t_memory <= 0.0:
+            return 0.0, 0.0
+        hi = max(t_compute, t_memory)
+    a, b = (t_compute / hi) ** sharpness, (t_memory / hi) ** sharpness
+    total = hi * (a + b) ** (1.0 / sharpness)
+    return total * a / (a + b), total * b / (a + b)
+
+
+def split_layers(num_layers: int, pp: int) -> list[int]:
+    """Layers per pipeline stage, as even as possible, earlier stages taking the remainder."""
+    base, extra = divmod(num_layers, pp)
+    return [base + (1 if s < extra else 0) for s in range(pp)]
+
+
+class StepTimePredictor:
+    """Step-time cost model for one replica (``tp`` x ``pp`` GPUs) of a model on a GPU type."""
+
+    def __init__(self, model: ModelSpec, hardware: HardwareSpec, engine: EngineProfile,
+                 precision: Precision, tp: int = 1, pp: int = 1,
+                 comm=None, pp_send_s=None, tp_cols: int = 1) -> None:
+        require(model.num_attention_heads % tp == 0,
+                f"parallel.tp={tp} must divide model.num_attention_heads={model.num_attention_heads} ({model.name})")
+        require(model.num_key_value_heads % tp == 0 or tp % model.num_key_value_heads == 0,
+                f"parallel.tp={tp} and model.num_key_value_heads={model.num_key_value_heads} must divide one another")
+        require(model.intermediate_size % tp == 0,
+                f"parallel.tp={tp} must divide model.intermediate_size={model.intermediate_size}")
+        require(1 <= pp <= model.num_hidden_layers,
+                f"parallel.pp={pp} must be between 1 and model.num_hidden_layers={model.num_hidden_layers}")
+        require(tp == 1 or comm is not None, "tensor parallelism needs a collective cost model")
+        require(tp_cols >= 1 and tp % tp_cols == 0, f"parallel.tp_cols={tp_cols} must divide parallel.tp={tp}")
+        self.model, self.hardware, self.engine, self.precision = model, hardware, engine, precision
+        self.tp, self.pp, self.tp_cols = tp, pp, tp_cols
+        self.tp_rows = tp // tp_cols
+        # Per pipeline stage (stages may sit on different nodes), a mapping from group tag
+        # ("tp", and "rows"/"cols" under 2-D TP) to that group's collective cost model.
+        stages = list(comm) if isinstance(comm, (list, tuple)) else [comm] * pp
+        self.comm = [c if (c is None or isinstance(c, dict)) else {"tp": c} for c in stages]
+        self.pp_send_s = pp_send_s
+        self.stage_layers = split_layers(model.num_hidden_layers, pp)
+        self._peak = hardware.peak_flops(precision.compute_format)
+        self._matmul_rate = self._peak * engine.matmul_efficiency(precision.compute_format)  # achieved FLOP/s
+        self._peak_attn = hardware.peak_flops("bf16")
+        self._bw = hardware.hbm_bandwidth_Bps * engine.hbm_efficiency
+        self.heads_per_gpu = model.num_attention_heads // tp
+        self.kv_heads_per_gpu = max(1, model.num_key_value_heads // tp)
+        qk_cols = (self.heads_per_gpu + self.kv_heads_per_gpu) * model.head_dim
+        self._elementwise_bytes_per_token = (engine.elementwise_bytes_per_hidden * model.hidden_size
+                                             + engine.elementwise_bytes_per_qk * qk_cols
+                                             + engine.elementwise_bytes_per_ffn * model.intermediate_size / tp)
+
+    # ----- memory footprint -----------------------------------------------------------
+    def weight_bytes_per_gpu(self, stage: int = 0) -> float:
+        """Weights one GPU of ``stage`` holds: its layers' shard plus embedding/LM head shards."""
+        m, wb = self.model, self.precision.weight_bytes
+        h, hd = m.hidden_size, m.head_dim
+        # K/V projections are replicated when tp exceeds the KV heads (each rank keeps one).
+        attention = h * (self.heads_per_gpu * hd + 2 * self.kv_heads_per_gpu * hd) + self.heads_per_gpu * hd * h
+        per_layer = attention + m.mlp_params_per_layer / self.tp + m.norm_params_per_layer
+        total = self.stage_layers[stage] * per_layer
+        if stage == 0:
+            total += m.embedding_params / self.tp
+        if stage == self.pp - 1:
+            total += m.lm_head_params / self.tp + m.hidden_size
+            if self.pp > 1 and m.tie_word_embeddings:
+                total += m.embedding_params / self.tp  # the last stage needs its own copy
+        return total * wb
+
+    def kv_bytes_per_token_per_gpu(self, stage: int = 0) -> float:
+        return 2.0 * self.stage_layers[stage] * self.kv_heads_per_gpu * self.model.head_dim * self.precision.kv_bytes
+
+    # ----- operators ------------------------------------------------------------------------
+    def _matmul(self, tokens: float, k: float, n: float, weight_elems: float | None = None,
+                flops: float | None = None) -> tuple[float, float]:
+        e, ab = self.engine, self.precision.activation_bytes
+        w = k * n if weight_elems is None else weight_elems
+        fl = 2.0 * tokens * k * n if flops is None else flops
+        t_c = fl / self._matmul_rate
+        t_m = (w * self.precision.weight_bytes + tokens * (k + n) * ab) / self._bw
+        return soft_roofline(t_c, t_m, e.roofline_sharpness)
+
+    def _attention(self, b: BatchShape) -> tuple[float, float]:
+        e, hd = self.engine, self.model.head_dim
+        flops = 4.0 * self.heads_per_gpu * hd * b.attention_pairs
+        kv = b.kv_tokens_read * 2.0 * self.kv_heads_per_gpu * hd * self.precision.kv_bytes
+        qo = 2.0 * b.new_tokens * self.heads_per_gpu * hd * self.precision.activation_bytes
+        blocks = b.query_blocks * self.heads_per_gpu
+        if e.attention_kv_split_tokens > 0:  # split-KV kernels also parallelise over the context
+            blocks = blocks + b.kv_tokens_read / e.attention_kv_split_tokens * self.heads_per_gpu
+        occupancy = vmin(1.0, blocks / (e.attention_ctas_per_sm * self.hardware.sm_count))
+        t_c = flops / (self._peak_attn * e.attention_compute_efficiency)
+        t_m = kv / (self._bw * occupancy) + qo / self._bw
+        return soft_roofline(t_c, t_m, e.roofline_sharpness)
+
+    def _layer(self, b: BatchShape) -> tuple[float, float]:
+        """Arithmetic and memory seconds of one decoder layer on one GPU."""
+        m, tp, M = self.model, self.tp, b.new_tokens * 1.0
+        h, hd = m.hidden_size, m.head_dim
+        q_cols = self.heads_per_gpu * hd
+        kv_cols = self.kv_heads_per_gpu * hd
+        parts = [
+            self._matmul(M, h, q_cols + 2 * kv_cols),                       # fused QKV projection
+            self._attention(b),
+            (0.0, M * 2.0 * kv_cols * self.precision.kv_bytes / self._bw),  # KV write
+            self._matmul(M, q_cols, h),                                     # output projection
+            (0.0, self._elementwise_bytes_per_token * M / self._bw),
+        ]
+        ffn = m.intermediate_size // tp
+        if m.is_moe:
+            E, k = m.num_local_experts, m.num_experts_per_tok
+            touched = E * (1.0 - (1.0 - k / E) ** M)
+            parts.append(self._matmul(M, h, E))                             # router
+            parts.append(self._matmul(M * k, h, 2 * ffn, weight_elems=touched * h * 2 * ffn))
+            parts.append(self._matmul(M * k, ffn, h, weight_elems=touched * ffn * h))
+        else:
+            parts.append(self._matmul(M, h, 2 * ffn))                       # fused gate + up
+            parts.append(self._matmul(M, ffn, h))                           # down
+        return sum(p[0] for p in parts), sum(p[1] for p in parts)
+
+    def stage_work(self, b: BatchShape, stage: int = 0) -> StageWork:
+        """The local (single-GPU) time of ``stage`` and the collectives it issues."""
+        m, e = self.model, self.engine
+        layers = self.stage_layers[stage]
+        c_layer, m_layer = self._layer(b)
+        compute, memory = layers * c_layer, layers * m_layer
+        pre: list[Collective] = []
+        post: list[Collective] = []
+        act = self.precision.activation_bytes
+        if stage == 0:
+            memory += b.new_tokens * m.hidden_size * self.precision.weight_bytes / self._bw  # embedding rows
+            if self.tp > 1:
+                pre.append(Collective("allreduce", b.new_tokens * m.hidden_size * act))
+        if stage == self.pp - 1:
+            head_tokens = b.new_tokens if e.lm_head_all_prompt_tokens else b.sampled_tokens
+            if isinstance(head_tokens, np.ndarray) or head_tokens > 0:
+                c, mm = self._matmul(head_tokens, m.hidden_size, m.vocab_size / self.tp)
+                compute = compute + vwhere(head_tokens > 0, c, 0.0)
+                memory = memory + vwhere(head_tokens > 0, mm, 0.0)
+                if self.tp > 1:
+                    post.append(Collective("allgather", head_tokens * m.vocab_size / self.tp * act))
+        kernels = layers * e.kernels_per_layer + e.kernels_per_step
+        fixed = kernels * e.kernel_overhead_us * 1e-6 + e.step_overhead_us * 1e-6
+        if not e.cuda_graphs:
+            host = kernels * e.host_launch_us * 1e-6
+            fixed = fixed + vmax(0.0, host - (compute + memory + fixed))
+        per_layer: tuple[Collective, ...] = ()
+        if self.tp > 1 and self.tp_cols == 1:
+            # 1-D (Megatron) TP: all-reduce after attention and after the MLP.
+            per_layer = (Collective("allreduce", b.new_tokens * m.hidden_size * act),) * 2
+        elif self.tp > 1:
+            # 2-D TP on a rows x cols grid: each of the four serial matmuls is followed by an
+            # all-reduce of its 1/(other axis) slice of the activations over one axis.
+            row = Collective("allreduce", b.new_tokens * m.hidden_size * act / self.tp_cols, "rows")
+            col = Collective("allreduce", b.new_tokens * m.hidden_size * act / self.tp_rows, "cols")
+            per_layer = (row, col, row, col)
+        return StageWork(StepTime(compute, memory, 0.0, fixed), layers, per_layer, tuple(pre), tuple(post))
+
+    def network_s(self, work: StageWork, stage: int = 0) -> float:
+        """Exposed communication time of one stage's step (every layer's collectives priced once)."""
+        comm = self.comm[stage]
+        if comm is None or self.tp == 1:
+            return 0.0
+
+        def cost(c: Collective):
+            group = comm[c.group]
+            return group.allreduce_s(c.nbytes) if c.kind == "allreduce" else group.allgather_s(c.nbytes)
+
+        total = 0.0
+        for c in work.pre_collectives + work.post_collectives:
+            total = total + cost(c)
+        per_layer = 0.0
+        for c in work.per_layer_collectives:
+            per_layer = per_layer + cost(c)
+        return (total + work.layers * per_layer) * (1.0 - self.engine.network_overlap)
+
+    def stage(self, b: BatchShape, stage: int = 0) -> StepTime:
+        """Time of ``stage`` for batch ``b`` including its collectives (collective fidelity)."""
+        work = self.stage_work(b, stage)
+        return work.local + StepTime(network_s=self.network_s(work, stage))
+
+    def activation_bytes(self, b: BatchShape) -> float:
+        """Bytes of hidden state sent from one pipeline stage to the next."""
+        return b.new_tokens * self.model.hidden_size * self.precision.activation_bytes
+
+    def step(self, b: BatchShape) -> StepTime:
+        """One micro-batch through all stages, with the stage-to-stage sends (latency view)."""
+        total = StepTime()
+        for s in range(self.pp):
+            total = total + self.stage(b, s)
+        if self.pp > 1 and self.pp_send_s is not None:
+            sends = sum(self.pp_send_s(s, self.activation_bytes(b)) for s in range(self.pp - 1))
+            total = total + StepTime(network_s=sends)
+        return total

@@ -1,0 +1,161 @@
+"""The network as SimPy processes, behind one narrow interface with two fidelities.
+
+``collective(kind, ranks, nbytes)`` and ``transfer(src, dst, nbytes)`` return events that
+fire when the operation completes.
+
+* :class:`CollectiveNetwork` (``network.fidelity=collective``, the default): one timeout per
+  operation, its duration from the alpha-beta schedule in :mod:`sim.collectives`.
+* :class:`MessageNetwork` (``network.fidelity=message``): every hop of every message is
+  simulated on a :class:`Link` — a FIFO SimPy resource per link direction with a per-hop
+  latency and serialisation at its bandwidth — so messages of different collectives and
+  transfers contend for shared links.
+
+Cut-through forwarding: a message holds a link while it serialises
+(``max(n / bandwidth, until its tail has arrived from the previous hop)``), its head moves on
+after the hop latency, and it is delivered when its tail leaves the last hop plus that hop's
+latency. Uncontended, this is exactly ``sum(latency) + n / min(bandwidth)``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import simpy
+
+from sim.cost.fabric import Fabric
+
+
+class Link:
+    """One direction of one physical link: FIFO, one message serialising at a time."""
+
+    __slots__ = ("resource", "latency_s", "bandwidth_Bps", "bytes_sent", "busy_s")
+
+    def __init__(self, env: simpy.Environment, latency_s: float, bandwidth_Bps: float) -> None:
+        self.resource = simpy.Resource(env, capacity=1)
+        self.latency_s = latency_s
+        self.bandwidth_Bps = bandwidth_Bps
+        self.bytes_sent = 0.0
+        self.busy_s = 0.0
+
+
+class CollectiveNetwork:
+    """One event per collective or transfer (alpha-beta along the topology's paths)."""
+
+    fidelity = "collective"
+
+    def __init__(self, env: simpy.Environment, fabric: Fabric) -> None:
+        self.env, self.fabric = env, fabric
+
+    def duration_s(self, kind: str, ranks: Sequence[str], nbytes: float) -> float:
+        group = self.fabric.group(ranks)
+        if kind == "allreduce":
+            return group.allreduce_s(nbytes)
+        if kind == "allgather":
+            return group.allgather_s(nbytes)
+        raise ValueError(f"unknown collective kind {kind!r}")
+
+    def collective(self, kind: str, ranks: Sequence[str], nbytes: float) -> simpy.Event:
+        return self.env.timeout(self.duration_s(kind, ranks, nbytes))
+
+    def transfer(self, src: str, dst: str, nbytes: float) -> simpy.Event:
+        return self.env.timeout(self.fabric.send_s(src, dst, nbytes))
+
+
+class MessageNetwork:
+    """Every hop of every message on FIFO links (per-message fidelity)."""
+
+    fidelity = "message"
+
+    def __init__(self, env: simpy.Environment, fabric: Fabric) -> None:
+        self.env, self.fabric = env, fabric
+        self.links: dict[tuple[str, str], Link] = {}
+        for u, v in fabric.graph.edges:
+            lat, bw = fabric.link((u, v))
+            self.links[(u, v)] = Link(env, lat, bw)
+        self.messages = 0
+
+    # ----- point to point -------------------------------------------------------------
+    def _message(self, src: str, dst: str, nbytes: float):
+        env = self.env
+        self.messages += 1
+        tail_in = env.now
+        edges = self.fabric.edges(src, dst)
+        for edge in edges:
+            link = self.links[edge]
+            req = link.resource.request()
+            yield req
+            start = env.now
+            end = max(start + nbytes / link.bandwidth_Bps, tail_in)
+            link.bytes_sent += nbytes
+            link.busy_s += end - start
+            release = env.timeout(end - start)
+            release.callbacks.append(lambda _ev, res=link.resource, r=req: res.release(r))
+            tail_in = end + link.latency_s
+            yield env.timeout(link.latency_s)
+        if tail_in > env.now:
+            yield env.timeout(tail_in - env.now)
+
+    def _software(self):
+        yield self.env.timeout(self.fabric.software_s)
+
+    def transfer(self, src: str, dst: str, nbytes: float) -> simpy.Event:
+        def proc():
+            yield from self._software()
+            yield from self._message(src, dst, nbytes)
+        return self.env.process(proc())
+
+    # ----- collectives ---------------------------------------------------------------------
+    def _send_then(self, src: str, dst: str, nbytes: float, done: simpy.Event):
+        yield from self._message(src, dst, nbytes)
+        done.succeed()
+
+    def _ring(self, ranks: Sequence[str], chunk: float, steps: int):
+        env, n = self.env, len(ranks)
+        received = [[env.event() for _ in range(steps)] for _ in range(n)]
+
+        def rank(r: int):
+            for step in range(steps):
+                if step > 0:
+                    yield received[r][step - 1]
+                env.process(self._send_then(ranks[r], ranks[(r + 1) % n], chunk, received[(r + 1) % n][step]))
+
+        for r in range(n):
+            env.process(rank(r))
+        yield env.all_of([received[r][steps - 1] for r in range(n)])
+
+    def _oneshot(self, ranks: Sequence[str], nbytes: float):
+        env, n = self.env, len(ranks)
+        done = []
+        for r in range(n):
+            for k in range(1, n):
+                ev = env.event()
+                done.append(ev)
+                env.process(self._send_then(ranks[r], ranks[(r + k) % n], nbytes, ev))
+        yield env.all_of(done)
+
+    def collective(self, kind: str, ranks: Sequence[str], nbytes: float) -> simpy.Event:
+        n = len(ranks)
+        group = self.fabric.group(ranks)
+
+        def proc():
+            if n <= 1:
+                return
+            if group.algorithm == "nccl_model":
+                # NCCL's tuning formula is not a message schedule: one timed event on no link.
+                yield self.env.timeout(group.allreduce_s(nbytes) if kind == "allreduce" else group.allgather_s(nbytes))
+                return
+            yield from self._software()
+            orders = self.fabric.channel_orders(ranks)
+            k = len(orders)
+            if kind == "allreduce":
+                if group.allreduce_algorithm(nbytes) == "ring":
+                    yield self.env.all_of([self.env.process(self._ring(o, nbytes / k / n, 2 * (n - 1)))
+                                           for o in orders])
+                else:
+                    yield from self._oneshot(ranks, nbytes)
+            elif kind == "allgather":
+                yield self.env.all_of([self.env.process(self._ring(o, nbytes / k, n - 1)) for o in orders])
+            else:
+                raise ValueError(f"unknown collective kind {kind!r}")
+        return self.env.process(proc())
+
+

@@ -1,0 +1,79 @@
+"""Metrics computed after a run from its tables (the same functions notebooks import).
+
+Definitions (see README "Metrics"):
+TTFT = first-token time - arrival; TPOT = (finish - first token) / (output tokens - 1),
+undefined for one-token outputs; end-to-end = finish - arrival; output throughput = output
+tokens of completed requests / makespan (first arrival to last finish). Cost and energy:
+:mod:`sim.cost` (``usd_per_million_output_tokens`` charges the whole fleet over the makespan;
+``usd_per_million_output_tokens_busy`` only GPU-hours while a GPU's stage is busy, physics.md
+section 5).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import pyarrow as pa
+
+from sim.cost.money import FleetUse
+
+PARTS = ("compute_s", "memory_s", "network_s", "fixed_s")
+
+
+def percentiles(values) -> dict[str, float | None]:
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return {"mean": None, "p50": None, "p90": None, "p99": None}
+    return {"mean": float(v.mean()), "p50": float(np.percentile(v, 50)), "p90": float(np.percentile(v, 90)),
+            "p99": float(np.percentile(v, 99))}
+
+
+def time_breakdown(steps: pa.Table) -> dict[str, float]:
+    out = {p: float(np.sum(steps.column(p).to_numpy())) if steps.num_rows else 0.0 for p in PARTS}
+    out["total_s"] = sum(out[p] for p in PARTS)
+    return out
+
+
+def summarize(requests: pa.Table, steps: pa.Table, *, wall_s: float, events: int) -> dict[str, Any]:
+    """Latency percentiles, throughput and the step-time breakdown of one run (the fleet's
+    cost and energy are added by :func:`sim.cost.fleet_cost`)."""
+    status = requests.column("status").to_numpy(zero_copy_only=False)
+    done = status == "completed"
+    arrival = requests.column("arrival_s").to_numpy()
+    finish = requests.column("finish_s").to_numpy()
+    out_tokens = requests.column("output_tokens").to_numpy()
+    tokens = int(out_tokens[done].sum())
+    makespan = float(np.nanmax(finish) - arrival.min()) if done.any() else 0.0
+    return {
+        "requests": {"total": int(requests.num_rows), "completed": int(done.sum()),
+                     "rejected": int((~done).sum()),
+                     "preemptions": int(requests.column("preemptions").to_numpy().sum())},
+        "ttft_s": percentiles(requests.column("ttft_s").to_numpy()[done]),
+        "tpot_s": percentiles(requests.column("tpot_s").to_numpy()[done]),
+        "e2e_s": percentiles(requests.column("e2e_s").to_numpy()[done]),
+        "throughput": {"output_tokens_per_s": tokens / makespan if makespan > 0 else None,
+                       "requests_per_s": float(done.sum()) / makespan if makespan > 0 else None,
+                       "output_tokens": tokens, "makespan_s": makespan},
+        "time_breakdown": time_breakdown(steps),
+        "steps": int(steps.num_rows),
+        "sim": {"wall_s": wall_s, "events": events, "events_per_s": events / wall_s if wall_s > 0 else None},
+    }
+
+
+def fleet_parts(cfg, replica_groups: list[int], replica_busy_gpu_s: list[float],
+                summary: Mapping[str, Any]) -> list[tuple[Any, FleetUse]]:
+    """Per hardware group of the fleet (one group unless ``fleet:`` mixes hardware): its
+    hardware and what it used -- GPUs, servers (as a fraction of ``topology.gpus_per_node``-GPU
+    nodes: a partial node is charged its share), leaf network ports (one per GPU when the group
+    spans nodes), the run's makespan, its busy GPU-seconds, the run's output tokens."""
+    per_node = cfg.topology.gpus_per_node
+    parts = []
+    for k, g in enumerate(cfg.groups()):
+        gpus = g.gpus
+        multi_node = g.hardware.scaleup_link != "pcie" and gpus > per_node
+        busy = sum(b for grp, b in zip(replica_groups, replica_busy_gpu_s) if grp == k)
+        parts.append((g.hardware, FleetUse(gpus=gpus, nodes=gpus / per_node, network_ports=gpus if multi_node else 0,
+                                           makespan_s=float(summary["throughput"]["makespan_s"]), gpu_busy_s=busy,
+                                           output_tokens=int(summary["throughput"]["output_tokens"]))))
+    return parts

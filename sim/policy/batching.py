@@ -1,0 +1,230 @@
+"""Iteration-level continuous batching for one replica (a pure policy: no SimPy, no I/O).
+
+Each request has a prompt of ``P`` tokens and must generate ``O`` tokens. The policy tracks
+``computed`` (positions whose KV is cached) and ``generated`` tokens; the tokens a request
+still has to feed through the model are ``P + generated - computed``. A step that feeds a
+request's last pending token samples one new token (``generated += 1``); the first such
+sample is the first token (TTFT), and the request finishes when ``generated == O``.
+
+Per step (vLLM v1 style): running requests first, oldest first, each taking one decode
+token or its next prompt chunk from the step's token budget (``max_tokens_per_step``); then
+waiting requests are admitted in arrival order while the batch has room
+(``max_batch_size``), the budget lasts and the KV cache has the blocks. Without chunked
+prefill a prompt is admitted only whole (one that exceeds the budget runs alone). When a
+running request cannot get a KV block, the most recently admitted running request is
+preempted: its blocks are freed and it returns to the head of the queue to be recomputed
+(its generated tokens are kept and become part of the recomputed prefix).
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from sim.errors import require
+from sim.policy.kv_cache import KVBlockPool
+from sim.spec.batch import ATTENTION_QUERY_BLOCK, BatchShape
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    policy: str = "continuous"
+    max_batch_size: int = 256
+    max_tokens_per_step: int = 2048
+    chunked_prefill: bool = True
+    block_size: int = 16
+    max_model_len: int | str | None = None
+
+    def context_limit(self, model_max_positions: int) -> int | None:
+        """Longest prompt + output a request may have (None: only the KV cache limits it)."""
+        if self.max_model_len == "model":
+            return model_max_positions
+        return self.max_model_len  # type: ignore[return-value]
+
+    def __post_init__(self) -> None:
+        require(self.policy == "continuous", f"scheduler.policy={self.policy!r} is not one of ['continuous']")
+        require(self.max_batch_size >= 1, f"scheduler.max_batch_size={self.max_batch_size!r} must be >= 1")
+        require(self.max_tokens_per_step >= 1, f"scheduler.max_tokens_per_step={self.max_tokens_per_step!r} must be >= 1")
+        require(self.block_size >= 1, f"scheduler.block_size={self.block_size!r} must be >= 1")
+        require(self.max_model_len is None or self.max_model_len == "model"
+                or (isinstance(self.max_model_len, int) and self.max_model_len >= 2),
+                f"scheduler.max_model_len={self.max_model_len!r} must be null, 'model' or an integer >= 2")
+
+
+@dataclass
+class SeqWork:
+    """One sequence's share of a planned step (``proposed`` draft tokens under speculation)."""
+
+    request: int
+    context: int
+    new_tokens: int
+    samples: bool
+    proposed: int = 0
+
+
+@dataclass
+class StepPlan:
+    work: list[SeqWork]
+    batch: BatchShape
+    prefill_tokens: int
+    decode_tokens: int
+    preempted: list[int]
+
+
+class ContinuousBatcher:
+    """Queues and per-request progress of one replica; :meth:`plan` decides the next step."""
+
+    def __init__(self, config: SchedulerConfig, pool: KVBlockPool, prompt_tokens, output_tokens) -> None:
+        self.config = config
+        self.pool = pool
+        self.prompt = prompt_tokens      # shared read-only arrays indexed by request id
+        self.output = output_tokens
+        self.computed: dict[int, int] = {}
+        self.generated: dict[int, int] = {}
+        self.waiting: deque[int] = deque()
+        self.running: list[int] = []
+        self.busy: set[int] = set()
+        self.preemptions = 0
+
+    # ----- queue changes ----------------------------------------------------------------------
+    def add(self, request: int) -> None:
+        self.computed[request] = 0
+        self.generated[request] = 0
+        self.waiting.append(request)
+
+    def pending(self, request: int) -> int:
+        return int(self.prompt[request]) + self.generated[request] - self.computed[request]
+
+    def has_work(self) -> bool:
+        return bool(self.waiting) or any(r not in self.busy for r in self.running)
+
+    def _preempt(self, victim: int) -> None:
+        self.running.remove(victim)
+        self.pool.free(victim)
+        self.computed[victim] = 0
+        self.waiting.appendleft(victim)
+        self.preemptions += 1
+
+    # ----- the decision -------------------------------------------------------------------------
+    def decode_ready(self) -> tuple[int, float]:
+        """Decoding sequences free to run now, and their mean context (for the gamma policy)."""
+        n, ctx = 0, 0.0
+        for r in self.running:
+            if r not in self.busy and self.generated[r] >= 1 and self.pending(r) == 1:
+                n += 1
+                ctx += self.computed[r]
+        return n, (ctx / n if n else 0.0)
+
+    def plan(self, gamma: int = 0) -> StepPlan | None:
+        """Choose the next step's sequences and token counts, or None if nothing can run.
+
+        With ``gamma > 0`` every decoding sequence verifies its last token plus up to ``gamma``
+        draft tokens (never more than it still needs to finish its output).
+        """
+        cfg, pool = self.config, self.pool
+        budget = cfg.max_tokens_per_step
+        work: list[SeqWork] = []
+        preempted: list[int] = []
+        i = 0
+        while i < len(self.running) and budget > 0 and len(work) < cfg.max_batch_size:
+            r = self.running[i]
+            if r in self.busy:
+                i += 1
+                continue
+            pending = self.pending(r)
+            n = min(pending, budget) if cfg.chunked_prefill else pending
+            if not cfg.chunked_prefill and n > budget and work:
+                i += 1
+                continue
+            proposed = 0
+            if gamma > 0 and pending == 1 and self.generated[r] >= 1:
+                proposed = max(0, min(gamma, int(self.output[r]) - self.generated[r] - 1, budget - 1))
+                n = 1 + proposed
+            ctx = self.computed[r]
+            while not pool.grow(r, ctx + n):
+                victim = next((v for v in reversed(self.running) if v not in self.busy and v != r), None)
+                if victim is None:
+                    # Only r itself could make room. If requests in flight hold blocks, wait for
+                    # them (preempting r would let it be re-admitted at once and thrash);
+                    # otherwise recompute r later, as vLLM does.
+                    if not any(v in self.busy for v in self.running):
+                        victim = r
+                    else:
+                        break
+                self._preempt(victim)
+                preempted.append(victim)
+                if victim == r:
+                    break
+            if r not in self.running:
+                continue  # r itself was preempted: do not advance i
+            if pool.extra_blocks(r, ctx + n):
+                i += 1  # r waits for blocks held by micro-batches in flight
+                continue
+            work.append(SeqWork(r, ctx, n, n >= pending, proposed))
+            self.busy.add(r)  # now in this step: never a preemption victim
+            budget -= n
+            i += 1
+        while self.waiting and budget > 0 and len(work) < cfg.max_batch_size:
+            r = self.waiting[0]
+            if r in preempted:
+                break  # just made room by leaving: not back in the same step
+            pending = self.pending(r)
+            n = min(pending, budget) if cfg.chunked_prefill else pending
+            if not cfg.chunked_prefill and n > budget and work:
+                break
+            reserve = max(1, pool.total_blocks // 100) if self.running else 0
+            if pool.extra_blocks(r, n) + reserve > pool.free_blocks:
+                break
+            pool.grow(r, n)
+            self.waiting.popleft()
+            self.running.append(r)
+            work.append(SeqWork(r, 0, n, n == pending))
+            self.busy.add(r)
+            budget -= n
+        if not work:
+            return None
+        batch = _shape(work)
+        prefill = sum(w.new_tokens for w in work if self.computed[w.request] < int(self.prompt[w.request]))
+        decode = sum(w.new_tokens for w in work) - prefill
+        return StepPlan(work, batch, prefill, decode, preempted)
+
+    def complete(self, plan: StepPlan, accepted: dict[int, int] | None = None) -> list[tuple[int, bool, bool]]:
+        """Apply a finished step; returns ``(request, emitted_first_token, finished)`` per sampled request.
+
+        ``accepted[r]`` is how many of r's draft tokens the verification accepted: r gains
+        ``accepted + 1`` tokens and the rejected positions leave the KV cache.
+        """
+        events = []
+        for w in plan.work:
+            r = w.request
+            self.busy.discard(r)
+            if w.proposed:  # verification: keep the accepted drafts, roll back the rest
+                k = min(w.proposed, (accepted or {}).get(r, 0))
+                self.computed[r] = w.context + 1 + k
+                self.pool.shrink(r, self.computed[r])
+                gained = k + 1
+            else:
+                self.computed[r] = w.context + w.new_tokens
+                gained = 1 if w.samples else 0
+            if gained:
+                self.generated[r] += gained
+                g = self.generated[r]
+                finished = g >= int(self.output[r])
+                if finished:
+                    self.running.remove(r)
+                    self.pool.free(r)
+                    del self.computed[r], self.generated[r]
+                events.append((r, g == gained and not w.proposed, finished))
+        return events
+
+
+def _shape(work: list[SeqWork]) -> BatchShape:
+    kv = pairs = 0.0
+    new = sampled = blocks = 0
+    for w in work:
+        n, c = w.new_tokens, w.context
+        new += n
+        kv += c + n
+        pairs += n * (c + (n + 1) / 2.0)
+        sampled += (n if w.proposed else 1) if w.samples else 0  # verification needs logits at every position
+        blocks += -(-n // ATTENTION_QUERY_BLOCK)
+    return BatchShape(len(work), new, kv, pairs, sampled, blocks)

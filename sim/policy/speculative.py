@@ -1,0 +1,172 @@
+"""Speculative decoding: draft proposals, one verification pass, accepted-length sampling.
+
+Modelling assumptions (physics.md section 3):
+
+* each decoding sequence proposes ``gamma`` draft tokens; the target verifies ``gamma + 1``
+  positions (the last sampled token plus the drafts) in one forward pass, priced by the same
+  step predictor with ``new_tokens = gamma + 1`` (its extra arithmetic, KV traffic and LM-head
+  work are charged, so verification turns compute-bound at large batch);
+* drafts are accepted left to right, each with probability ``a`` independently, so the
+  accepted count is ``min(gamma, Geometric)`` and a pass yields ``k + 1`` tokens (the accepted
+  drafts plus the target's own next token); the expectation is ``(1 - a^(gamma+1)) / (1 - a)``;
+  ``a`` is one number, or per request from a Beta distribution with that mean;
+* rejected positions are rolled back from the KV cache;
+* drafting precedes verification and runs ``gamma`` sequential draft-model steps (a separate
+  draft model, ``method=draft``, on the target's GPUs or its own), or ``gamma`` passes of a
+  one-layer draft head on the target's GPUs (``method=self``, EAGLE/MTP-like);
+* ``num_tokens: auto`` picks, per step, the ``gamma`` that maximises expected tokens per second
+  for the current batch (backing off as batches grow and verification gets expensive).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from sim.errors import require
+
+
+@dataclass(frozen=True)
+class SpeculativeConfig:
+    method: str = "none"
+    acceptance: float = 0.8
+    acceptance_dist: str = "fixed"
+    acceptance_concentration: float = 10.0
+    num_tokens: int | str = 4
+    max_num_tokens: int = 8
+    draft_model: str | None = None
+    placement: str = "same"
+    draft_tp: int | None = None
+    draft_layers: int = 1
+
+    def __post_init__(self) -> None:
+        require(self.method in ("none", "draft", "self"),
+                f"speculative.method={self.method!r} is not one of ['none', 'draft', 'self']")
+        require(0.0 <= self.acceptance <= 1.0, f"speculative.acceptance={self.acceptance!r} must be in [0, 1]")
+        require(self.acceptance_dist in ("fixed", "beta"),
+                f"speculative.acceptance_dist={self.acceptance_dist!r} is not one of ['fixed', 'beta']")
+        require(self.acceptance_concentration > 0,
+                f"speculative.acceptance_concentration={self.acceptance_concentration!r} must be > 0")
+        require(self.num_tokens == "auto" or (isinstance(self.num_tokens, int) and self.num_tokens >= 0),
+                f"speculative.num_tokens={self.num_tokens!r} must be an integer >= 0 or 'auto'")
+        require(self.max_num_tokens >= 1, f"speculative.max_num_tokens={self.max_num_tokens!r} must be >= 1")
+        require(self.placement in ("same", "separate"),
+                f"speculative.placement={self.placement!r} is not one of ['same', 'separate']")
+        require(self.draft_tp is None or self.draft_tp >= 1,
+                f"speculative.draft_tp={self.draft_tp!r} must be null or >= 1")
+        require(self.draft_layers >= 1, f"speculative.draft_layers={self.draft_layers!r} must be >= 1")
+        require(self.method != "draft" or bool(self.draft_model),
+                "speculative.method=draft needs speculative.draft_model=<model preset>")
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "none" and self.num_tokens != 0
+
+    @property
+    def extra_gpus(self) -> int:
+        """GPUs per replica beyond the target's (a draft model on its own GPUs)."""
+        return (self.draft_tp or 1) if self.method == "draft" and self.placement == "separate" else 0
+
+
+def expected_tokens(acceptance, gamma):
+    """Expected tokens per verification pass: ``(1 - a^(gamma+1)) / (1 - a)`` (``gamma + 1`` at a = 1)."""
+    a = np.asarray(acceptance, dtype=np.float64)
+    g = np.asarray(gamma, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        e = np.where(a < 1.0, (1.0 - a ** (g + 1.0)) / np.where(a < 1.0, 1.0 - a, 1.0), g + 1.0)
+    return float(e) if e.ndim == 0 else e
+
+
+def sample_accepted(rng: np.random.Generator, acceptance: float, gamma: int) -> int:
+    """Accepted drafts of one pass: leading successes of ``gamma`` Bernoulli(a) trials."""
+    if gamma <= 0:
+        return 0
+    if acceptance >= 1.0:
+        return gamma
+    if acceptance <= 0.0:
+        return 0
+    return int(min(gamma, rng.geometric(1.0 - acceptance) - 1))
+
+
+def request_acceptance(rng: np.random.Generator, cfg: SpeculativeConfig, n: int) -> np.ndarray:
+    """Per-request acceptance probability: fixed, or Beta with mean ``acceptance``."""
+    if cfg.acceptance_dist == "fixed" or cfg.acceptance in (0.0, 1.0):
+        return np.full(n, cfg.acceptance)
+    k = cfg.acceptance_concentration
+    return rng.beta(cfg.acceptance * k, (1.0 - cfg.acceptance) * k, size=n)
+
+
+def best_gamma(pass_time_s: Callable[[int], float], acceptance: float, max_gamma: int) -> int:
+    """The ``gamma`` in 0..max_gamma maximising expected tokens per second of one pass."""
+    best, best_rate = 0, -1.0
+    for g in range(0, max_gamma + 1):
+        rate = expected_tokens(acceptance, g) / pass_time_s(g)
+        if rate > best_rate * (1 + 1e-12):
+            best, best_rate = g, rate
+    return best
+
+
+class SpeculativeDecoder:
+    """Draft cost, verification cost and the gamma policy of one replica (pure cost model).
+
+    ``draft`` is the draft model's step predictor (on the target's GPUs with the target's
+    tensor parallelism, or on its own GPUs), or a one-layer draft head for ``method=self``;
+    ``handoff_s`` is the per-pass latency of shipping tokens to and from separate draft GPUs.
+    """
+
+    def __init__(self, cfg: SpeculativeConfig, target, draft, handoff_s: float = 0.0) -> None:
+        self.cfg, self.target, self.draft, self.handoff_s = cfg, target, draft, handoff_s
+        self._gamma_cache: dict[tuple[int, int], int] = {}
+
+    def draft_time(self, prefill_ctx, prefill_new, decode_ctx, gamma: int):
+        """Draft work before one verification: the first draft pass also ingests the step's
+        prompt chunks (the draft needs their KV); passes 2..gamma cover decoding sequences."""
+        from sim.cost.step_time import StepTime
+        from sim.spec.batch import BatchShape
+
+        if self.draft is None:
+            return StepTime()
+        ctx = list(prefill_ctx) + (list(decode_ctx) if gamma > 0 else [])
+        new = list(prefill_new) + ([1] * len(decode_ctx) if gamma > 0 else [])
+        total = StepTime()
+        if ctx:
+            total = total + self.draft.step(BatchShape.from_sequences(ctx, new))
+        if gamma > 1 and decode_ctx:
+            rest = self.draft.step(BatchShape.from_sequences(np.asarray(decode_ctx) + 1, np.ones(len(decode_ctx))))
+            total = total + rest.scaled(gamma - 1)
+        if gamma > 0 and decode_ctx and self.handoff_s:
+            total = total + StepTime(network_s=2.0 * self.handoff_s)
+        return total
+
+    def pass_time(self, batch, context: float, gamma: int):
+        """StepTime of one steady decode pass: ``gamma`` draft steps plus verifying ``gamma+1``
+        tokens for ``batch`` sequences at ``context`` cached tokens (``batch`` may be an array)."""
+        from sim.cost.step_time import StepTime
+        from sim.spec.batch import BatchShape
+
+        b = np.asarray(batch, dtype=np.float64)
+        n = gamma + 1
+        verify = self.target.step(BatchShape(b, b * n, b * (context + n), b * n * (context + (n + 1) / 2.0),
+                                             b * n if gamma > 0 else b, b * -(-n // 64)))
+        if gamma == 0 or self.draft is None:
+            return verify
+        one = BatchShape(b, b, b * (context + 1), b * (context + 1), b, b)
+        draft = self.draft.step(one).scaled(gamma)
+        handoff = StepTime(network_s=2.0 * self.handoff_s)
+        return verify + draft + handoff
+
+    def gamma_for(self, n_decode: int, mean_context: float) -> int:
+        """Draft length for a step with ``n_decode`` decoding sequences (fixed or the auto policy)."""
+        cfg = self.cfg
+        if not cfg.enabled or n_decode == 0:
+            return 0
+        if cfg.num_tokens != "auto":
+            return int(cfg.num_tokens)
+        key = (n_decode, int(mean_context) // 256)
+        g = self._gamma_cache.get(key)
+        if g is None:
+            ctx = (key[1] + 0.5) * 256
+            g = best_gamma(lambda k: self.pass_time(n_decode, ctx, k).total_s, cfg.acceptance, cfg.max_num_tokens)
+            self._gamma_cache[key] = g
+        return g

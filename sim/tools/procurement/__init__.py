@@ -1,0 +1,1 @@
+"""The cheapest fleet meeting latency targets: analytic pruning, DES confirmation, sensitivity."""

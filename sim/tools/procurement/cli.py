@@ -1,0 +1,316 @@
+"""``python -m sim.procure``: the cheapest fleet that serves a workload within latency targets.
+
+A Hydra app over the usual config groups plus ``slo.ttft_p99_s``, ``slo.tpot_p99_s``, the
+search space under ``search.*`` and ``sensitivity.*`` (``conf/procure.yaml``). It prunes the
+space with the analytic model and confirms with discrete-event runs on the trace
+(:mod:`sim.procurement`), then, for the chosen configuration, moves each hardware parameter
+and the price by +/-``sensitivity.delta`` and replays ``sensitivity.seeds`` bootstrap draws of
+the trace (:mod:`sim.sensitivity`). Writes into its run directory:
+
+* ``procure.parquet``: every configuration considered (config columns, analytic verdict,
+  and for simulated ones latency percentiles, goodput, cost, energy);
+* ``procure.md``: the ranked report naming the best configuration and the one a step
+  cheaper that misses, the Pareto frontier of p99 TPOT vs cost, the sensitivity table;
+* ``procure_frontier.png`` and ``sensitivity.png`` (tornado plot), ``sensitivity.parquet``;
+
+and prints, last, one JSON line with a ``best`` object (``hardware``, ``gpus``, ``tp``, ``pp``,
+``replicas``, ``usd_per_million_output_tokens``, ``ttft_p99_s``, ``tpot_p99_s``).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from omegaconf import DictConfig, OmegaConf
+
+from sim.app import evaluate
+from sim.build import build_step_model, load_workload
+from sim.config.compose import check_overrides
+from sim.config.parse import parse_config
+from sim.config.presets import CONF_DIR, check_group_choices, load_hardware
+from sim.cost.analytic import pareto_mask, steady_step_s
+from sim.errors import ConfigError
+from sim.tools.cli import guarded
+from sim.tools.procurement.search import (
+    Candidate,
+    Layout,
+    LayoutBound,
+    Slo,
+    TrafficStats,
+    candidates,
+    layout_bound,
+    search,
+)
+from sim.tools.procurement.sensitivity import plot_tornado, sensitivity, tornado_rows
+
+SEARCH_KEYS = ("hardware", "tp", "pp", "max_batch_size", "max_tokens_per_step", "max_gpus", "max_replicas", "max_runs")
+
+
+def _int_list(name: str, value: Any) -> list[int]:
+    values = value if isinstance(value, (list, tuple)) else [value]
+    if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+        raise ConfigError(f"search.{name}={value!r} must be a list of integers >= 1")
+    return [int(v) for v in values]
+
+
+def traffic_stats(cfg_map: dict[str, Any]) -> TrafficStats:
+    table = load_workload(parse_config(cfg_map))
+    prompts = np.asarray(table.prompt_tokens, dtype=float)
+    outputs = np.asarray(table.output_tokens, dtype=float)
+    arrival = np.asarray(table.arrival_s, dtype=float)
+    duration = float(arrival[-1] - arrival[0]) or 1.0
+    cum = np.concatenate([[0.0], np.cumsum(prompts)])
+    windows = []
+    for w in (1.0, 3.0, 10.0, 30.0, 100.0):
+        end = np.searchsorted(arrival, arrival + w, side="right")   # requests in [t_i, t_i + w]
+        windows.append((w, float(np.max(cum[end] - cum[np.arange(len(arrival))]))))
+    return TrafficStats(len(table), duration, float(prompts.mean()), float(outputs.mean()),
+                        float(np.percentile(prompts, 99)), tuple(windows))
+
+
+def deployment(base: dict[str, Any], layout: Layout, replicas: int) -> dict[str, Any]:
+    """The run config of ``replicas`` x ``layout`` (topology chosen to hold the GPUs)."""
+    cfg = json.loads(json.dumps(base))
+    hw_map = dict(cfg["hardware_presets"][layout.hardware])
+    cfg["hardware"] = hw_map
+    gpus = replicas * layout.gpus_per_replica
+    topo = dict(cfg["topology"])
+    if hw_map["scaleup_link"] == "pcie":
+        topo["kind"] = "pcie_box"
+    elif gpus > int(topo.get("gpus_per_node", 8)) or layout.gpus_per_replica > int(topo.get("gpus_per_node", 8)):
+        topo["kind"], topo["nodes"] = "multi_node_ib", "auto"
+    else:
+        topo["kind"] = "hgx"
+    cfg["topology"] = topo
+    cfg["parallel"] = {**cfg["parallel"], "tp": layout.tp, "pp": layout.pp, "dp": replicas}
+    cfg["scheduler"] = {**cfg["scheduler"], "max_batch_size": layout.max_batch_size,
+                        "max_tokens_per_step": layout.max_tokens_per_step}
+    cfg["output"] = {**cfg["output"], "progress": "never", "write_parquet": False}
+    cfg.pop("hardware_presets")
+    return cfg
+
+
+def goodput(summary_requests, slo: Slo, makespan_s: float) -> float | None:
+    """Requests per second whose own TTFT and TPOT meet the targets (one-token outputs: TTFT only)."""
+    d = summary_requests
+    ttft = d.column("ttft_s").to_numpy()
+    tpot = d.column("tpot_s").to_numpy()
+    done = d.column("status").to_numpy(zero_copy_only=False) == "completed"
+    ok = done & (ttft <= slo.ttft_p99_s) & (np.isnan(tpot) | (tpot <= slo.tpot_p99_s))
+    return float(ok.sum()) / makespan_s if makespan_s > 0 else None
+
+
+def candidate_row(c: Candidate, bound) -> dict[str, Any]:
+    s = c.summary or {}
+    cost = s.get("cost", {})
+    return {"hardware": c.layout.hardware, "tp": c.layout.tp, "pp": c.layout.pp, "max_batch_size": c.layout.max_batch_size,
+            "max_tokens_per_step": c.layout.max_tokens_per_step, "replicas": c.replicas, "gpus": c.gpus, "analytic_usd_per_hour": c.usd_per_hour, "pruned": c.pruned,
+            "analytic_min_replicas": bound.min_replicas, "analytic_replica_tok_s": bound.replica_tok_s,
+            "analytic_utilization": c.analytic_utilization, "simulated": c.summary is not None or bool(c.error),
+            "meets_slo": c.meets_slo, "error": c.error or None,
+            "ttft_p50_s": s.get("ttft_s", {}).get("p50"), "ttft_p99_s": s.get("ttft_s", {}).get("p99"),
+            "tpot_p50_s": s.get("tpot_s", {}).get("p50"), "tpot_p99_s": s.get("tpot_s", {}).get("p99"),
+            "output_tokens_per_s": s.get("throughput", {}).get("output_tokens_per_s"),
+            "goodput_requests_per_s": c.extra.get("goodput"),
+            "usd_per_hour": cost.get("usd_per_hour"),
+            "usd_per_million_output_tokens": cost.get("usd_per_million_output_tokens"),
+            "joules_per_output_token": cost.get("energy", {}).get("joules_per_output_token"),
+            "gpu_utilization": cost.get("energy", {}).get("gpu_utilization")}
+
+
+def infeasible_row(bound) -> dict[str, Any]:
+    lay = bound.layout
+    return {"hardware": lay.hardware, "tp": lay.tp, "pp": lay.pp, "max_batch_size": lay.max_batch_size,
+            "max_tokens_per_step": lay.max_tokens_per_step, "replicas": None, "gpus": None, "pruned": True, "simulated": False, "meets_slo": False,
+            "error": bound.reason}
+
+
+def best_json(c: Candidate) -> dict[str, Any]:
+    s = c.summary
+    return {"hardware": c.layout.hardware, "gpus": c.gpus, "tp": c.layout.tp, "pp": c.layout.pp,
+            "replicas": c.replicas, "max_batch_size": c.layout.max_batch_size,
+            "max_tokens_per_step": c.layout.max_tokens_per_step,
+            "usd_per_million_output_tokens": s["cost"]["usd_per_million_output_tokens"],
+            "usd_per_hour": s["cost"]["usd_per_hour"],
+            "ttft_p99_s": s["ttft_s"]["p99"], "tpot_p99_s": s["tpot_s"]["p99"]}
+
+
+def plot_frontier(table: pa.Table, path: Path, slo: Slo) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d = table.to_pydict()
+    sim = [i for i in range(table.num_rows) if d["tpot_p99_s"][i] is not None and d["usd_per_million_output_tokens"][i]]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if sim:
+        cost = np.array([d["usd_per_million_output_tokens"][i] for i in sim])
+        lat = np.array([d["tpot_p99_s"][i] for i in sim]) * 1e3
+        ok = np.array([bool(d["meets_slo"][i]) for i in sim])
+        front = pareto_mask(-lat, cost)
+        ax.scatter(cost[~ok], lat[~ok], marker="x", color="tab:red", label="misses the SLOs")
+        ax.scatter(cost[ok], lat[ok], marker="o", color="tab:green", label="meets the SLOs")
+        order = np.argsort(cost[front])
+        ax.plot(cost[front][order], lat[front][order], "k--", lw=1, label="Pareto frontier")
+        for i, k in enumerate(sim):
+            ax.annotate(f"{d['hardware'][k]} {d['replicas'][k]}x TP{d['tp'][k]}", (cost[i], lat[i]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+    ax.axhline(slo.tpot_p99_s * 1e3, color="grey", lw=0.8, ls=":", label="TPOT p99 target")
+    ax.set_xlabel("$ per million output tokens (simulated)")
+    ax.set_ylabel("TPOT p99 (ms)")
+    ax.set_title("Simulated configurations: latency vs cost")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(rows: list[dict[str, Any]], best: Candidate, cheaper: Candidate | None, slo: Slo, stats: TrafficStats,
+           sens: list[dict[str, Any]] | None) -> str:
+    lines = ["# Procurement report", "",
+             f"Targets: TTFT p99 <= {slo.ttft_p99_s} s, TPOT p99 <= {slo.tpot_p99_s} s. Traffic: {stats.requests} "
+             f"requests over {stats.duration_s:.0f} s, mean prompt {stats.mean_prompt:.0f}, mean output "
+             f"{stats.mean_output:.0f} tokens ({stats.output_tokens_per_s:.0f} output tok/s).", ""]
+    b = best_json(best)
+    lines += ["## Best", "", f"**{b['replicas']} x {best.layout.hardware} TP{b['tp']} PP{b['pp']}** "
+              f"(max batch {b['max_batch_size']}, {b['max_tokens_per_step']} tokens/step, {b['gpus']} GPUs): ${b['usd_per_million_output_tokens']:.3f} per "
+              f"million output tokens, ${b['usd_per_hour']:.2f}/h, TTFT p99 {b['ttft_p99_s']:.3f} s, "
+              f"TPOT p99 {b['tpot_p99_s'] * 1e3:.1f} ms.", ""]
+    if cheaper is not None:
+        s = cheaper.summary
+        why = cheaper.error or (f"TTFT p99 {s['ttft_s']['p99']:.3f} s, TPOT p99 {s['tpot_s']['p99'] * 1e3:.1f} ms, "
+                                f"{s['requests']['completed']}/{s['requests']['total']} completed")
+        lines += [f"One step cheaper: {cheaper.replicas} x {cheaper.layout.hardware} TP{cheaper.layout.tp} "
+                  f"PP{cheaper.layout.pp} (max batch {cheaper.layout.max_batch_size}, {cheaper.layout.max_tokens_per_step} "
+                  f"tokens/step, ${cheaper.usd_per_hour:.2f}/h "
+                  f"analytic) misses: {why}.", ""]
+    lines += ["## Simulated configurations (cheapest first)", "",
+              "| hardware | TP | PP | max batch | tokens/step | replicas | GPUs | $/h | $/M tok | TTFT p99 s | TPOT p99 ms | goodput req/s | meets |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    sim = sorted((r for r in rows if r.get("simulated")), key=lambda r: r["analytic_usd_per_hour"])
+    for r in sim:
+        def f(v, fmt):
+            return format(v, fmt) if v is not None else "-"
+        lines.append(f"| {r['hardware']} | {r['tp']} | {r['pp']} | {r['max_batch_size']} | {r['max_tokens_per_step']} | "
+                     f"{r['replicas']} | {r['gpus']} | "
+                     f"{f(r['analytic_usd_per_hour'], '.2f')} | {f(r['usd_per_million_output_tokens'], '.3f')} | "
+                     f"{f(r['ttft_p99_s'], '.3f')} | {f(r['tpot_p99_s'] and r['tpot_p99_s'] * 1e3, '.1f')} | "
+                     f"{f(r['goodput_requests_per_s'], '.2f')} | {'yes' if r['meets_slo'] else 'no'} |")
+    pruned = sum(1 for r in rows if r.get("pruned") and not r.get("simulated"))
+    lines += ["", f"{len(rows)} configurations considered, {len(sim)} simulated, {pruned} pruned by the analytic model "
+                  "(predicted to miss the targets or infeasible; see procure.parquet)."]
+    if sens:
+        lines += ["", "## Sensitivity of the best configuration", "",
+                  "| parameter | change | $/M tok | TPOT p99 ms |", "|---|---|---|---|"]
+        for r in sens:
+            lines.append(f"| {r['parameter']} | {r['change']} | {r['usd_per_million_output_tokens']:.3f} | "
+                         f"{r['tpot_p99_s'] * 1e3:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def procure(cfg_map: dict[str, Any], out: Path) -> dict[str, Any]:
+    slo_map = cfg_map.pop("slo", None) or {}
+    search_map = cfg_map.pop("search", None) or {}
+    sens_map = cfg_map.pop("sensitivity", None) or {}
+    unknown = sorted(set(search_map) - set(SEARCH_KEYS))
+    if unknown:
+        raise ConfigError(f"search has unknown field(s) {unknown}; allowed: {list(SEARCH_KEYS)}")
+    slo = Slo(slo_map.get("ttft_p99_s"), slo_map.get("tpot_p99_s"))
+    hw_names = search_map.get("hardware") or [cfg_map["hardware"]["name"]]
+    hw_names = hw_names if isinstance(hw_names, (list, tuple)) else [hw_names]
+    presets = {}
+    for name in hw_names:
+        presets[name] = load_hardware_map(name)
+    tps, pps = _int_list("tp", search_map.get("tp", [1, 2, 4, 8])), _int_list("pp", search_map.get("pp", [1]))
+    mbs = _int_list("max_batch_size", search_map.get("max_batch_size", [cfg_map["scheduler"]["max_batch_size"]]))
+    mts = _int_list("max_tokens_per_step",
+                    search_map.get("max_tokens_per_step", [cfg_map["scheduler"]["max_tokens_per_step"]]))
+    max_gpus = _int_list("max_gpus", search_map.get("max_gpus", 32))[0]
+    max_replicas = _int_list("max_replicas", search_map.get("max_replicas", 16))[0]
+    max_runs = _int_list("max_runs", search_map.get("max_runs", 40))[0]
+    base = {**cfg_map, "hardware_presets": presets}
+    stats = traffic_stats(cfg_map)
+    bounds = []
+    for name in hw_names:
+        for tp in tps:
+            for pp in pps:
+                for mb in mbs:
+                    for mt in mts:
+                        lay = Layout(name, tp, pp, mb, mt)
+                        try:
+                            model = build_step_model(deployment(base, lay, 1))
+                        except ConfigError as exc:
+                            bounds.append(LayoutBound(lay, False, str(exc).splitlines()[0]))
+                            continue
+                        bounds.append(layout_bound(lay, model, stats, slo, steady_step_s))
+    cost_cfg = parse_config(cfg_map).cost
+    gpn = int(cfg_map["topology"].get("gpus_per_node", 8))
+    cands = candidates(bounds, stats, cost_cfg, lambda n: load_hardware(n), max_gpus, max_replicas, gpn)
+
+    def simulate(c: Candidate) -> dict[str, Any]:
+        summary, result = evaluate(deployment(base, c.layout, c.replicas))
+        c.extra["goodput"] = goodput(result.requests, slo, summary["throughput"]["makespan_s"])
+        return summary
+
+    best, cheaper = search(cands, slo, simulate, max_runs)
+    by_layout = {b.layout: b for b in bounds}
+    rows = [candidate_row(c, by_layout[c.layout]) for c in cands] + [infeasible_row(b) for b in bounds if not b.feasible]
+    columns = list(candidate_row(Candidate(Layout("", 1, 1, 1, 1), 1, 0.0, True, 0.0), LayoutBound(None, False)))
+    rows = [{k: r.get(k) for k in columns} for r in rows]  # infeasible layouts lack the simulated columns
+    table = pa.Table.from_pylist(rows) if rows else pa.table({k: pa.array([], pa.null()) for k in columns})
+    pq.write_table(table, out / "procure.parquet")
+    plot_frontier(table, out / "procure_frontier.png", slo)
+    if best is None:
+        simulated = sum(1 for c in cands if c.meets_slo is not None)
+        why = next((f"; e.g. {b.layout.hardware} TP{b.layout.tp}: {b.reason}" for b in bounds if not b.feasible), "")
+        raise ConfigError(f"no configuration within search.max_gpus={max_gpus} meets TTFT p99 <= {slo.ttft_p99_s} s and "
+                          f"TPOT p99 <= {slo.tpot_p99_s} s ({len(cands)} candidates, {simulated} simulated; "
+                          f"see {out / 'procure.parquet'}){why}; widen search.* or relax slo.*")
+    sens = None
+    if sens_map.get("enabled", True):
+        sens = sensitivity(deployment(base, best.layout, best.replicas), lambda c: evaluate(c)[0], best.summary,
+                           float(sens_map.get("delta", 0.2)), int(sens_map.get("seeds", 3)))
+        pq.write_table(pa.Table.from_pylist(sens), out / "sensitivity.parquet")
+        plot_tornado(tornado_rows(sens, best.summary), out / "sensitivity.png")
+    (out / "procure.md").write_text(report(rows, best, cheaper, slo, stats, sens))
+    result = {"best": best_json(best), "one_step_cheaper": None if cheaper is None else {
+        "hardware": cheaper.layout.hardware, "gpus": cheaper.gpus, "tp": cheaper.layout.tp, "pp": cheaper.layout.pp,
+        "replicas": cheaper.replicas, "meets_slo": cheaper.meets_slo,
+        "ttft_p99_s": (cheaper.summary or {}).get("ttft_s", {}).get("p99"),
+        "tpot_p99_s": (cheaper.summary or {}).get("tpot_s", {}).get("p99")},
+        "simulated": sum(1 for c in cands if c.meets_slo is not None), "candidates": len(cands), "run_dir": str(out)}
+    return result
+
+
+def load_hardware_map(name: str) -> dict[str, Any]:
+    from sim.config.presets import load_preset
+    load_hardware(name)  # validates (one-line error for an unknown preset)
+    return load_preset("hardware", name)
+
+
+@hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="procure")
+def main(cfg: DictConfig) -> None:
+    hc = hydra.core.hydra_config.HydraConfig.get()
+    out = Path(hc.runtime.output_dir)
+
+    def go() -> None:
+        try:
+            container = OmegaConf.to_container(cfg, resolve=True)
+        except Exception as exc:
+            raise ConfigError(f"config could not be resolved: {str(exc).splitlines()[0]}") from None
+        (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        print(json.dumps(procure(container, out)))
+    guarded(go)()
+
+
+def entry() -> None:
+    """``python -m sim.procure``: one-line errors for bad overrides, then the Hydra app."""
+    guarded(check_group_choices)(sys.argv[1:])
+    guarded(check_overrides)(sys.argv[1:], "procure")
+    main()

@@ -1,0 +1,233 @@
+"""SLO-constrained search for the cheapest fleet: analytic pruning, discrete-event confirmation.
+
+Search space: hardware presets x tensor/pipeline split x batch limits (sequences per step,
+tokens per step: the prefill chunk that decode steps share) x replicas (data parallelism). For each (hardware, split, batch limit) -- a *layout* -- the analytic model
+(the same step predictor as the simulation, no queueing) gives:
+
+* whether one replica can meet the TTFT target at all: the trace's 99th-percentile prompt,
+  prefilled alone in chunks of ``scheduler.max_tokens_per_step``, must fit in ``ttft_p99_s``;
+* whether its TPOT tail can meet the target: a decode step that shares the step with a full
+  prefill chunk (``max_tokens_per_step`` tokens of a long prompt) must fit in ``tpot_p99_s``;
+* its sustainable output throughput under the TPOT target: the largest batch ``B`` (within
+  the batch limit, the KV cache at the mean request length, and the step's token budget:
+  ``B`` decodes plus the ``B x prompt/output`` prompt tokens that keep ``B`` requests in flight
+  must fit in ``max_tokens_per_step``) whose steady step (:func:`sim.analytic.steady_step_s`)
+  is at most ``tpot_p99_s``; throughput ``B / step``;
+* hence a lower bound on the replicas the trace's mean output rate needs, raised by its
+  bursts: 99 % of the prompt tokens arriving within any window of ``W`` seconds must be
+  prefilled within ``W + ttft_p99_s`` at the replica's chunked-prefill rate.
+
+Every (layout, replicas) pair within ``max_gpus`` becomes a candidate, priced per hour by
+the cost model at the analytic utilization. Candidates below their layout's bound are
+*pruned* (predicted to miss the SLOs). The rest are simulated in increasing order of cost
+on the trace itself until one meets both p99 targets: that is the best configuration. The
+candidate one step cheaper in the whole space is then simulated too (if it was not already)
+so the report can show that it misses; should it pass, it becomes the best and the step
+repeats.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from sim.cost.money import CostConfig, FleetUse, fleet_cost
+from sim.errors import ConfigError
+from sim.spec.hardware import HardwareSpec
+
+
+@dataclass(frozen=True)
+class Slo:
+    ttft_p99_s: float
+    tpot_p99_s: float
+
+    def __post_init__(self) -> None:
+        for f in ("ttft_p99_s", "tpot_p99_s"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+                raise ConfigError(f"slo.{f}={v!r} must be a number of seconds > 0")
+
+    def met(self, summary: dict[str, Any]) -> bool:
+        ttft, tpot = summary["ttft_s"]["p99"], summary["tpot_s"]["p99"]
+        done = summary["requests"]["completed"] == summary["requests"]["total"]
+        return bool(done and ttft is not None and tpot is not None
+                    and ttft <= self.ttft_p99_s and tpot <= self.tpot_p99_s)
+
+
+@dataclass(frozen=True)
+class TrafficStats:
+    """What the analytic model needs of the trace."""
+
+    requests: int
+    duration_s: float
+    mean_prompt: float
+    mean_output: float
+    p99_prompt: float
+    # (window_s, most prompt tokens arriving within any window of that length): the bursts
+    window_prompt_tokens: tuple[tuple[float, float], ...] = ()
+
+    @property
+    def output_tokens_per_s(self) -> float:
+        return self.requests * self.mean_output / self.duration_s
+
+
+@dataclass(frozen=True)
+class Layout:
+    hardware: str
+    tp: int
+    pp: int
+    max_batch_size: int
+    max_tokens_per_step: int
+
+    @property
+    def gpus_per_replica(self) -> int:
+        return self.tp * self.pp
+
+
+@dataclass
+class LayoutBound:
+    """Analytic verdict for one layout: feasible or why not, replicas lower bound, throughput."""
+
+    layout: Layout
+    feasible: bool
+    reason: str = ""
+    replica_tok_s: float = 0.0
+    batch: int = 0
+    min_replicas: int = 0
+    prefill_p99_s: float = 0.0
+
+
+@dataclass
+class Candidate:
+    layout: Layout
+    replicas: int
+    usd_per_hour: float
+    pruned: bool
+    analytic_utilization: float
+    summary: dict[str, Any] | None = None
+    meets_slo: bool | None = None
+    error: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def gpus(self) -> int:
+        return self.replicas * self.layout.gpus_per_replica
+
+
+def layout_bound(layout: Layout, model, stats: TrafficStats, slo: Slo,
+                 steady_step_s: Callable[[Any, int, float, float, float], float]) -> LayoutBound:
+    """The analytic verdict for one layout (``model``: a :class:`sim.steptime.StepModel`)."""
+    from sim.spec.batch import BatchShape
+
+    p99 = int(math.ceil(stats.p99_prompt))
+    chunk = layout.max_tokens_per_step
+    prefill = 0.0
+    done = 0
+    while done < p99:
+        n = min(chunk, p99 - done)
+        prefill += model.predictor.step(BatchShape.from_sequences([done], [n], [1 if done + n >= p99 else 0])).total_s
+        done += n
+    if prefill > slo.ttft_p99_s:
+        return LayoutBound(layout, False, f"prefill of the p99 prompt ({p99} tokens) alone takes {prefill:.3f} s "
+                                          f"> ttft_p99_s={slo.ttft_p99_s}", prefill_p99_s=prefill)
+    kv_cap = int(model.capacity.tokens // max(1.0, stats.mean_prompt + stats.mean_output))
+    ratio = stats.mean_prompt / stats.mean_output          # prompt tokens to prefill per output token
+    budget = layout.max_tokens_per_step
+    # a step holds at most ``budget`` tokens: B decodes plus the prompt tokens that keep B
+    # sequences in flight (B * ratio) must fit, so B <= budget / (1 + ratio)
+    most = min(layout.max_batch_size, kv_cap, max(1, int(budget // (1.0 + ratio))))
+    if kv_cap < 1:
+        return LayoutBound(layout, False, "the KV cache holds no request of mean length", prefill_p99_s=prefill)
+    best_b, best_t = 0, 0.0
+    lo, hi = 1, most
+
+    # step time grows with the batch: the largest batch within the TPOT target, by bisection
+    def step(b: int) -> float:
+        return steady_step_s(model, b, stats.mean_prompt, stats.mean_output, min(b * ratio, max(0, budget - b)))
+    # the slowest decode steps share the step with a full prefill chunk; a request whose
+    # decode overlaps a long prompt sees them throughout, which sets the TPOT tail
+    tail = steady_step_s(model, 1, stats.mean_prompt, stats.mean_output,
+                         max(0, min(budget - 1, int(stats.p99_prompt))))
+    if tail > slo.tpot_p99_s:
+        return LayoutBound(layout, False, f"a decode step sharing a {budget}-token prefill chunk "
+                                          f"takes {tail:.4f} s > tpot_p99_s={slo.tpot_p99_s}", prefill_p99_s=prefill)
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        t = step(mid)
+        if t <= slo.tpot_p99_s:
+            best_b, best_t, lo = mid, t, mid + 1
+        else:
+            hi = mid - 1
+    # output tokens per step: B, unless the budget cannot also prefill B requests' prompts
+    best_b_out = min(best_b, max(0, budget - best_b) / ratio) if ratio > 0 else best_b
+    tput = best_b_out / best_t
+    need = max(1, math.ceil(stats.output_tokens_per_s / tput))
+    # bursts: 99 % of the prompts arriving within any window of W seconds must be prefilled
+    # within W + ttft_p99_s, at most ``budget`` tokens per step of a replica
+    chunk_step = steady_step_s(model, 1, stats.mean_prompt, stats.mean_output, max(0, budget - 1))
+    prefill_tok_s = max(0, budget - 1) / chunk_step
+    for window_s, tokens in stats.window_prompt_tokens:
+        need = max(need, math.ceil(0.99 * tokens / (prefill_tok_s * (window_s + slo.ttft_p99_s))))
+    return LayoutBound(layout, True, replica_tok_s=tput, batch=best_b, min_replicas=need, prefill_p99_s=prefill)
+
+
+def candidates(bounds: Iterable[LayoutBound], stats: TrafficStats, cost: CostConfig,
+               hardware: Callable[[str], HardwareSpec], max_gpus: int, max_replicas: int,
+               gpus_per_node: int) -> list[Candidate]:
+    """Every (feasible layout, replicas) pair within the limits, cheapest first."""
+    out = []
+    for b in bounds:
+        if not b.feasible:
+            continue
+        hw = hardware(b.layout.hardware)
+        for r in range(1, max_replicas + 1):
+            gpus = r * b.layout.gpus_per_replica
+            if gpus > max_gpus:
+                break
+            util = min(1.0, stats.output_tokens_per_s / (r * b.replica_tok_s))
+            use = FleetUse(gpus=gpus, nodes=gpus / gpus_per_node, network_ports=gpus if gpus > gpus_per_node else 0,
+                           makespan_s=3600.0, gpu_busy_s=util * gpus * 3600.0, output_tokens=1)
+            price = fleet_cost(cost, hw, use)["usd_per_hour"]
+            out.append(Candidate(b.layout, r, price, pruned=r < b.min_replicas, analytic_utilization=util))
+    out.sort(key=lambda c: (c.usd_per_hour, c.gpus, c.layout.hardware, c.layout.tp, c.layout.pp,
+                            c.layout.max_batch_size, c.layout.max_tokens_per_step, c.replicas))
+    return out
+
+
+def search(cands: list[Candidate], slo: Slo, simulate: Callable[[Candidate], dict[str, Any]],
+           max_runs: int) -> tuple[Candidate | None, Candidate | None]:
+    """Simulate unpruned candidates cheapest first until one meets the SLOs; then make sure
+    the nearest strictly cheaper candidate was simulated and misses (if it meets them, it is
+    the new best and the check repeats). Returns (best, one step cheaper)."""
+    runs = 0
+
+    def confirm(c: Candidate) -> bool:
+        nonlocal runs
+        if c.meets_slo is None:
+            runs += 1
+            try:
+                c.summary = simulate(c)
+                c.meets_slo = slo.met(c.summary)
+            except ConfigError as exc:
+                c.error, c.meets_slo = str(exc).splitlines()[0], False
+        return bool(c.meets_slo)
+
+    best_i = None
+    for i, c in enumerate(cands):
+        if c.pruned:
+            continue
+        if runs >= max_runs:
+            break
+        if confirm(c):
+            best_i = i
+            break
+    if best_i is None:
+        return None, None
+    while True:
+        cheaper_i = max((j for j in range(best_i) if cands[j].usd_per_hour < cands[best_i].usd_per_hour), default=None)
+        if cheaper_i is None:
+            return cands[best_i], None
+        if not confirm(cands[cheaper_i]):
+            return cands[best_i], cands[cheaper_i]
+        best_i = cheaper_i   # the analytic pruning was wrong: the cheaper one is the new best
+

@@ -1,0 +1,1 @@
+"""Predicted against measured: the shared H100 step times and the published numbers."""

@@ -1,0 +1,254 @@
+"""Predicted vs published: the rows of ``published_rows.yaml`` evaluated with the simulator.
+
+Each row names a published measurement (its source, trust tier and value), the simulator
+config that expresses it (hardware, model, engine profile, parallelism, precision as
+overrides of ``conf/config.yaml``) and what to predict. Every prediction goes through the
+simulator's own cost models (the step predictor, the fabric's collective model, the
+speculative decoder) or, for serving under load, a discrete-event run: nothing is fitted
+to these rows here.
+
+Prediction kinds and their modelling assumptions:
+
+* ``decode_ms``: one decode step of ``size`` sequences at ``context_len`` cached tokens.
+* ``ttft_ms``: one prefill step of ``prompt_len`` tokens at batch 1 (no queueing).
+* ``itl_ms``: ``concurrency`` requests of ``isl``/``osl`` tokens served back to back
+  (closed loop). In steady state every step decodes one token of each request at the mean
+  context ``isl + osl/2`` and, on average, runs ``(concurrency - 1) isl / osl`` prompt
+  tokens of the other requests (chunked prefill mixed into decode steps); ITL is that step's
+  time. At concurrency 1 no other prompt interleaves.
+* ``offline_tok_s``: an offline (infinite request rate) run on ``gpus`` GPUs as
+  ``gpus / (tp pp)`` replicas; each replica keeps as many sequences in flight as its KV cache
+  holds at their full length ``isl + osl`` (capped by ``max_batch``), each step mixing their
+  decodes with the prompt tokens that replace finished requests, as for ``itl_ms``.
+  Output tokens per second over all replicas.
+* ``server``: a discrete-event run of Poisson arrivals at ``rate_per_s`` with fixed
+  ``isl``/``osl``, ``requests`` requests; the row's ``metric`` (e.g. ``ttft_s.mean``) of the
+  run's summary.
+* ``allreduce_us``: one all-reduce of ``bytes`` per rank over the first ``ranks`` GPUs of
+  the topology, with the engine profile's collective algorithm and software latency.
+* a row whose ``params.isl`` is ``{fit_to: ROW}`` takes the prompt length (an unpublished
+  workload property) that makes row ``ROW`` (an ``offline_tok_s`` row) match its measurement;
+  ``ROW`` itself is then not a prediction (its error is zero by construction).
+* ``spec_speedup``: time per generated token without over with speculation at batch 1,
+  with the per-token acceptance solved so that the expected tokens per verification pass
+  equal the published mean accepted tokens ``tau`` at ``gamma`` proposed tokens.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import yaml
+
+from sim.build import StepModel, build_graph, build_step_model
+from sim.config.compose import compose_config
+from sim.config.parse import parse_config
+from sim.cost.analytic import steady_step_s
+from sim.cost.fabric import Fabric
+from sim.cost.placement import placement
+from sim.errors import ConfigError
+from sim.policy.speculative import expected_tokens
+from sim.spec.batch import BatchShape
+from sim.tools.steptime import predict as steptime_predict
+
+ROWS_FILE = Path(__file__).with_name("published_rows.yaml")
+COLUMNS = ("id", "group", "kind", "metric", "unit", "engine", "config", "assumption", "source", "tier",
+           "measured", "predicted", "error")
+
+
+def load_rows(path: Path = ROWS_FILE) -> list[dict[str, Any]]:
+    rows = yaml.safe_load(path.read_text())
+    if not isinstance(rows, list):
+        raise ConfigError(f"{path.name}: expected a list of rows")
+    for i, r in enumerate(rows):
+        for key in ("id", "group", "kind", "source", "tier", "measured", "config"):
+            if key not in r:
+                raise ConfigError(f"{path.name} row {i} ({r.get('id', '?')}): missing field {key!r}")
+        if r["kind"] not in PREDICTORS:
+            raise ConfigError(f"{path.name} row {r['id']}: kind={r['kind']!r} is not one of {sorted(PREDICTORS)}")
+    return rows
+
+
+class Evaluator:
+    """Evaluates rows, caching composed configs, built step models and discrete-event runs."""
+
+    def __init__(self) -> None:
+        self._maps: dict[tuple[str, ...], dict[str, Any]] = {}
+        self._models: dict[tuple[str, ...], StepModel] = {}
+        self._runs: dict[tuple, dict[str, Any]] = {}
+        self._isl: dict[str, float] = {}
+
+    def config(self, overrides: list[str]) -> dict[str, Any]:
+        key = tuple(overrides)
+        if key not in self._maps:
+            self._maps[key] = compose_config(list(overrides))
+        return self._maps[key]
+
+    def model(self, overrides: list[str]) -> StepModel:
+        key = tuple(overrides)
+        if key not in self._models:
+            self._models[key] = build_step_model(self.config(overrides))
+        return self._models[key]
+
+    def predict(self, row: dict[str, Any], rows_by_id: dict[str, dict[str, Any]] | None = None) -> float:
+        params = dict(row.get("params", {}))
+        if isinstance(params.get("isl"), dict):
+            ref = (rows_by_id or {}).get(params["isl"].get("fit_to"))
+            if ref is None or ref["kind"] != "offline_tok_s":
+                raise ConfigError(f"row {row['id']}: isl.fit_to must name an offline_tok_s row")
+            params["isl"] = self.fitted_isl(ref)
+        return PREDICTORS[row["kind"]](self, row["config"], params, row)
+
+    def fitted_isl(self, ref: dict[str, Any]) -> float:
+        """Prompt length at which ``ref``'s predicted throughput equals its measurement."""
+        if ref["id"] not in self._isl:
+            def gap(isl: float) -> float:
+                return _offline_tok_s(self, ref["config"], {**ref["params"], "isl": isl}, ref) - float(ref["measured"])
+            lo, hi = 1.0, 32768.0
+            if gap(lo) < 0 or gap(hi) > 0:
+                raise ConfigError(f"row {ref['id']}: no prompt length in [1, 32768] reproduces {ref['measured']}")
+            for _ in range(40):
+                mid = (lo * hi) ** 0.5
+                lo, hi = (mid, hi) if gap(mid) > 0 else (lo, mid)
+            self._isl[ref["id"]] = (lo * hi) ** 0.5
+        return self._isl[ref["id"]]
+
+
+def _decode_ms(ev: Evaluator, cfg: list[str], p: dict, row: dict) -> float:
+    m = ev.model(cfg)
+    return m.predictor.step(BatchShape.decode(int(p.get("size", 1)), int(p["context_len"]))).total_s * 1e3
+
+
+def _ttft_ms(ev: Evaluator, cfg: list[str], p: dict, row: dict) -> float:
+    m = ev.model(cfg)
+    return m.predictor.step(BatchShape.prefill(int(p["prompt_len"]))).total_s * 1e3
+
+
+def _itl_ms(ev: Evaluator, cfg: list[str], p: dict, row: dict) -> float:
+    c, isl, osl = int(p["concurrency"]), float(p["isl"]), float(p["osl"])
+    return steady_step_s(ev.model(cfg), c, isl, osl, (c - 1) * isl / osl) * 1e3
+
+
+def _offline_tok_s(ev: Evaluator, cfg: list[str], p: dict, row: dict) -> float:
+    m = ev.model(cfg)
+    isl, osl = float(p["isl"]), float(p["osl"])
+    replicas = int(p["gpus"]) // (m.cfg.parallel.tp * m.cfg.parallel.pp)
+    if replicas < 1:
+        raise ConfigError(f"row {row['id']}: gpus={p['gpus']} is fewer than tp*pp")
+    most = min(int(m.capacity.tokens // (isl + osl)), int(p.get("max_batch", 4096)))
+    if most < 1:
+        raise ConfigError(f"row {row['id']}: the KV cache holds no sequence of {isl + osl:.0f} tokens")
+    best = 0.0
+    for b in np.unique(np.geomspace(1, most, 40).astype(int)):
+        best = max(best, b / steady_step_s(m, int(b), isl, osl, b * isl / osl))
+    return best * replicas
+
+
+def _server(ev: Evaluator, cfg: list[str], p: dict, row: dict) -> float:
+    from sim.app import run
+
+    key = (tuple(cfg), tuple(sorted(p.items())))
+    if key not in ev._runs:
+        overrides = list(cfg) + [
+            "workload=synthetic", f"workload.rate_per_s={p['rate_per_s']}", "workload.arrival=poisson",
+            f"workload.prompt_tokens={int(p['isl'])}", f"workload.output_tokens={int(p['osl'])}",
+            f"workload.max_requests={int(p['requests'])}", f"workload.seed={int(p.get('seed', 0))}",
+            "output.progress=never", "output.write_parquet=false"]
+        with tempfile.TemporaryDirectory() as tmp:
+            ev._runs[key] = run(ev.config(overrides), tmp)
+    group, stat = row["metric"].split(".")
+    return float(ev._runs[key][group][stat])
+
+
+def _allreduce_us(ev: Evaluator, cfg: list[str], p: dict, row: dict) -> float:
+    rc = parse_config(ev.config(list(cfg)))
+    fabric = Fabric(build_graph(rc), rc.engine, oneshot_capable=rc.hardware.scaleup_link != "pcie")
+    ranks = placement(rc, list(fabric.gpus))[0][0][: int(p["ranks"])]
+    return float(fabric.group(ranks).allreduce_s(float(p["bytes"]))) * 1e6
+
+
+def acceptance_for(tau: float, gamma: int) -> float:
+    """Per-token acceptance ``a`` with ``(1 - a^(gamma+1)) / (1 - a) = tau`` (bisection)."""
+    if not 1.0 <= tau <= gamma + 1:
+        raise ConfigError(f"tau={tau} must be in [1, gamma+1={gamma + 1}]")
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if expected_tokens(mid, gamma) < tau else (lo, mid)
+    return (lo + hi) / 2
+
+
+def _spec_speedup(ev: Evaluator, cfg: list[str], p: dict, row: dict) -> float:
+    gamma = int(p["gamma"])
+    a = acceptance_for(float(p["tau"]), gamma)
+    batch = [{"size": 1, "context_len": int(p.get("context_len", 512))}]
+    base = steptime_predict(ev.config([c for c in cfg if not c.startswith("speculative")]), batch)[0]
+    spec = steptime_predict(ev.config(list(cfg) + [f"speculative.acceptance={a}",
+                                                   f"speculative.num_tokens={gamma}"]), batch)[0]
+    return base["time_per_token_s"] / spec["time_per_token_s"]
+
+
+PREDICTORS: dict[str, Callable[[Evaluator, list[str], dict, dict], float]] = {
+    "decode_ms": _decode_ms, "ttft_ms": _ttft_ms, "itl_ms": _itl_ms, "offline_tok_s": _offline_tok_s,
+    "server": _server, "allreduce_us": _allreduce_us, "spec_speedup": _spec_speedup,
+}
+UNITS = {"decode_ms": "ms", "ttft_ms": "ms", "itl_ms": "ms", "offline_tok_s": "tok/s", "server": "s",
+         "allreduce_us": "us", "spec_speedup": "x"}
+
+
+def engine_of(cfg: list[str]) -> str:
+    return next((c.split("=", 1)[1] for c in cfg if c.startswith("engine=")), "optimized")
+
+
+def published_table(rows: list[dict[str, Any]] | None = None, groups: set[str] | None = None,
+                    evaluator: Evaluator | None = None) -> pa.Table:
+    """One row per published number: config, measured, predicted, relative error."""
+    rows = load_rows() if rows is None else rows
+    ev = evaluator or Evaluator()
+    by_id = {r["id"]: r for r in rows}
+    out: dict[str, list] = {k: [] for k in COLUMNS}
+    for r in rows:
+        if groups and r["group"] not in groups:
+            continue
+        pred = ev.predict(r, by_id)
+        values = {"id": r["id"], "group": r["group"], "kind": r["kind"], "metric": r.get("metric", r["kind"]),
+                  "unit": UNITS[r["kind"]], "engine": engine_of(r["config"]), "config": " ".join(r["config"]),
+                  "assumption": r.get("assumption", ""), "source": r["source"], "tier": r["tier"],
+                  "measured": float(r["measured"]), "predicted": pred, "error": pred / float(r["measured"]) - 1.0}
+        for k in COLUMNS:
+            out[k].append(values[k])
+    return pa.table(out)
+
+
+def group_summary(table: pa.Table) -> dict[str, dict[str, float]]:
+    """Median and worst absolute error per group and over all published rows."""
+    d = table.to_pydict()
+    groups: dict[str, list[float]] = {}
+    for g, e in zip(d["group"], d["error"]):
+        groups.setdefault(g, []).append(abs(e))
+        groups.setdefault("all", []).append(abs(e))
+    return {g: {"rows": len(v), "median_abs_error": float(np.median(v)), "worst_abs_error": float(np.max(v))}
+            for g, v in groups.items()}
+
+
+def markdown(table: pa.Table, summary: dict[str, dict[str, float]]) -> str:
+    d = table.to_pydict()
+    lines = ["# Validation against published numbers", "",
+             "Rows: `sim/published_rows.yaml` (sources in `/work/shared/reference/published_numbers.md`).", "",
+             "| group | rows | median abs error | worst abs error |", "|---|---|---|---|"]
+    for g, s in summary.items():
+        lines.append(f"| {g} | {s['rows']} | {s['median_abs_error']:.1%} | {s['worst_abs_error']:.1%} |")
+    lines += ["", "| row | metric | engine | config | measured | predicted | error | source (tier) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for i in range(table.num_rows):
+        lines.append(f"| {d['id'][i]} | {d['metric'][i]} ({d['unit'][i]}) | {d['engine'][i]} | `{d['config'][i]}` | "
+                     f"{d['measured'][i]:.4g} | {d['predicted'][i]:.4g} | {d['error'][i]:+.1%} | "
+                     f"{d['source'][i]} ({d['tier'][i]}) |")
+    notes = sorted({a for a in d["assumption"] if a})
+    if notes:
+        lines += ["", "Assumptions:", ""] + [f"- {a}" for a in notes]
+    return "\n".join(lines) + "\n"
+
