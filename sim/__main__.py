@@ -12,11 +12,12 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from sim.app import run
-from sim.config.compose import check_overrides
+from sim.config.compose import check_overrides, resolved
 from sim.config.presets import check_group_choices
 from sim.errors import ConfigError
 from sim.tools.cli import guarded
@@ -27,7 +28,7 @@ from workloads import WorkloadError
 
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    hc = hydra.core.hydra_config.HydraConfig.get()
+    hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
     if hc.mode == RunMode.MULTIRUN:
         # In a sweep an impossible point (e.g. a model that does not fit at tp=2) is recorded
@@ -43,10 +44,7 @@ def main(cfg: DictConfig) -> None:
 
 
 def _run(cfg: DictConfig, out: Path) -> None:
-    try:
-        container = OmegaConf.to_container(cfg, resolve=True)
-    except Exception as exc:  # interpolation errors from user overrides
-        raise ConfigError(f"config could not be resolved: {str(exc).splitlines()[0]}") from None
+    container = resolved(cfg)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     summary = run(container, out)
     headline = {k: summary[k] for k in ("requests", "ttft_s", "tpot_s", "throughput")}

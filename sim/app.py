@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from sim.build import build_cluster, load_workload
+from sim.build import build_cluster, build_simulation, load_workload
 from sim.config.parse import parse_config
 from sim.cost.money import mixed_fleet_cost
 from sim.des.simulation import SimResult, simulate
@@ -32,7 +32,7 @@ def evaluate(cfg_mapping: Mapping[str, Any], out_dir: Path | None = None) -> tup
     cfg = parse_config(cfg_mapping)
     table = load_workload(cfg)
     plan = build_cluster(cfg)
-    result = simulate(cfg, plan, table)
+    result = simulate(build_simulation(cfg, plan, table))
     if out_dir is not None and cfg.output.write_parquet:
         write_table(result.requests, out_dir / "requests.parquet")
         write_table(result.steps, out_dir / "steps.parquet")

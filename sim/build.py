@@ -1,92 +1,140 @@
-"""Composition root: turn a validated :class:`~sim.config.RunConfig` into wired objects.
+"""Composition root: the only code that turns a validated :class:`~sim.config.schema.RunConfig`
+into wired objects.
 
-Nothing else reads configuration. Registries are plain dicts. GPUs are placed
-replica-major, then stage, then tensor rank (``gpu = replica*tp*pp + stage*tp + rank``), so a
-tensor-parallel group fills consecutive GPUs of one node when ``tp`` divides the node size.
+desmod's build-wire-run lifecycle: :func:`build_cluster` makes the cost side (the topology
+graph, the one :class:`~sim.cost.fabric.Fabric` over it, each replica's step predictor,
+speculative decoder and KV capacity); :func:`build_simulation` makes the SimPy side on top
+(environment, network of the configured fidelity, request store, router, batchers, replicas,
+recorder) and hands it to :func:`sim.des.simulation.simulate`, which reads no configuration.
+Tools get their cost models from the same functions (:func:`build_step_model`,
+:func:`analytic_model`, :func:`make_fabric`), so a parameter such as ``network.latency_scale``
+reaches every consumer by one path: :func:`make_fabric`. Registries are plain dicts.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import networkx as nx
 import numpy as np
-import simpy
 
 import topologies
 import workloads
 from sim.config.parse import parse_config
 from sim.config.presets import load_model
 from sim.config.schema import RunConfig
+from sim.cost.analytic import AnalyticModel, Split
 from sim.cost.fabric import Fabric
 from sim.cost.memory import KVCapacity, kv_capacity
 from sim.cost.placement import draft_gpus, placement, shardable, tp_groups
 from sim.cost.step_time import StepTimePredictor
+from sim.des.replica import Replica
+from sim.des.simulation import Admission, Cluster, CountingEnvironment
 from sim.errors import ConfigError, require
-from sim.network.fidelity import CollectiveNetwork, MessageNetwork
-from sim.policy.speculative import SpeculativeDecoder
+from sim.network.collective import CollectiveNetwork
+from sim.network.interface import Network
+from sim.network.message import MessageNetwork
+from sim.observe import schemas
+from sim.observe.progress import Progress
+from sim.observe.recorder import ColumnRecorder
+from sim.policy.batching import ContinuousBatcher
+from sim.policy.kv_cache import KVBlockPool
+from sim.policy.requests import RequestStore
+from sim.policy.routing import Router
+from sim.policy.speculative import SpeculativeDecoder, request_acceptance, sample_accepted
+
+if TYPE_CHECKING:
+    import simpy
+
+# ------------------------------------------------------------------------------- topology
+
+
+def _scaleup_link(cfg: RunConfig) -> tuple[float, float]:
+    """(latency_us, bandwidth_GBps) of the GPU's scale-up link: ``topology.link_*`` (fitted
+    topologies) over the hardware preset's."""
+    t, hw = cfg.topology, cfg.hardware
+    return (t.link_latency_us if t.link_latency_us is not None else hw.scaleup_latency_us,
+            t.link_bandwidth_GBps if t.link_bandwidth_GBps is not None else hw.scaleup_bandwidth_GBps)
+
+
+def _nvlink_kind(cfg: RunConfig) -> str:
+    hw = cfg.hardware
+    require(hw.scaleup_link != "pcie", f"hardware {hw.name} has no NVLink/NVSwitch; use topology=pcie_box")
+    return "infinity_fabric" if hw.scaleup_link == "infinity_fabric" else "nvlink"
+
+
+def _hgx(cfg: RunConfig) -> dict[str, Any]:
+    t, need = cfg.topology, cfg.gpus
+    require(need <= t.gpus_per_node, f"parallel needs {need} GPUs (tp*pp*dp) but topology=hgx has {t.gpus_per_node}; "
+                                     f"use topology=multi_node_ib for more than one node")
+    link = _nvlink_kind(cfg)
+    lat, bw = _scaleup_link(cfg)
+    return dict(gpus=t.gpus_per_node, nvlink_bandwidth_GBps=bw, nvlink_latency_us=lat, link=link)
+
+
+def _nvl72(cfg: RunConfig) -> dict[str, Any]:
+    lat, bw = _scaleup_link(cfg)
+    return dict(gpus=72, nvlink_bandwidth_GBps=bw, nvlink_latency_us=lat)
+
+
+def _multi_node_ib(cfg: RunConfig) -> dict[str, Any]:
+    t, hw = cfg.topology, cfg.hardware
+    link = _nvlink_kind(cfg)
+    lat, bw = _scaleup_link(cfg)
+    nodes = -(-cfg.gpus // t.gpus_per_node) if t.nodes == "auto" else int(t.nodes)
+    return dict(nodes=nodes, gpus_per_node=t.gpus_per_node, nvlink_bandwidth_GBps=bw, nvlink_latency_us=lat,
+                ib_bandwidth_GBps=t.ib_bandwidth_GBps, ib_latency_us=t.ib_latency_us,
+                pcie_bandwidth_GBps=hw.pcie_bandwidth_GBps, pcie_latency_us=1.0,
+                rail_optimized=t.rail_optimized, link=link)
+
+
+def _pcie_box(cfg: RunConfig) -> dict[str, Any]:
+    """PCIe cards talk over the scale-up link of their preset; NVLink GPUs put in a PCIe box
+    over their host PCIe link (1 us per switch hop)."""
+    t, hw = cfg.topology, cfg.hardware
+    on_pcie = hw.scaleup_link == "pcie"
+    bw = hw.scaleup_bandwidth_GBps if on_pcie else hw.pcie_bandwidth_GBps
+    lat = hw.scaleup_latency_us if on_pcie else 1.0
+    return dict(gpus=max(cfg.gpus, t.gpus_per_node),
+                pcie_bandwidth_GBps=t.link_bandwidth_GBps if t.link_bandwidth_GBps is not None else bw,
+                pcie_latency_us=t.link_latency_us if t.link_latency_us is not None else lat,
+                gpus_per_switch=t.gpus_per_switch)
+
+
+def _file(cfg: RunConfig) -> dict[str, Any]:
+    return dict(path=cfg.topology.path)
+
+
+#: topology.kind -> the builder parameters it takes from the config (builders:
+#: :data:`topologies.BUILDERS`).
+TOPOLOGY_PARAMS: dict[str, Callable[[RunConfig], dict[str, Any]]] = {
+    "hgx": _hgx, "nvl72": _nvl72, "multi_node_ib": _multi_node_ib, "pcie_box": _pcie_box, "file": _file,
+}
 
 
 def build_graph(cfg: RunConfig) -> nx.DiGraph:
-    """The topology graph with link parameters from the hardware preset, then scaled."""
-    t, hw, need = cfg.topology, cfg.hardware, cfg.gpus
-    # topology.link_* override the hardware preset's scale-up link (fitted topologies).
-    link_lat = t.link_latency_us if t.link_latency_us is not None else hw.scaleup_latency_us
-    link_bw = t.link_bandwidth_GBps if t.link_bandwidth_GBps is not None else hw.scaleup_bandwidth_GBps
+    """The topology graph with link parameters from the hardware preset, at their datasheet
+    values (``network.*_scale`` is applied by :func:`make_fabric`, nowhere else)."""
+    t = cfg.topology
     try:
-        if t.kind == "hgx":
-            gpus = t.gpus_per_node
-            require(need <= gpus, f"parallel needs {need} GPUs (tp*pp*dp) but topology=hgx has {gpus}; "
-                                  f"use topology=multi_node_ib for more than one node")
-            link = "infinity_fabric" if hw.scaleup_link == "infinity_fabric" else "nvlink"
-            require(hw.scaleup_link != "pcie", f"hardware {hw.name} has no NVLink/NVSwitch; use topology=pcie_box")
-            g = topologies.hgx_node(gpus, link_bw, link_lat, link=link)
-        elif t.kind == "nvl72":
-            g = topologies.nvl72_rack(72, link_bw, link_lat)
-        elif t.kind == "multi_node_ib":
-            require(hw.scaleup_link != "pcie", f"hardware {hw.name} has no NVLink/NVSwitch; use topology=pcie_box")
-            nodes = -(-need // t.gpus_per_node) if t.nodes == "auto" else int(t.nodes)
-            g = topologies.multi_node_ib(nodes, t.gpus_per_node, link_bw, link_lat,
-                                         t.ib_bandwidth_GBps, t.ib_latency_us, hw.pcie_bandwidth_GBps,
-                                         1.0, t.rail_optimized,
-                                         link="infinity_fabric" if hw.scaleup_link == "infinity_fabric" else "nvlink")
-        elif t.kind == "pcie_box":
-            gpus = max(need, t.gpus_per_node)
-            pcie_bw = hw.scaleup_bandwidth_GBps if hw.scaleup_link == "pcie" else hw.pcie_bandwidth_GBps
-            pcie_lat = 1.0 if hw.scaleup_link != "pcie" else hw.scaleup_latency_us
-            g = topologies.pcie_box(gpus, t.link_bandwidth_GBps if t.link_bandwidth_GBps is not None else pcie_bw,
-                                    t.link_latency_us if t.link_latency_us is not None else pcie_lat, t.gpus_per_switch)
-        else:
-            g = topologies.load(t.path)
+        g = topologies.build_topology(t.kind, **TOPOLOGY_PARAMS[t.kind](cfg))
     except topologies.TopologyError as exc:
         raise ConfigError(f"topology: {exc}") from None
     have = topologies.gpu_count(g)
-    require(need <= have, f"parallel needs {need} GPUs ((tp={cfg.parallel.tp} x pp={cfg.parallel.pp} + "
-                          f"{cfg.speculative.extra_gpus} draft) x dp={cfg.parallel.dp}) but topology {t.kind} has {have}")
+    require(cfg.gpus <= have, f"parallel needs {cfg.gpus} GPUs ((tp={cfg.parallel.tp} x pp={cfg.parallel.pp} + "
+                              f"{cfg.speculative.extra_gpus} draft) x dp={cfg.parallel.dp}) but topology {t.kind} "
+                              f"has {have}")
     if t.nccl_hops == "links":
         g.graph["nccl_hops"] = "links"  # Fabric gives nccl_model this graph's hop latencies
-    n = cfg.network
-    if n.latency_scale != 1.0 or n.bandwidth_scale != 1.0:
-        g = topologies.scaled(g, latency_scale=n.latency_scale, bandwidth_scale=n.bandwidth_scale)
     return g
 
 
-@dataclass
-class ReplicaPlan:
-    predictor: StepTimePredictor
-    stage_gpus: list[list[str]]
-    capacity: KVCapacity
-    speculative: SpeculativeDecoder
-    group: int = 0
-
-
-@dataclass
-class ClusterPlan:
-    graph: nx.DiGraph
-    fabric: Fabric
-    replicas: list[ReplicaPlan]
-
-    gpus: int = 0
+def make_fabric(cfg: RunConfig, graph: nx.DiGraph | None = None, oneshot_capable: bool | None = None) -> Fabric:
+    """The routes and collective cost models over ``graph`` (default: :func:`build_graph`),
+    with ``network.latency_scale`` and ``network.bandwidth_scale`` applied."""
+    return Fabric(build_graph(cfg) if graph is None else graph, cfg.engine,
+                  oneshot_capable=cfg.hardware.scaleup_link != "pcie" if oneshot_capable is None else oneshot_capable,
+                  latency_scale=cfg.network.latency_scale, bandwidth_scale=cfg.network.bandwidth_scale)
 
 
 def fleet_graph(groups: list[RunConfig]) -> tuple[nx.DiGraph, list[list[str]]]:
@@ -134,20 +182,38 @@ def fleet_graph(groups: list[RunConfig]) -> tuple[nx.DiGraph, list[list[str]]]:
     return union, names
 
 
-def build_cluster(cfg: RunConfig) -> ClusterPlan:
-    groups = cfg.groups()
-    graph, group_gpus = fleet_graph(groups)
-    fabric = Fabric(graph, cfg.engine, oneshot_capable=any(g.hardware.scaleup_link != "pcie" for g in groups),
-                    software_latency_scale=cfg.network.latency_scale)
-    replicas = []
-    for k, (gcfg, gpus) in enumerate(zip(groups, group_gpus)):
-        for i, stage_gpus in enumerate(placement(gcfg, gpus)):
-            predictor = make_predictor(gcfg, fabric, stage_gpus)
-            spec = make_speculative(gcfg, fabric, predictor, stage_gpus, draft_gpus(gcfg, gpus, i))
-            shared = spec.draft if gcfg.speculative.placement == "same" and spec.draft is not None else None
-            cap = kv_capacity(predictor, gcfg.hardware, gcfg.engine, gcfg.model.name, gcfg.scheduler.block_size, shared)
-            replicas.append(ReplicaPlan(predictor, stage_gpus, cap, spec, k))
-    return ClusterPlan(graph, fabric, replicas, cfg.gpus)
+# ------------------------------------------------------------------------------- cost models
+
+
+@dataclass
+class ReplicaPlan:
+    """One replica's cost models: its step predictor, speculative decoder, KV capacity, GPUs."""
+
+    predictor: StepTimePredictor
+    stage_gpus: list[list[str]]
+    capacity: KVCapacity
+    speculative: SpeculativeDecoder
+    group: int = 0
+
+
+@dataclass
+class ClusterPlan:
+    graph: nx.DiGraph
+    fabric: Fabric
+    replicas: list[ReplicaPlan]
+
+    gpus: int = 0
+
+
+def make_predictor(cfg: RunConfig, fabric: Fabric, stage_gpus: list[list[str]]) -> StepTimePredictor:
+    comm = [{tag: fabric.group(gs[0]) for tag, gs in tp_groups(g, cfg.parallel.tp_cols).items()}
+            for g in stage_gpus]
+
+    def pp_send_s(stage: int, nbytes: float) -> float:
+        return fabric.send_s(stage_gpus[stage][0], stage_gpus[stage + 1][0], nbytes)
+
+    return StepTimePredictor(cfg.model, cfg.hardware, cfg.engine, cfg.precision, cfg.parallel.tp,
+                             cfg.parallel.pp, comm, pp_send_s, tp_cols=cfg.parallel.tp_cols)
 
 
 def make_speculative(cfg: RunConfig, fabric: Fabric, target: StepTimePredictor, stage_gpus: list[list[str]],
@@ -178,15 +244,96 @@ def make_speculative(cfg: RunConfig, fabric: Fabric, target: StepTimePredictor, 
     return SpeculativeDecoder(s, target, draft, handoff)
 
 
-def make_predictor(cfg: RunConfig, fabric: Fabric, stage_gpus: list[list[str]]) -> StepTimePredictor:
-    comm = [{tag: fabric.group(gs[0]) for tag, gs in tp_groups(g, cfg.parallel.tp_cols).items()}
-            for g in stage_gpus]
+def replica_plan(cfg: RunConfig, fabric: Fabric, gpus: list[str], index: int, group: int = 0) -> ReplicaPlan:
+    """Replica ``index`` of a homogeneous group on ``gpus``: predictor, speculation, KV capacity
+    (a ConfigError if the weights do not fit)."""
+    stage_gpus = placement(cfg, gpus)[index]
+    predictor = make_predictor(cfg, fabric, stage_gpus)
+    spec = make_speculative(cfg, fabric, predictor, stage_gpus, draft_gpus(cfg, gpus, index))
+    shared = spec.draft if cfg.speculative.placement == "same" else None
+    cap = kv_capacity(predictor, cfg.hardware, cfg.engine, cfg.model.name, cfg.scheduler.block_size, shared)
+    return ReplicaPlan(predictor, stage_gpus, cap, spec, group)
 
-    def pp_send_s(stage: int, nbytes: float) -> float:
-        return fabric.send_s(stage_gpus[stage][0], stage_gpus[stage + 1][0], nbytes)
 
-    return StepTimePredictor(cfg.model, cfg.hardware, cfg.engine, cfg.precision, cfg.parallel.tp,
-                             cfg.parallel.pp, comm, pp_send_s, tp_cols=cfg.parallel.tp_cols)
+def build_cluster(cfg: RunConfig) -> ClusterPlan:
+    """Every replica's cost models over one fabric (a mixed fleet: each group on its topology)."""
+    groups = cfg.groups()
+    graph, group_gpus = fleet_graph(groups)
+    fabric = make_fabric(cfg, graph, oneshot_capable=any(g.hardware.scaleup_link != "pcie" for g in groups))
+    replicas = [replica_plan(gcfg, fabric, gpus, i, k)
+                for k, (gcfg, gpus) in enumerate(zip(groups, group_gpus)) for i in range(gcfg.parallel.dp)]
+    return ClusterPlan(graph, fabric, replicas, cfg.gpus)
+
+
+@dataclass(frozen=True)
+class StepModel:
+    """One replica's cost models built from a composed config (no SimPy)."""
+
+    cfg: RunConfig
+    fabric: Fabric
+    stage_gpus: list[list[str]]
+    predictor: StepTimePredictor
+    spec: SpeculativeDecoder
+    capacity: KVCapacity
+
+
+def build_step_model(cfg_map: dict[str, Any]) -> StepModel:
+    """Replica 0's step predictor, speculative decoder and KV capacity (error if it does not fit)."""
+    cfg = parse_config(cfg_map)
+    fabric = make_fabric(cfg)
+    rp = replica_plan(cfg, fabric, list(fabric.gpus), 0)
+    return StepModel(cfg, fabric, rp.stage_gpus, rp.predictor, rp.speculative, rp.capacity)
+
+
+class SplitModels:
+    """Cost models of one replica of ``cfg`` under any parallel split (for the analytic model).
+
+    Multi-node splits share one fabric of ``max_gpus`` GPUs (a deployment uses its first GPUs,
+    and routes between them do not depend on how many more nodes hang off the same rails)."""
+
+    def __init__(self, cfg: RunConfig, max_gpus: int | None = None) -> None:
+        self.cfg, self.max_gpus = cfg, max_gpus
+        self._fabrics: dict[tuple, Fabric] = {}
+
+    def deployment(self, split: Split) -> RunConfig:
+        cfg = self.cfg
+        topo = cfg.topology
+        if topo.kind == "hgx" and split.gpus + cfg.speculative.extra_gpus > topo.gpus_per_node:
+            topo = replace(topo, kind="multi_node_ib", nodes="auto")
+        return replace(cfg, parallel=replace(cfg.parallel, tp=split.tp, pp=split.pp, dp=1, tp_cols=split.tp_cols),
+                       topology=topo)
+
+    def fabric(self, split: Split) -> tuple[RunConfig, Fabric]:
+        cfg = self.deployment(split)
+        need = split.gpus + cfg.speculative.extra_gpus
+        gpus = max(need, self.max_gpus or 0) if cfg.topology.kind == "multi_node_ib" else need
+        key = (cfg.topology.kind, -(-gpus // cfg.topology.gpus_per_node))
+        fabric = self._fabrics.get(key)
+        if fabric is None:
+            graph_cfg = replace(cfg, parallel=replace(cfg.parallel, tp=gpus, pp=1, tp_cols=1),
+                                speculative=replace(cfg.speculative, method="none"))
+            fabric = make_fabric(cfg, build_graph(graph_cfg))
+            self._fabrics[key] = fabric
+        return cfg, fabric
+
+    def predictor(self, split: Split) -> StepTimePredictor:
+        cfg, fabric = self.fabric(split)
+        return make_predictor(cfg, fabric, placement(cfg, list(fabric.gpus))[0])
+
+    def speculative(self, split: Split) -> SpeculativeDecoder:
+        cfg, fabric = self.fabric(split)
+        gpus = list(fabric.gpus)
+        stages = placement(cfg, gpus)[0]
+        return make_speculative(cfg, fabric, make_predictor(cfg, fabric, stages), stages, draft_gpus(cfg, gpus, 0))
+
+
+def analytic_model(cfg: RunConfig, max_gpus: int | None = None) -> AnalyticModel:
+    """The closed-form model of ``cfg`` over parallel splits, on this builder's cost models."""
+    models = SplitModels(cfg, max_gpus)
+    return AnalyticModel(cfg, models.speculative, models.predictor)
+
+
+# ------------------------------------------------------------------------------- workload
 
 
 def load_workload(cfg: RunConfig) -> workloads.RequestTable:
@@ -216,33 +363,42 @@ def load_workload(cfg: RunConfig) -> workloads.RequestTable:
     return table
 
 
-def make_network(fidelity: str, env: simpy.Environment, fabric: Fabric):
+# ------------------------------------------------------------------------------- simulation
+
+#: network.fidelity -> implementation of :class:`sim.network.interface.Network`.
+NETWORKS: dict[str, Callable[[simpy.Environment, Fabric], Network]] = {
+    "collective": CollectiveNetwork, "message": MessageNetwork,
+}
+
+
+def make_network(fidelity: str, env: simpy.Environment, fabric: Fabric) -> Network:
     """The network implementation for ``network.fidelity``."""
-    impls = {"collective": CollectiveNetwork, "message": MessageNetwork}
-    return impls[fidelity](env, fabric)
+    return NETWORKS[fidelity](env, fabric)
 
 
-@dataclass(frozen=True)
-class StepModel:
-    """One replica's cost models built from a composed config (no SimPy)."""
+def build_simulation(cfg: RunConfig, plan: ClusterPlan, table: workloads.RequestTable) -> Cluster:
+    """The SimPy side of a run, wired: environment, network, request store, router, batchers,
+    replicas and the recorder of ``steps.parquet``."""
+    env = CountingEnvironment()
+    network = make_network(cfg.network.fidelity, env, plan.fabric)
+    requests = RequestStore.of(table.arrival_s, table.prompt_tokens, table.output_tokens)
+    n = len(requests)
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0x5bec]))  # "spec" stream
+    acceptance = request_acceptance(rng, cfg.speculative, n)
 
-    cfg: RunConfig
-    fabric: Fabric
-    stage_gpus: list[list[str]]
-    predictor: StepTimePredictor
-    spec: SpeculativeDecoder
-    capacity: KVCapacity
+    def accept(request: int, proposed: int) -> int:
+        return sample_accepted(rng, float(acceptance[request]), proposed)
 
-
-def build_step_model(cfg_map: dict[str, Any]) -> StepModel:
-    """Replica 0's step predictor, speculative decoder and KV capacity (error if it does not fit)."""
-    cfg = parse_config(cfg_map)
-    fabric = Fabric(build_graph(cfg), cfg.engine, oneshot_capable=cfg.hardware.scaleup_link != "pcie",
-                    software_latency_scale=cfg.network.latency_scale)
-    gpus = list(fabric.gpus)
-    stage_gpus = placement(cfg, gpus)[0]
-    predictor = make_predictor(cfg, fabric, stage_gpus)
-    spec = make_speculative(cfg, fabric, predictor, stage_gpus, draft_gpus(cfg, gpus, 0))
-    shared = spec.draft if cfg.speculative.placement == "same" else None
-    capacity = kv_capacity(predictor, cfg.hardware, cfg.engine, cfg.model.name, cfg.scheduler.block_size, shared)
-    return StepModel(cfg, fabric, stage_gpus, predictor, spec, capacity)
+    admission = Admission(min(rp.capacity.tokens for rp in plan.replicas),
+                          cfg.scheduler.context_limit(cfg.model.max_position_embeddings),
+                          cfg.scheduler.max_tokens_per_step)
+    progress = Progress(env, float(requests.arrival_s[-1]) if n else 0.0, cfg.output.progress, n)
+    cluster = Cluster(env, requests, Router(cfg.parallel.router, len(plan.replicas)), ColumnRecorder(schemas.STEPS),
+                      progress, admission, plan.gpus)
+    for i, rp in enumerate(plan.replicas):
+        pool = KVBlockPool(rp.capacity.tokens // cfg.scheduler.block_size, cfg.scheduler.block_size)
+        batcher = ContinuousBatcher(cfg.scheduler, pool, requests)
+        cluster.replicas.append(Replica(env, i, rp.predictor, batcher, network, rp.stage_gpus, cluster,
+                                        cfg.parallel.tp_cols, rp.speculative if cfg.speculative.enabled else None,
+                                        accept))
+    return cluster

@@ -7,9 +7,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from sim.app import run
+from sim.build import analytic_model
 from sim.config.compose import compose_config
 from sim.config.parse import parse_config
-from sim.cost.analytic import AnalyticModel, Split, pareto_mask, valid_splits
+from sim.cost.analytic import Split, pareto_mask, valid_splits
 
 
 def _steady(tmp_path, overrides, batch=16, prompt=1024, output=64):
@@ -32,7 +33,7 @@ def test_des_steady_batch_matches_analytic(tmp_path, overrides, split):
     cfg, req = _steady(tmp_path, overrides, batch, prompt, output)
     tpot = np.array(req["tpot_s"])
     assert np.allclose(tpot, tpot[0])  # one batch from first token to finish
-    model = AnalyticModel(parse_config(cfg))
+    model = analytic_model(parse_config(cfg))
     # acceptance: within 2% of the analytic per-token latency at the mean context
     mid = model.decode(split, [batch], context_len=prompt + (output - 2) / 2)["latency_s"][0]
     assert tpot[0] == pytest.approx(mid, rel=0.02)
@@ -43,7 +44,7 @@ def test_des_steady_batch_matches_analytic(tmp_path, overrides, split):
 
 def test_vectorised_equals_scalar_prediction():
     cfg = parse_config(compose_config([]))
-    model = AnalyticModel(cfg)
+    model = analytic_model(cfg)
     batches = np.array([1, 3, 17, 64, 255])
     vec = model.decode(Split(8), batches, context_len=2048)
     pred = model.predictor(Split(8))
@@ -54,7 +55,7 @@ def test_vectorised_equals_scalar_prediction():
 
 def test_memory_fit_and_cost():
     cfg = parse_config(compose_config([]))
-    model = AnalyticModel(cfg)
+    model = analytic_model(cfg)
     r = model.decode(Split(2), np.array([1.0]), context_len=0)
     assert not r["fits"][0]  # 70B bf16 does not fit on two H100s
     r = model.decode(Split(8), np.array([1.0, 4096.0]), context_len=8192)
@@ -66,7 +67,7 @@ def test_memory_fit_and_cost():
 
 def test_pipeline_throughput_counts_micro_batches_in_flight():
     cfg = parse_config(compose_config(["parallel.tp=4", "parallel.pp=2"]))
-    r = AnalyticModel(cfg).decode(Split(4, 2), np.array([8.0]), context_len=512)
+    r = analytic_model(cfg).decode(Split(4, 2), np.array([8.0]), context_len=512)
     assert r["throughput_tok_s"][0] == pytest.approx(2 * 8 / r["latency_s"][0])
 
 
@@ -83,3 +84,13 @@ def test_pareto_mask():
     speed = np.array([10.0, 20.0, 15.0, 20.0])
     cost = np.array([1.0, 5.0, 6.0, 4.0])
     assert pareto_mask(speed, cost).tolist() == [True, False, False, True]
+
+
+def test_parts_of_each_batch_size_belong_to_its_own_gamma():
+    """With ``num_tokens=auto`` the best gamma changes with the batch size; every point's four
+    parts sum to its own pass time (latency x tokens per pass), not another gamma's."""
+    cfg = parse_config(compose_config(["speculative=draft", "speculative.num_tokens=auto"]))
+    r = analytic_model(cfg).decode(Split(8), np.geomspace(1, 2048, 24))
+    assert len(set(r["gamma"].tolist())) > 1
+    parts = r["compute_s"] + r["memory_s"] + r["network_s"] + r["fixed_s"]
+    assert np.allclose(parts, r["latency_s"] * r["tokens_per_pass"], rtol=1e-12)

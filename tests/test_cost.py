@@ -1,4 +1,4 @@
-"""Cost of renting or owning a fleet, and its energy, from simulated utilization (sim/cost.py)."""
+"""Cost of renting or owning a fleet, and its energy, from simulated utilization (sim/cost/money.py)."""
 from __future__ import annotations
 
 import subprocess

@@ -16,7 +16,8 @@ from sim.cost.collectives import (
     ring_schedule_s,
 )
 from sim.cost.fabric import Fabric
-from sim.network.fidelity import CollectiveNetwork, MessageNetwork
+from sim.network.collective import CollectiveNetwork
+from sim.network.message import MessageNetwork
 from sim.spec.engine import EngineProfile
 
 ALPHA = 0.6e-6      # hgx_node default: GPU -> NVSwitch -> GPU
@@ -246,7 +247,7 @@ def test_concurrent_collectives_contend_in_message_fidelity():
 def test_latency_scale_halves_small_allreduce(engine):
     g = topologies.hgx_node(8)
     base = Fabric(g, engine).group(gpus(8))
-    half = Fabric(topologies.scaled(g, latency_scale=0.5), engine, software_latency_scale=0.5).group(gpus(8))
+    half = Fabric(g, engine, latency_scale=0.5).group(gpus(8))
     assert half.allreduce_s(0) == pytest.approx(0.5 * base.allreduce_s(0), rel=1e-12)
     assert half.allreduce_s(64) == pytest.approx(0.5 * base.allreduce_s(64), rel=1e-3)  # 64 B: bandwidth ~1e-4
     # bandwidth term unchanged: base - 2 half = -(bandwidth time)
@@ -254,25 +255,24 @@ def test_latency_scale_halves_small_allreduce(engine):
     bw_time = 2 * 7 * S / 8 / BETA if engine is RING else 7 * S / BETA
     assert 2 * half.allreduce_s(S) - base.allreduce_s(S) == pytest.approx(bw_time, rel=1e-9)
     # software latency is scaled too
-    assert Fabric(g, engine, software_latency_scale=0.5).software_s == pytest.approx(0.5 * SW)
+    assert Fabric(g, engine, latency_scale=0.5).software_s == pytest.approx(0.5 * SW)
 
 
 def test_bandwidth_scale_barely_changes_small_allreduce():
     g = topologies.hgx_node(8)
     engine = EngineProfile()
     base = Fabric(g, engine).group(gpus(8)).allreduce_s(1024)
-    fast = Fabric(topologies.scaled(g, bandwidth_scale=10.0), engine).group(gpus(8)).allreduce_s(1024)
+    fast = Fabric(g, engine, bandwidth_scale=10.0).group(gpus(8)).allreduce_s(1024)
     assert fast < base
     assert fast > 0.99 * base
     # while a large all-reduce speeds up almost 10x... except its latency part
     big = Fabric(g, RING).group(gpus(8)).allreduce_s(1 << 30)
-    big_fast = Fabric(topologies.scaled(g, bandwidth_scale=10.0), RING).group(gpus(8)).allreduce_s(1 << 30)
+    big_fast = Fabric(g, RING, bandwidth_scale=10.0).group(gpus(8)).allreduce_s(1 << 30)
     assert big / big_fast > 9.0
 
 
 def test_message_fidelity_respects_latency_scale():
-    g = topologies.scaled(topologies.hgx_node(8), latency_scale=0.5)
     env = simpy.Environment()
-    net = MessageNetwork(env, Fabric(g, ONESHOT, software_latency_scale=0.5))
+    net = MessageNetwork(env, Fabric(topologies.hgx_node(8), ONESHOT, latency_scale=0.5))
     env.run(net.collective("allreduce", gpus(8), 0))
     assert env.now == pytest.approx(0.5 * (SW + ALPHA), rel=1e-12)

@@ -118,8 +118,8 @@ def test_fit_separates_launch_overhead_and_is_physical(fit, systems):
 
 def test_fitted_topologies_reproduce_small_messages_through_fabric(fit, systems):
     for s in systems:
-        graph = build_graph(_run_config(topology_mapping(fit, s), s.hardware.name, s.log.ranks))
-        e = errors(s, fabric_times_us(s.log, graph, fit.collective_software_us(s)))
+        rc = _run_config(topology_mapping(fit, s), s.hardware.name, s.log.ranks)
+        e = errors(s, fabric_times_us(s.log, rc, fit.collective_software_us(s)))
         assert e["median_abs_error"] <= 0.15, (s.log.name, e["median_abs_error"])
 
 
@@ -132,8 +132,8 @@ def test_shipped_topology_reproduces_its_log(path):
     fitted = mapping["fitted"]
     assert log.name in fitted["logs"] and fitted["hardware"] == hardware
     software = fitted["engine"]["collective_software_us"] + fitted["launch_us_per_extra_gpu"] * (log.gpus_per_process - 1)
-    graph = build_graph(_run_config(mapping, hardware, log.ranks))
-    pred = fabric_times_us(log, graph, software)
+    rc = _run_config(mapping, hardware, log.ranks)
+    pred = fabric_times_us(log, rc, software)
     small = log.bytes <= MiB
     median = float(np.median(np.abs(pred[small] / log.time_us[small] - 1)))
     assert median <= 0.15, median
@@ -150,12 +150,12 @@ def test_nccl_model_keeps_ncc_constants_unless_topology_asks():
     assert nccl_model_s("allreduce", 16, 8, 2, 8.0, 400e9, hop_us=(0.6, 5.0)) * 1e6 == pytest.approx(25.2, abs=0.01)
     log = parse_nccl_log(FIXTURES / "h100_sxm_2node_ib_ndr_allreduce_issue309.txt")
     for hops in ("constants", "links"):
-        graph = build_graph(_run_config({"kind": "multi_node_ib", "nccl_hops": hops, "link_latency_us": 0.6}, "h100", 16))
-        assert fabric_times_us(log, graph, 0.0)[0] == pytest.approx(25.2, abs=0.01)
-    graph = build_graph(_run_config({"kind": "multi_node_ib", "ib_latency_us": 10.0}, "h100", 16))
-    assert fabric_times_us(log, graph, 0.0)[0] == pytest.approx(25.2, abs=0.01)  # constants ignore links
-    graph = build_graph(_run_config({"kind": "multi_node_ib", "ib_latency_us": 10.0, "nccl_hops": "links"}, "h100", 16))
-    assert fabric_times_us(log, graph, 0.0)[0] == pytest.approx(35.2, abs=0.01)
+        rc = _run_config({"kind": "multi_node_ib", "nccl_hops": hops, "link_latency_us": 0.6}, "h100", 16)
+        assert fabric_times_us(log, rc, 0.0)[0] == pytest.approx(25.2, abs=0.01)
+    rc = _run_config({"kind": "multi_node_ib", "ib_latency_us": 10.0}, "h100", 16)
+    assert fabric_times_us(log, rc, 0.0)[0] == pytest.approx(25.2, abs=0.01)  # constants ignore links
+    rc = _run_config({"kind": "multi_node_ib", "ib_latency_us": 10.0, "nccl_hops": "links"}, "h100", 16)
+    assert fabric_times_us(log, rc, 0.0)[0] == pytest.approx(35.2, abs=0.01)
 
 
 def test_link_overrides_reach_the_graph():

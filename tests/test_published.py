@@ -1,4 +1,4 @@
-"""Predicted vs published (sim/published.py, sim/published_rows.yaml).
+"""Predicted vs published (sim/tools/validation/published.py, sim/tools/validation/published_rows.yaml).
 
 The published part of the validation report must evaluate every row through the simulator,
 state the engine profile and config of each, and keep the directions the measurements show.
@@ -8,6 +8,8 @@ regression that breaks a group's order of magnitude fails here.
 from __future__ import annotations
 
 import math
+
+from pathlib import Path
 
 import pytest
 import yaml
@@ -118,4 +120,9 @@ def test_bad_rows_are_one_line_errors(tmp_path):
 
 
 def test_rows_file_is_the_shipped_one():
-    assert ROWS_FILE.is_file() and ROWS_FILE.parent.name == "sim"
+    """The rows live beside the module that reads them and are package data (pyproject.toml)."""
+    import tomllib
+
+    assert ROWS_FILE.is_file() and ROWS_FILE.parent.name == "validation"
+    meta = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    assert ROWS_FILE.name in meta["tool"]["setuptools"]["package-data"]["sim.tools.validation"]

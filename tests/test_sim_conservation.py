@@ -35,13 +35,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import sim.des.simulation
+import sim.build
 from sim.app import run
 from sim.build import load_workload
 from sim.config.compose import compose_config
 from sim.config.parse import parse_config
 from sim.policy.batching import ContinuousBatcher, SchedulerConfig
 from sim.policy.kv_cache import KVBlockPool
+from sim.policy.requests import RequestStore
 
 PARTS = ("compute_s", "memory_s", "network_s", "fixed_s")
 
@@ -104,7 +105,7 @@ def recording_batcher():
 def run_recorded(cfg: dict, out: Path):
     """Run ``cfg`` with a recording batcher; returns (summary, requests, steps, batchers)."""
     Recording, instances = recording_batcher()
-    with mock.patch.object(sim.simulation, "ContinuousBatcher", Recording):
+    with mock.patch.object(sim.build, "ContinuousBatcher", Recording):
         summary = run(cfg, out)
     req = {k: np.asarray(v) for k, v in pq.read_table(out / "requests.parquet").to_pydict().items()}
     steps = {k: np.asarray(v) for k, v in pq.read_table(out / "steps.parquet").to_pydict().items()}
@@ -381,7 +382,7 @@ def drive_batcher(cfg: SchedulerConfig, blocks: int, prompt, output, in_flight: 
     """
     prompt, output = np.asarray(prompt, dtype=np.int64), np.asarray(output, dtype=np.int64)
     pool = KVBlockPool(blocks, cfg.block_size)
-    b = ContinuousBatcher(cfg, pool, prompt, output)
+    b = ContinuousBatcher(cfg, pool, RequestStore.of(np.zeros(len(prompt)), prompt, output))
     for r in range(len(prompt)):
         b.add(r)
     samples, finishes, firsts = Counter(), Counter(), Counter()
@@ -466,7 +467,7 @@ def test_pipeline_run_under_kv_pressure_finishes(tmp_path):
                 raise _PlanLimit(f"{Bounded.plans} steps planned for 2 requests (livelock)")
             return super().plan(gamma)
 
-    with mock.patch.object(sim.simulation, "ContinuousBatcher", Bounded):
+    with mock.patch.object(sim.build, "ContinuousBatcher", Bounded):
         try:
             summary = run(cfg, tmp_path / "out")
         except _PlanLimit as exc:

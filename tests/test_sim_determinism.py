@@ -82,7 +82,7 @@ def test_seed_is_what_matters_not_the_run_dir(tmp_path):
 def test_identical_across_processes_and_hash_seeds(tmp_path):
     """Two interpreter processes with different PYTHONHASHSEED write equal tables."""
     code = (
-        "import sys; from sim.steptime import compose_config; from sim.app import run; "
+        "import sys; from sim.config.compose import compose_config; from sim.app import run; "
         "run(compose_config(['workload=synthetic','workload.max_requests=50','model=llama3_8b',"
         "'parallel.tp=2','parallel.dp=2','output.progress=never','engine.gpu_memory_utilization=0.3',"
         "'workload.rate_per_s=30']), sys.argv[1])"

@@ -11,9 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sim.app import run
+from sim.build import analytic_model
 from sim.config.compose import compose_config
 from sim.config.parse import parse_config
-from sim.cost.analytic import AnalyticModel, Split
+from sim.cost.analytic import Split
 from sim.policy.speculative import SpeculativeConfig, best_gamma, expected_tokens, sample_accepted
 from sim.tools.frontier import search
 from sim.tools.steptime import predict
@@ -35,9 +36,19 @@ def test_sampler_mean_matches_formula(a, gamma):
 
 
 def test_best_gamma_backs_off_when_passes_get_expensive():
-    cheap = best_gamma(lambda g: 10.0 + 0.1 * g, 0.8, 8)   # verification ~free: draft long
-    dear = best_gamma(lambda g: 10.0 + 8.0 * g, 0.8, 8)    # every draft token costs most of a step
+    cheap = best_gamma({g: 10.0 + 0.1 * g for g in range(9)}, 0.8)[0]   # verification ~free: draft long
+    dear = best_gamma({g: 10.0 + 8.0 * g for g in range(9)}, 0.8)[0]    # every draft token costs most of a step
     assert cheap > dear >= 0
+
+
+def test_best_gamma_is_elementwise_and_ties_go_to_the_shorter_draft():
+    """Per batch size the best gamma; an equal rate never buys a longer draft."""
+    a = 0.5
+    t = {0: np.array([1.0, 1.0]), 1: np.array([0.5, expected_tokens(a, 1)]), 2: np.array([9.0, 9.0])}
+    gam, tok, rate = best_gamma(t, a)
+    assert gam.tolist() == [1, 0]      # second element: gamma=1 only ties gamma=0
+    assert tok.tolist() == [expected_tokens(a, 1), 1.0]
+    assert rate.tolist() == [expected_tokens(a, 1) / 0.5, 1.0]
 
 
 def test_auto_gamma_shrinks_with_batch():
@@ -111,7 +122,7 @@ def test_des_matches_analytic_expected_tokens(tmp_path):
     pass time / expected tokens per pass (random acceptance: within 3%)."""
     extra = ["speculative=self", "speculative.num_tokens=4", "model=llama3_8b", "parallel.tp=1"]
     speed, req = _decode_speed(tmp_path, "steady", extra, batch=8, output=401)
-    model = AnalyticModel(parse_config(compose_config(extra)))
+    model = analytic_model(parse_config(compose_config(extra)))
     r = model.decode(Split(1), [8], context_len=512 + 200)
     assert speed == pytest.approx(r["speed_tok_s"][0], rel=0.03)
     assert float(np.mean(req["tokens_per_pass"])) == pytest.approx(r["tokens_per_pass"][0], rel=0.03)

@@ -167,7 +167,7 @@ def test_check_launcher():
 def test_missing_plugin_is_one_line(monkeypatch):
     import sim.tools.sweep
 
-    monkeypatch.setattr(sim.sweep, "find_spec", lambda name: None)
+    monkeypatch.setattr(sim.tools.sweep, "find_spec", lambda name: None)
     with pytest.raises(ConfigError, match=r"hydra-ray-launcher plugin: pip install -e '\.\[sweeps\]'"):
         check_launcher(["hydra/launcher=ray"], {})
 

@@ -244,10 +244,10 @@ def read_mooncake_jsonl(path: str | Path) -> RequestTable:
             blocks.append(ids_arr.astype(np.int64))
     if all(isinstance(t, int) for t in times_ms):
         # Integer milliseconds: exact differences, one correctly rounded division.
-        key = np.asarray(times_ms, dtype=np.int64)
+        keys = np.asarray(times_ms, dtype=np.int64)
     else:
-        key = np.asarray(times_ms, dtype=np.float64)
-    return _build(p.name, key, lambda rel: rel / 1000.0, prompt, output, blocks)
+        keys = np.asarray(times_ms, dtype=np.float64)
+    return _build(p.name, keys, lambda rel: rel / 1000.0, prompt, output, blocks)
 
 
 # --------------------------------------------------------------------------- plain

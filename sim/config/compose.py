@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from sim.config.presets import CONF_DIR
 from sim.errors import ConfigError
@@ -29,3 +29,13 @@ def check_overrides(argv: list[str], config_name: str = "config") -> None:
     overrides = [a for a in argv if "=" in a and not a.lstrip("+~").startswith(("hydra.", "hydra/"))
                  and not a.startswith("-")]
     compose_config(overrides, config_name)
+
+
+def resolved(cfg: DictConfig) -> dict[str, Any]:
+    """Hydra's composed config as a plain mapping (one-line error for a bad interpolation)."""
+    try:
+        container = OmegaConf.to_container(cfg, resolve=True)
+    except Exception as exc:  # interpolation errors from user overrides
+        raise ConfigError(f"config could not be resolved: {str(exc).splitlines()[0]}") from None
+    assert isinstance(container, dict)
+    return {str(k): v for k, v in container.items()}

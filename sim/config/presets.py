@@ -29,7 +29,7 @@ def load_preset(group: str, name: str, conf_dir: Path = CONF_DIR) -> dict[str, A
         raise ConfigError(f"{group}={name!r} is not a known preset; allowed: {preset_names(group, conf_dir)}")
     data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     assert isinstance(data, dict)
-    return data
+    return {str(k): v for k, v in data.items()}
 
 
 def load_hardware(name: str) -> HardwareSpec:

@@ -2,7 +2,7 @@
 
 For a parallel split (``tp`` tensor ranks, optionally a 2-D ``tp_cols`` grid, ``pp`` pipeline
 stages) and arrays of batch sizes, the per-token latency is the step time of one
-micro-batch through every stage — computed by the same :class:`~sim.step_time.StepTimePredictor`
+micro-batch through every stage — computed by the same :class:`~sim.cost.step_time.StepTimePredictor`
 and collective schedules the discrete-event simulator uses, evaluated on numpy arrays — so
 the analytic model and the simulator cannot drift apart. Steady decode is assumed: every
 sequence has ``context_len`` cached tokens and adds one token per step; with ``pp`` stages,
@@ -11,17 +11,16 @@ sequence has ``context_len`` cached tokens and adds one token per step; with ``p
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Iterable
+from dataclasses import dataclass
+from typing import Callable, Iterable
 
 import numpy as np
 
-from sim.build import build_graph, make_predictor, make_speculative
 from sim.config.schema import RunConfig
-from sim.cost.fabric import Fabric
-from sim.cost.placement import draft_gpus, placement, shardable
+from sim.cost.memory import stage_bytes, usable_bytes
+from sim.cost.placement import shardable
 from sim.cost.step_time import StepTimePredictor
-from sim.policy.speculative import SpeculativeDecoder, expected_tokens
+from sim.policy.speculative import SpeculativeDecoder, best_gamma
 from sim.spec.batch import BatchShape
 
 
@@ -61,48 +60,17 @@ def valid_splits(cfg: RunConfig, gpus: int) -> list[Split]:
 
 
 class AnalyticModel:
-    """Vectorised decode latency, throughput, memory fit and cost for splits of one config."""
+    """Vectorised decode latency, throughput, memory fit and cost for splits of one config.
 
-    def __init__(self, cfg: RunConfig, max_gpus: int | None = None) -> None:
-        """``max_gpus``: the largest deployment to be asked for; multi-node splits then share
-        one fabric of that size (a deployment uses its first GPUs, and routes between them do
-        not depend on how many more nodes hang off the same rails)."""
+    ``speculative_for(split)`` and ``predictor_for(split)`` give one replica's cost models
+    under a split; :func:`sim.build.analytic_model` wires them from the same builder the
+    simulator uses, so both price a step identically.
+    """
+
+    def __init__(self, cfg: RunConfig, speculative_for: Callable[[Split], SpeculativeDecoder],
+                 predictor_for: Callable[[Split], StepTimePredictor]) -> None:
         self.cfg = cfg
-        self.max_gpus = max_gpus
-        self._fabrics: dict[tuple, Fabric] = {}
-
-    def _deployment_cfg(self, split: Split) -> RunConfig:
-        cfg = self.cfg
-        topo = cfg.topology
-        if topo.kind == "hgx" and split.gpus + cfg.speculative.extra_gpus > topo.gpus_per_node:
-            topo = replace(topo, kind="multi_node_ib", nodes="auto")
-        return replace(cfg, parallel=replace(cfg.parallel, tp=split.tp, pp=split.pp, dp=1, tp_cols=split.tp_cols),
-                       topology=topo)
-
-    def _fabric(self, split: Split) -> tuple[RunConfig, Fabric]:
-        cfg = self._deployment_cfg(split)
-        need = split.gpus + cfg.speculative.extra_gpus
-        gpus = max(need, self.max_gpus or 0) if cfg.topology.kind == "multi_node_ib" else need
-        key = (cfg.topology.kind, -(-gpus // cfg.topology.gpus_per_node))
-        fabric = self._fabrics.get(key)
-        if fabric is None:
-            graph_cfg = replace(cfg, parallel=replace(cfg.parallel, tp=gpus, pp=1, tp_cols=1),
-                                speculative=replace(cfg.speculative, method="none"))
-            fabric = Fabric(build_graph(graph_cfg), cfg.engine,
-                            oneshot_capable=cfg.hardware.scaleup_link != "pcie",
-                            software_latency_scale=cfg.network.latency_scale)
-            self._fabrics[key] = fabric
-        return cfg, fabric
-
-    def predictor(self, split: Split) -> StepTimePredictor:
-        cfg, fabric = self._fabric(split)
-        return make_predictor(cfg, fabric, placement(cfg, list(fabric.gpus))[0])
-
-    def speculative(self, split: Split) -> SpeculativeDecoder:
-        cfg, fabric = self._fabric(split)
-        gpus = list(fabric.gpus)
-        stages = placement(cfg, gpus)[0]
-        return make_speculative(cfg, fabric, make_predictor(cfg, fabric, stages), stages, draft_gpus(cfg, gpus, 0))
+        self.speculative, self.predictor = speculative_for, predictor_for
 
     def decode(self, split: Split, batch: Iterable[float], context_len: float = 0.0,
                gamma: int | str | None = None) -> dict[str, np.ndarray]:
@@ -121,42 +89,32 @@ class AnalyticModel:
         if gamma is None:
             gamma = sc.num_tokens if sc.enabled else 0
         candidates = range(0, sc.max_num_tokens + 1) if gamma == "auto" else [int(gamma)]
-        best_rate = None
-        for g in candidates:
-            t_g = spec.pass_time(b, ctx, g)
-            total = np.broadcast_to(np.asarray(t_g.total_s, dtype=np.float64), b.shape)
-            e_g = expected_tokens(sc.acceptance, g) if g > 0 else 1.0
-            rate = e_g / total
-            if best_rate is None:
-                best_rate, t, pass_s, tokens, gam = rate, t_g, total, np.full(b.shape, e_g), np.full(b.shape, g)
-            else:
-                better = rate > best_rate
-                best_rate = np.where(better, rate, best_rate)
-                pass_s = np.where(better, total, pass_s)
-                tokens = np.where(better, e_g, tokens)
-                gam = np.where(better, g, gam)
-                t = t_g if better.all() else t  # parts of the last uniformly-best gamma (auto: see gamma column)
+        passes = {g: spec.pass_time(b, ctx, g) for g in candidates}
+        totals = {g: np.broadcast_to(np.asarray(t_g.total_s, dtype=np.float64), b.shape) for g, t_g in passes.items()}
+        gam, tokens, _ = best_gamma(totals, sc.acceptance)
+        chosen = [gam == g for g in passes]
+        pass_s = np.select(chosen, list(totals.values()))
         latency = pass_s / tokens
-        eng, hw = cfg.engine, cfg.hardware
-        usable = hw.memory_bytes * eng.gpu_memory_utilization - eng.activation_reserve_GB * 1e9
+        hw = cfg.hardware
+        usable = usable_bytes(hw, cfg.engine)
         in_flight = b * split.pp
         extra = int(gam.max()) + 1
         fits = np.ones_like(b, dtype=bool)
+        shared = spec.draft if sc.placement == "same" else None
         for s in range(split.pp):
-            weights = pred.weight_bytes_per_gpu(s)
-            kv = pred.kv_bytes_per_token_per_gpu(s)
-            if s == 0 and spec.draft is not None and sc.placement == "same":
-                weights += spec.draft.weight_bytes_per_gpu(0)
-                kv += spec.draft.kv_bytes_per_token_per_gpu(0)
+            weights, kv = stage_bytes(pred, s, shared)
             fits &= weights + in_flight * (ctx + extra) * kv <= usable
         throughput = in_flight / latency
         price = (split.gpus + sc.extra_gpus) * hw.usd_per_hour
-        parts = {k: np.broadcast_to(np.asarray(v, dtype=np.float64), b.shape) for k, v in t.as_dict().items()}
+        # each batch size's four parts at its own gamma
+        parts = {k: np.select(chosen, [np.broadcast_to(np.asarray(getattr(t_g, k), dtype=np.float64), b.shape)
+                                       for t_g in passes.values()])
+                 for k in ("compute_s", "memory_s", "network_s", "fixed_s")}
         return {
             "batch": b, "latency_s": latency, "speed_tok_s": 1.0 / latency, "throughput_tok_s": throughput,
             "usd_per_mtok": price / 3600.0 / throughput * 1e6, "fits": fits, "gamma": gam,
             "tokens_per_pass": tokens, "pass_s": pass_s,
-            **{k: v for k, v in parts.items() if k != "total_s"},
+            **parts,
         }
 
 
@@ -174,7 +132,7 @@ def pareto_mask(speed: np.ndarray, cost: np.ndarray) -> np.ndarray:
 
 def steady_step_s(m, seqs: int, isl: float, osl: float, prefilling: float) -> float:
     """Step time of a continuously batched replica in steady state (``m``: a
-    :class:`sim.steptime.StepModel`): ``seqs`` decodes at the mean context ``isl + osl/2`` plus
+    :class:`sim.build.StepModel`): ``seqs`` decodes at the mean context ``isl + osl/2`` plus
     ``prefilling`` prompt tokens of the requests that replace finished ones.
 
     The prompt tokens are one chunk placed so that its attention work equals the average over

@@ -1,8 +1,9 @@
 """The cluster's wiring as a cost model: routes between GPUs and collective costs per group.
 
-Pure (no SimPy). Wraps a topology graph (already scaled by ``network.latency_scale`` and
-``network.bandwidth_scale``) and the engine's collective settings; both network fidelities
-and the step-time predictor take their numbers from here, so they cannot drift apart.
+Pure (no SimPy). Wraps a topology graph at its datasheet values, the ``network.latency_scale``
+and ``network.bandwidth_scale`` what-ifs and the engine's collective settings; both network
+fidelities and the step-time predictor take their numbers from here, so they cannot drift
+apart. Built by :func:`sim.build.make_fabric` only.
 """
 from __future__ import annotations
 
@@ -19,12 +20,14 @@ class Fabric:
     """Routes and collective cost models over one topology."""
 
     def __init__(self, graph: nx.DiGraph, engine: EngineProfile, oneshot_capable: bool = True,
-                 software_latency_scale: float = 1.0) -> None:
+                 latency_scale: float = 1.0, bandwidth_scale: float = 1.0) -> None:
         self.graph = graph
-        # network.latency_scale scales the whole per-message latency: link hops (already in
-        # ``graph``) and the collective's software latency.
-        self.software_s = engine.collective_software_us * 1e-6 * software_latency_scale
-        self.latency_scale = software_latency_scale
+        # network.latency_scale scales the whole per-message latency: every link hop (in
+        # :meth:`link`), the collective's software latency (here) and NCCL's per-hop constants
+        # (``nccl_model_s``); network.bandwidth_scale every link's bandwidth (in :meth:`link`).
+        # This is the only place either scale is applied.
+        self.latency_scale, self.bandwidth_scale = latency_scale, bandwidth_scale
+        self.software_s = engine.collective_software_us * 1e-6 * latency_scale
         self.paths = PathTable(graph)
         self.engine = engine
         self.oneshot_capable = oneshot_capable
@@ -44,9 +47,10 @@ class Fabric:
         return self.paths.edges(src, dst)
 
     def link(self, edge) -> tuple[float, float]:
-        """(latency_s, bandwidth_Bps) of one directed edge."""
+        """(latency_s, bandwidth_Bps) of one directed edge, with the network's what-if scales."""
         data = self.graph.edges[edge]
-        return data["latency_us"] * 1e-6, data["bandwidth_GBps"] * 1e9
+        return (data["latency_us"] * self.latency_scale * 1e-6,
+                data["bandwidth_GBps"] * self.bandwidth_scale * 1e9)
 
     def over_pcie(self, ranks: Sequence[str]) -> bool:
         """Whether the group's GPUs talk over PCIe (no NVLink P2P for one-shot kernels)."""
@@ -87,17 +91,18 @@ class Fabric:
         NVSwitch -> GPU, or GPU -> PCIe -> GPU). Network hop: the network-link part
         (``infiniband``/``ethernet`` edges; the GPU-NIC PCIe hops are left out, as in NCCL's
         ``hwLat[NET]``) of the cheapest route from the first rank to another server. Both are
-        read before ``network.latency_scale`` (which ``nccl_model_s`` applies itself). A group
+        the graph's own values (``nccl_model_s`` applies ``network.latency_scale``). A group
         without such pairs gets NCCL's LL constant for that hop (it is multiplied by 0 then).
         """
         n, server = len(ranks), (lambda r: self.graph.nodes[r]["server"])
-        intra = [self.pair(ranks[r], ranks[(r + 1) % n]).latency_s for r in range(n)
-                 if n > 1 and server(ranks[r]) == server(ranks[(r + 1) % n])]
-        net = [sum(self.graph.edges[e]["latency_us"] for e in self.paths.edges(ranks[0], r)
-                   if self.graph.edges[e].get("link") in ("infiniband", "ethernet"))
+        edges = self.graph.edges
+        intra = [sum(edges[e]["latency_us"] * 1e-6 for e in self.paths.edges(ranks[r], ranks[(r + 1) % n]))
+                 for r in range(n) if n > 1 and server(ranks[r]) == server(ranks[(r + 1) % n])]
+        net = [sum(edges[e]["latency_us"] for e in self.paths.edges(ranks[0], r)
+                   if edges[e].get("link") in ("infiniband", "ethernet"))
                for r in ranks if server(r) != server(ranks[0])]
-        intra_us = sum(intra) / len(intra) * 1e6 / self.latency_scale if intra else 0.6
-        net_us = min(net) / self.latency_scale if net else 5.0
+        intra_us = sum(intra) / len(intra) * 1e6 if intra else 0.6
+        net_us = min(net) if net else 5.0
         return intra_us, net_us
 
     def channel_orders(self, ranks: Sequence[str]) -> list[list[str]]:

@@ -8,8 +8,22 @@ layers). Blocks hold ``block_size`` token positions of every layer the GPU serve
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from sim.errors import ConfigError
+from sim.spec.engine import EngineProfile
+from sim.spec.hardware import HardwareSpec
+
+
+class ShardMemory(Protocol):
+    """What memory accounting needs of a step predictor: per-GPU bytes of one stage."""
+
+    pp: int
+    tp: int
+
+    def weight_bytes_per_gpu(self, stage: int = 0) -> float: ...
+
+    def kv_bytes_per_token_per_gpu(self, stage: int = 0) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -21,22 +35,35 @@ class KVCapacity:
     tokens: int
 
 
-def kv_capacity(predictor, hardware, engine, model_name: str, block_size: int, draft=None) -> KVCapacity:
+def usable_bytes(hardware: HardwareSpec, engine: EngineProfile) -> float:
+    """Bytes of one GPU's memory the engine may fill with weights and KV cache."""
+    return hardware.memory_bytes * engine.gpu_memory_utilization - engine.activation_reserve_GB * 1e9
+
+
+def stage_bytes(predictor: ShardMemory, stage: int, draft: ShardMemory | None = None) -> tuple[float, float]:
+    """(weight bytes, KV bytes per cached token) on one GPU of ``stage``; a draft model on the
+    same GPUs (``draft``: its predictor, on the first stage) adds its own shard and KV."""
+    weights = predictor.weight_bytes_per_gpu(stage)
+    kv_per_token = predictor.kv_bytes_per_token_per_gpu(stage)
+    if draft is not None and stage == 0:
+        weights += draft.weight_bytes_per_gpu(0)
+        kv_per_token += draft.kv_bytes_per_token_per_gpu(0)
+    return weights, kv_per_token
+
+
+def kv_capacity(predictor: ShardMemory, hardware: HardwareSpec, engine: EngineProfile, model_name: str,
+                block_size: int, draft: ShardMemory | None = None) -> KVCapacity:
     """Token capacity of one replica's KV cache; error if the weights do not fit.
 
     A draft model on the same GPUs (``draft``: its predictor) takes its weight shard from the
     memory and its own KV per token alongside the target's.
     """
-    usable = hardware.memory_bytes * engine.gpu_memory_utilization - engine.activation_reserve_GB * 1e9
-    worst_tokens = None
+    usable = usable_bytes(hardware, engine)
+    worst_tokens: int | None = None
     worst_weights = 0.0
     per_token = 0.0
     for stage in range(predictor.pp):
-        weights = predictor.weight_bytes_per_gpu(stage)
-        kv_per_token = predictor.kv_bytes_per_token_per_gpu(stage)
-        if draft is not None and stage == 0:
-            weights += draft.weight_bytes_per_gpu(0)
-            kv_per_token += draft.kv_bytes_per_token_per_gpu(0)
+        weights, kv_per_token = stage_bytes(predictor, stage, draft)
         worst_weights = max(worst_weights, weights)
         free = usable - weights
         if free <= kv_per_token * block_size:
@@ -49,5 +76,6 @@ def kv_capacity(predictor, hardware, engine, model_name: str, block_size: int, d
         tokens = int(free // kv_per_token)
         if worst_tokens is None or tokens < worst_tokens:
             worst_tokens, per_token = tokens, kv_per_token
+    assert worst_tokens is not None  # pp >= 1
     tokens = (worst_tokens // block_size) * block_size
     return KVCapacity(worst_weights / 1e9, usable / 1e9, tokens * per_token / 1e9, per_token, tokens)

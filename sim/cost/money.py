@@ -82,7 +82,7 @@ def gpu_hour_price(cost: CostConfig, hw: HardwareSpec) -> float:
     return _lookup(cost.reserved_usd_per_gpu_hour, hw.name, "reserved_usd_per_gpu_hour")
 
 
-def capital_usd(cost: CostConfig, hw: HardwareSpec, gpus: int, nodes: int, network_ports: int) -> dict[str, float]:
+def capital_usd(cost: CostConfig, hw: HardwareSpec, gpus: int, nodes: float, network_ports: int) -> dict[str, float]:
     """Purchase cost of a fleet: GPUs, servers around them, network ports."""
     return {"gpus_usd": gpus * _lookup(cost.purchase_usd_per_gpu, hw.name, "purchase_usd_per_gpu"),
             "servers_usd": nodes * _lookup(cost.server_usd_per_node, hw.name, "server_usd_per_node"),
@@ -94,14 +94,14 @@ class FleetUse:
     """What the simulation says about a fleet's run."""
 
     gpus: int
-    nodes: int
+    nodes: float          # fractional in the analytic procurement bound
     network_ports: int
     makespan_s: float
     gpu_busy_s: float
     output_tokens: int
 
 
-def energy(cost: CostConfig, hw: HardwareSpec, use: FleetUse) -> dict[str, float | None]:
+def energy(cost: CostConfig, hw: HardwareSpec, use: FleetUse) -> dict[str, Any]:
     """Facility energy of the run from each GPU's busy time (see module docstring)."""
     it_J = (use.gpus * (hw.idle_W + cost.host_W(hw.name)) * use.makespan_s
             + (hw.tdp_W - hw.idle_W) * use.gpu_busy_s)

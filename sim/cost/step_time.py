@@ -17,7 +17,7 @@ GPU holding that shard would take alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -56,7 +56,7 @@ class StepTime:
 
 
 class CollectiveCost(Protocol):
-    """Time of the collectives of one tensor-parallel group (see :mod:`sim.collectives`)."""
+    """Time of the collectives of one tensor-parallel group (see :mod:`sim.cost.collectives`)."""
 
     def allreduce_s(self, nbytes: float) -> float: ...
 
@@ -91,6 +91,21 @@ class StageWork:
         """All collectives of the step in issue order."""
         return (list(self.pre_collectives) + list(self.per_layer_collectives) * self.layers
                 + list(self.post_collectives))
+
+
+class StepPredictor(Protocol):
+    """What the simulation asks of a replica's step cost model (:class:`StepTimePredictor`)."""
+
+    tp: int
+    pp: int
+
+    def stage_work(self, b: BatchShape, stage: int = 0) -> StageWork: ...
+
+    def network_s(self, work: StageWork, stage: int = 0) -> float: ...
+
+    def activation_bytes(self, b: BatchShape) -> float: ...
+
+    def step(self, b: BatchShape) -> StepTime: ...
 
 
 def soft_roofline(t_compute, t_memory, sharpness: float):
@@ -186,7 +201,7 @@ class StepTimePredictor:
         flops = 4.0 * self.heads_per_gpu * hd * b.attention_pairs
         kv = b.kv_tokens_read * 2.0 * self.kv_heads_per_gpu * hd * self.precision.kv_bytes
         qo = 2.0 * b.new_tokens * self.heads_per_gpu * hd * self.precision.activation_bytes
-        blocks = b.query_blocks * self.heads_per_gpu
+        blocks: Any = b.query_blocks * self.heads_per_gpu
         if e.attention_kv_split_tokens > 0:  # split-KV kernels also parallelise over the context
             blocks = blocks + b.kv_tokens_read / e.attention_kv_split_tokens * self.heads_per_gpu
         occupancy = vmin(1.0, blocks / (e.attention_ctas_per_sm * self.hardware.sm_count))

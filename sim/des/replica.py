@@ -6,36 +6,40 @@ one micro-batch at a time). Up to ``pp`` micro-batches are in flight, each made 
 that are not in another micro-batch (a sequence's next token depends on its previous one).
 With ``pp = 1`` this is plain iteration-level batching: one step at a time.
 
-Per stage, under collective fidelity the stage's time is one timeout (its local work plus
-its collectives priced by the alpha-beta schedule); under message fidelity the stage runs
-layer by layer and every collective is simulated message by message on the links, so
-replicas sharing links slow each other down. Stage-to-stage activations go through
-``network.transfer`` either way.
+Each stage's step goes through the network's ``run_stage`` (its local work and its
+collectives: one timed event under collective fidelity, layer by layer and message by message
+under message fidelity — the replica never asks which); stage-to-stage activations go through
+``network.transfer``.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import simpy
 
 from sim.cost.placement import tp_groups
-from sim.cost.step_time import StepTime, StepTimePredictor
+from sim.cost.step_time import StepPredictor, StepTime
+from sim.network.interface import Network, StageProgram
 from sim.policy.batching import ContinuousBatcher, StepPlan
+from sim.policy.speculative import Speculation
+
+if TYPE_CHECKING:
+    from sim.des.simulation import Cluster
 
 
 class Replica:
-    def __init__(self, env: simpy.Environment, index: int, predictor: StepTimePredictor,
-                 batcher: ContinuousBatcher, network, stage_gpus: Sequence[Sequence[str]],
-                 on_step: Callable, on_tokens: Callable, tp_cols: int = 1, speculative=None,
-                 accept: Callable | None = None) -> None:
+    def __init__(self, env: simpy.Environment, index: int, predictor: StepPredictor,
+                 batcher: ContinuousBatcher, network: Network, stage_gpus: Sequence[Sequence[str]],
+                 cluster: Cluster, tp_cols: int = 1, speculative: Speculation | None = None,
+                 accept: Callable[[int, int], int] | None = None) -> None:
         self.env, self.index = env, index
         self.predictor, self.batcher, self.network = predictor, batcher, network
         self.stage_gpus = [tuple(g) for g in stage_gpus]
         self.stages = [simpy.Resource(env, capacity=1) for _ in self.stage_gpus]
         self.groups = [tp_groups(list(g), tp_cols) for g in self.stage_gpus]
         self.pp = len(self.stage_gpus)
-        self.on_step, self.on_tokens = on_step, on_tokens
-        self.speculative = speculative          # SpeculativeDecoder or None
+        self.cluster = cluster
+        self.speculative = speculative          # a SpeculativeDecoder, or None
         self.accept = accept                    # (request, proposed) -> accepted drafts
         self.inflight: list[simpy.Process] = []
         self._wake = env.event()
@@ -63,31 +67,10 @@ class Replica:
             self.inflight = [p for p in self.inflight if p.is_alive]
 
     def _stage(self, s: int, plan: StepPlan):
-        """Occupy stage ``s`` for one micro-batch; returns its StepTime."""
+        """Occupy stage ``s`` for one micro-batch through the network's stage program; returns its StepTime."""
         work = self.predictor.stage_work(plan.batch, s)
-        net = self.network
-        if net.fidelity == "collective" or self.predictor.tp == 1:
-            t = work.local + StepTime(network_s=self.predictor.network_s(work, s))
-            yield self.env.timeout(t.total_s)
-            return t
-        groups = self.groups[s]
-        per_layer_s = (work.local.total_s) / max(1, work.layers)
-        start = self.env.now
-
-        def issue(c):
-            # every row (column) group of a 2-D grid communicates at once
-            return self.env.all_of([net.collective(c.kind, ranks, c.nbytes) for ranks in groups[c.group]])
-
-        for c in work.pre_collectives:
-            yield issue(c)
-        for _ in range(work.layers):
-            yield self.env.timeout(per_layer_s)
-            for c in work.per_layer_collectives:
-                yield issue(c)
-        for c in work.post_collectives:
-            yield issue(c)
-        network = self.env.now - start - work.local.total_s
-        return work.local + StepTime(network_s=network)
+        program = StageProgram(work, self.groups[s], self.predictor.network_s(work, s))
+        return (yield from self.network.run_stage(program))
 
     def _draft_time(self, plan: StepPlan) -> StepTime:
         if self.speculative is None or self.speculative.draft is None:
@@ -128,8 +111,8 @@ class Replica:
                 yield env.all_of(sends)
                 total = total + StepTime(network_s=env.now - t0)
         self.steps += 1
-        accepted = {w.request: self.accept(w.request, w.proposed) for w in plan.work if w.proposed}
-        self.on_step(self, plan, start, env.now - start, total, draft.total_s, accepted)
-        self.on_tokens(self, self.batcher.complete(plan, accepted))
+        accepted = {w.request: self.accept(w.request, w.proposed) for w in plan.work if w.proposed and self.accept}
+        self.cluster.on_step(self, plan, start, env.now - start, total, draft.total_s, accepted)
+        self.cluster.on_tokens(self, self.batcher.complete(plan, accepted))
         if not self._wake.triggered:
             self._wake.succeed()

@@ -1,31 +1,32 @@
-"""Run one simulation: request source, router and replicas as SimPy processes.
+"""Run one simulation: the request source, the router and the replicas as SimPy processes.
 
-Events are scheduled per replica step (or per collective/message under message fidelity),
-never per token; per-request state lives in arrays. Requests whose prompt plus output can
-never fit in one replica's KV cache are rejected at arrival (status ``rejected``), as a
-serving engine rejects requests longer than it can hold.
+Everything here is handed over wired by :func:`sim.build.build_simulation`; this module reads
+no configuration. Events are scheduled per replica step (or per collective/message under
+message fidelity), never per token; per-request state lives in the run's
+:class:`~sim.policy.requests.RequestStore`. Requests whose prompt plus output can never fit in
+one replica's KV cache (or exceed ``scheduler.max_model_len``) are rejected at arrival (status
+``rejected``), as a serving engine rejects requests longer than it can hold.
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import numpy as np
 import pyarrow as pa
 import simpy
 
-import workloads
-from sim.build import ClusterPlan, make_network
-from sim.config.schema import RunConfig
-from sim.des.replica import Replica
 from sim.errors import ConfigError
-from sim.observe import schemas
+from sim.observe.progress import Progress
 from sim.observe.recorder import ColumnRecorder
-from sim.policy.batching import ContinuousBatcher
-from sim.policy.kv_cache import KVBlockPool
+from sim.observe.tables import requests_table
+from sim.policy.batching import StepPlan
+from sim.policy.requests import RequestStore
 from sim.policy.routing import Router
-from sim.policy.speculative import request_acceptance, sample_accepted
+
+if TYPE_CHECKING:
+    from sim.cost.step_time import StepTime
+    from sim.des.replica import Replica
 
 
 class CountingEnvironment(simpy.Environment):
@@ -54,140 +55,101 @@ class SimResult:
     replica_busy_gpu_s: list[float] = field(default_factory=list)  # per replica: busy seconds x its GPUs
 
 
-class _Progress:
-    """Simulated time against the trace's end, on a terminal only (``output.progress``)."""
+@dataclass(frozen=True)
+class Admission:
+    """Which arrivals a replica can ever serve: prompt + output - 1 cached positions within
+    the smallest replica's KV capacity (the last output token is never written to the cache),
+    and prompt + output within the context limit (None: no limit)."""
 
-    def __init__(self, env, end_s: float, mode: str, total: int) -> None:
-        self.enabled = mode == "always" or (mode == "auto" and sys.stderr.isatty())
-        self.env, self.end_s, self.total, self.done = env, max(end_s, 1e-9), total, 0
-        self.last = 0.0
+    capacity_tokens: int
+    context_limit: int | None
+    max_tokens_per_step: int
 
-    def tick(self, force: bool = False) -> None:
-        now = time.perf_counter()
-        if self.enabled and (force or now - self.last > 0.5):
-            self.last = now
-            frac = min(1.0, self.env.now / self.end_s)
-            sys.stderr.write(f"\r[sim] {frac:6.1%} of trace ({self.env.now:9.1f}/{self.end_s:.1f} s simulated), "
-                             f"{self.done}/{self.total} requests done")
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.tick(force=True)
-            sys.stderr.write("\n")
+    def admits(self, prompt: int, output: int) -> bool:
+        return prompt + output - 1 <= self.capacity_tokens and (
+            self.context_limit is None or prompt + output <= self.context_limit)
 
 
-def simulate(cfg: RunConfig, plan: ClusterPlan, table: workloads.RequestTable) -> SimResult:
-    wall0 = time.perf_counter()
-    env = CountingEnvironment()
-    network = make_network(cfg.network.fidelity, env, plan.fabric)
-    n = len(table)
-    arrival = np.asarray(table.arrival_s, dtype=np.float64)
-    prompt = np.asarray(table.prompt_tokens, dtype=np.int64)
-    output = np.asarray(table.output_tokens, dtype=np.int64)
-    first = np.full(n, np.nan)
-    finish = np.full(n, np.nan)
-    where = np.full(n, -1, dtype=np.int32)
-    rejected = np.zeros(n, dtype=bool)
-    preempt_count = np.zeros(n, dtype=np.int32)
-    passes = np.zeros(n, dtype=np.int32)
-    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0x5bec]))  # "spec" stream
-    acceptance = request_acceptance(rng, cfg.speculative, n)
+class Cluster:
+    """The run's shared state and the callbacks through which replicas report their steps.
 
-    def accept(request: int, proposed: int) -> int:
-        return sample_accepted(rng, float(acceptance[request]), proposed)
-    steps = ColumnRecorder(schemas.STEPS)
-    router = Router(cfg.parallel.router, len(plan.replicas))
-    all_done = env.event()
-    state = {"finished": 0}
-    progress = _Progress(env, float(arrival[-1]) if n else 0.0, cfg.output.progress, n)
+    Built by :func:`sim.build.build_simulation`; ``replicas`` is filled in by the builder
+    after the replicas (which report back here) exist.
+    """
 
-    def finish_one() -> None:
-        state["finished"] += 1
-        progress.done = state["finished"]
-        progress.tick()
-        if state["finished"] == n and not all_done.triggered:
-            all_done.succeed()
+    def __init__(self, env: CountingEnvironment, requests: RequestStore, router: Router, steps: ColumnRecorder,
+                 progress: Progress, admission: Admission, gpus: int) -> None:
+        self.env, self.requests, self.router, self.steps = env, requests, router, steps
+        self.progress, self.admission, self.gpus = progress, admission, gpus
+        self.replicas: list[Replica] = []
+        self.finished = 0
+        self.all_done = env.event()
 
-    def on_step(replica: Replica, step_plan, start: float, duration: float, parts, draft_s: float,
-                accepted: dict[int, int]) -> None:
-        for v in step_plan.preempted:
-            preempt_count[v] += 1
-        for w in step_plan.work:
-            if w.samples and (w.proposed or replica.batcher.generated.get(w.request, 0) >= 1):
-                passes[w.request] += 1
-        steps.append(replica.index, replica.steps - 1, start, duration, step_plan.batch.num_seqs,
-                     step_plan.prefill_tokens, step_plan.decode_tokens, parts.compute_s, parts.memory_s,
-                     parts.network_s, parts.fixed_s, max(0.0, duration - parts.total_s),
-                     replica.batcher.pool.used_blocks,
-                     len(replica.batcher.waiting), len(step_plan.preempted), draft_s,
-                     sum(w.proposed for w in step_plan.work), sum(accepted.values()))
+    # ----- callbacks from the replicas --------------------------------------------------------
+    def finish_one(self) -> None:
+        self.finished += 1
+        self.progress.done = self.finished
+        self.progress.tick()
+        if self.finished == len(self.requests) and not self.all_done.triggered:
+            self.all_done.succeed()
 
-    def on_tokens(replica: Replica, events) -> None:
-        now = env.now
+    def on_step(self, replica: Replica, plan: StepPlan, start: float, duration: float, parts: StepTime,
+                draft_s: float, accepted: dict[int, int]) -> None:
+        """One finished step (micro-batch) of ``replica``: a row of ``steps.parquet``."""
+        self.steps.append(replica.index, replica.steps - 1, start, duration, plan.batch.num_seqs,
+                          plan.prefill_tokens, plan.decode_tokens, parts.compute_s, parts.memory_s,
+                          parts.network_s, parts.fixed_s, max(0.0, duration - parts.total_s),
+                          replica.batcher.pool.used_blocks, len(replica.batcher.waiting), len(plan.preempted),
+                          draft_s, sum(w.proposed for w in plan.work), sum(accepted.values()))
+
+    def on_tokens(self, replica: Replica, events: list[tuple[int, bool, bool]]) -> None:
+        """Stamp first and last tokens of the requests a step sampled."""
+        now, req = self.env.now, self.requests
         for r, is_first, finished in events:
             if is_first:
-                first[r] = now
+                req.first_token_s[r] = now
             if finished:
-                finish[r] = now
-                router.done(replica.index, int(prompt[r] + output[r]))
-                finish_one()
+                req.finish_s[r] = now
+                self.router.done(replica.index, req.demand_tokens(r))
+                self.finish_one()
 
-    replicas = []
-    for i, rp in enumerate(plan.replicas):
-        pool = KVBlockPool(rp.capacity.tokens // cfg.scheduler.block_size, cfg.scheduler.block_size)
-        batcher = ContinuousBatcher(cfg.scheduler, pool, prompt, output)
-        replicas.append(Replica(env, i, rp.predictor, batcher, network, rp.stage_gpus, on_step, on_tokens,
-                                cfg.parallel.tp_cols, rp.speculative if cfg.speculative.enabled else None, accept))
-    capacity = min(rp.capacity.tokens for rp in plan.replicas)
-    limit = cfg.scheduler.context_limit(cfg.model.max_position_embeddings)
-
-    def source():
-        for r in range(n):
-            delay = arrival[r] - env.now
+    # ----- the request source -----------------------------------------------------------------
+    def source(self):
+        """Arrivals in trace order: reject what no replica can hold, route the rest."""
+        env, req = self.env, self.requests
+        for r in range(len(req)):
+            delay = req.arrival_s[r] - env.now
             if delay > 0:
                 yield env.timeout(delay)
-            # the last output token is never written to the cache: P + O - 1 positions
-            if prompt[r] + output[r] - 1 > capacity or (limit is not None and prompt[r] + output[r] > limit):
-                rejected[r] = True
-                finish_one()
+            if not self.admission.admits(req.prompt[r], req.output[r]):
+                req.rejected[r] = True
+                self.finish_one()
                 continue
-            k = router.pick(int(prompt[r] + output[r]))
-            where[r] = k
-            replicas[k].submit(r)
+            k = self.router.pick(req.demand_tokens(r))
+            req.replica[r] = k
+            self.replicas[k].submit(r)
 
-    env.process(source())
+
+def simulate(cluster: Cluster) -> SimResult:
+    """Run ``cluster`` until every request has finished or been rejected."""
+    wall0 = time.perf_counter()
+    env, req = cluster.env, cluster.requests
+    n = len(req)
+    env.process(cluster.source())
     if n == 0:
-        all_done.succeed()
+        cluster.all_done.succeed()
     try:
-        env.run(until=all_done)
+        env.run(until=cluster.all_done)
     except RuntimeError as exc:
         if "No scheduled events left" not in str(exc):
             raise
-        raise ConfigError(f"simulation stalled with {n - state['finished']} of {n} requests unfinished: the "
-                          f"scheduler could not place them (KV cache of {capacity} tokens per replica, "
-                          f"scheduler.max_tokens_per_step={cfg.scheduler.max_tokens_per_step})") from None
-    progress.close()
+        raise ConfigError(f"simulation stalled with {n - cluster.finished} of {n} requests unfinished: the "
+                          f"scheduler could not place them (KV cache of {cluster.admission.capacity_tokens} "
+                          f"tokens per replica, scheduler.max_tokens_per_step="
+                          f"{cluster.admission.max_tokens_per_step})") from None
+    cluster.progress.close()
     wall = time.perf_counter() - wall0
-
-    completed = ~rejected
-    out = np.where(output > 1, output - 1, np.nan)
-    requests = pa.Table.from_pydict({
-        "request_id": np.arange(n, dtype=np.int64),
-        "arrival_s": arrival,
-        "prompt_tokens": prompt,
-        "output_tokens": output,
-        "replica": where,
-        "status": np.where(completed, "completed", "rejected"),
-        "first_token_s": first,
-        "finish_s": finish,
-        "ttft_s": first - arrival,
-        "tpot_s": (finish - first) / out,
-        "e2e_s": finish - arrival,
-        "preemptions": preempt_count,
-        "decode_passes": passes,
-        "tokens_per_pass": np.where(passes > 0, (output - 1) / np.maximum(passes, 1), np.nan),
-    }, schema=schemas.REQUESTS)
-    busy = [sum(r.stage_busy_s) * rp.predictor.tp for r, rp in zip(replicas, plan.replicas)]
-    return SimResult(requests, steps.table(), wall, env.events_scheduled, env.now, plan.gpus,
-                     sum(busy), capacity, int(sum(r.batcher.preemptions for r in replicas)), busy)
+    busy = [sum(r.stage_busy_s) * r.predictor.tp for r in cluster.replicas]
+    return SimResult(requests_table(req), cluster.steps.table(), wall, env.events_scheduled, env.now,
+                     cluster.gpus, sum(busy), cluster.admission.capacity_tokens,
+                     int(sum(r.batcher.preemptions for r in cluster.replicas)), busy)

@@ -124,7 +124,7 @@ def run(root: str | Path, quick: bool = False) -> pa.Table:
     """Run the grid under ``root/jobs/<i>/`` and return (and write) the tidy table.
 
     The table is written to ``root/latency_vs_bandwidth.parquet``: the sweep table of
-    :func:`sim.sweep.collect` plus :data:`ID_COLUMNS`. Errors (none expected) are kept in
+    :func:`sim.tools.sweep.collect` plus :data:`ID_COLUMNS`. Errors (none expected) are kept in
     the ``error`` column rather than raised.
     """
     root = Path(root)

@@ -40,7 +40,7 @@ Llama-3-8B, each fed the same load per replica, keep the per-request speed and t
 token and multiply the throughput.
 
 Besides the simulation, :func:`analytic` gives the closed-form steady-decode view
-(:class:`sim.analytic.AnalyticModel`): per-request speed against throughput per GPU over batch
+(:class:`sim.cost.analytic.AnalyticModel`): per-request speed against throughput per GPU over batch
 sizes for each layout's replica split, which is independent of ``dp``.
 :func:`run` writes the tables as Parquet; ``notebooks/parallelism.ipynb`` plots them.
 """
@@ -53,9 +53,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sim.build import analytic_model
 from sim.config.compose import compose_config
 from sim.config.parse import parse_config
-from sim.cost.analytic import AnalyticModel, Split
+from sim.cost.analytic import Split
 from sim.experiments import load_tables, run_points, save_tables
 
 NAME = "parallelism"
@@ -261,7 +262,7 @@ def analytic(case: str, layouts: Sequence[tuple[int, int, int]], context_len: fl
     token do not depend on ``dp``: DP only adds replicas.
     """
     cfg = parse_config(compose_config([*BASE, *CASES[case]["overrides"]]))
-    model = AnalyticModel(cfg)
+    model = analytic_model(cfg)
     b = np.asarray(list(batches), dtype=float)
     rows = []
     for tp, pp, dp in layouts:

@@ -9,7 +9,7 @@ becomes P^(5/9) ~ P^(1/2). More interconnect bandwidth barely helps, cutting per
 latency helps a lot.
 
 The study is analytic: every point is the maximum speed over the speed-cost frontier searched
-by :func:`sim.frontier.search` (GPU counts up to ``search.max_gpus``, every valid 1-D / 2-D
+by :func:`sim.tools.frontier.search` (GPU counts up to ``search.max_gpus``, every valid 1-D / 2-D
 tensor x pipeline split, log-spaced batch sizes, zero cached context as in Epoch's headline
 numbers) on the simulator's own step-time model. Three sweeps, each under two sets of
 assumptions (``ASSUMPTIONS``):

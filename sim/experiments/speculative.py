@@ -36,7 +36,7 @@ sequences) ``WAVE_GAP_S`` seconds after the previous one, long after it has fini
 average out the randomness of acceptance: each point decodes at least
 ``MIN_DECODE_TOKENS`` tokens (one wave of a 1-request batch gives a +-5% speedup).
 
-:func:`analytic` gives the same speedups in closed form (:class:`sim.analytic.AnalyticModel`,
+:func:`analytic` gives the same speedups in closed form (:class:`sim.cost.analytic.AnalyticModel`,
 steady decoding at the mean decode context ``PROMPT + OUTPUT / 2``) on denser axes.
 """
 from __future__ import annotations
@@ -261,8 +261,9 @@ def speedups(table: pa.Table) -> pa.Table:
 
     base: dict[tuple, float] = {}
     for r in rows:
-        if r["method"] == "none" and speed(r):
-            base.setdefault((r["deployment"], r["batch"], r["latency_scale"]), speed(r))
+        v = speed(r) if r["method"] == "none" else None
+        if v:
+            base.setdefault((r["deployment"], r["batch"], r["latency_scale"]), v)
     keys = ("method", "deployment", "tp", "acceptance", "num_tokens", "batch", "latency_scale")
     extras = ("tokens_per_pass", "mean_gamma", "draft_share")
     out: dict[str, list] = {k: [] for k in (*keys, "speed_tok_s", "base_speed_tok_s", "speedup", *extras)}
@@ -331,23 +332,15 @@ def _best_rate(pass_s: list[np.ndarray], a: float, num_tokens: str,
     """Speed (tokens/s), gamma and expected tokens per pass at batch indices ``b_idx`` for a fixed
     ``num_tokens`` or the best gamma in ``0..len(pass_s) - 1`` (``auto``); ``pass_s[g]`` holds the
     pass time at ``gamma = g`` per batch size."""
-    from sim.policy.speculative import expected_tokens
+    from sim.policy.speculative import best_gamma
 
     cands = range(len(pass_s)) if num_tokens == "auto" else [int(num_tokens)]
-    rate = gam = tok = None
-    for g in cands:
-        e = expected_tokens(a, g) if g > 0 else 1.0
-        r = e / pass_s[g][b_idx]
-        if rate is None:
-            rate, gam, tok = r, np.full(r.shape, g), np.full(r.shape, e)
-        else:
-            better = r > rate * (1 + 1e-12)
-            rate, gam, tok = np.where(better, r, rate), np.where(better, g, gam), np.where(better, e, tok)
+    gam, tok, rate = best_gamma({g: pass_s[g][b_idx] for g in cands}, a)
     return rate, gam, tok
 
 
 def analytic(quick: bool = False, context_len: float = PROMPT + OUTPUT / 2) -> pa.Table:
-    """Closed-form speedups (:meth:`sim.analytic.AnalyticModel.decode`) along the same four sweeps.
+    """Closed-form speedups (:meth:`sim.cost.analytic.AnalyticModel.decode`) along the same four sweeps.
 
     One model per deployment x latency_scale x (none, draft, self): the pass time of ``gamma``
     drafts plus verification does not depend on ``a``, so the speed at any acceptance is
@@ -359,9 +352,10 @@ def analytic(quick: bool = False, context_len: float = PROMPT + OUTPUT / 2) -> p
     ``tp``, ``factor`` (the swept one), the four factors (:data:`FACTORS`), ``gamma`` (the one
     used), ``tokens_per_pass``, ``speed_tok_s``, ``base_speed_tok_s``, ``speedup``.
     """
+    from sim.build import analytic_model
     from sim.config.compose import compose_config
     from sim.config.parse import parse_config
-    from sim.cost.analytic import AnalyticModel, Split
+    from sim.cost.analytic import Split
 
     sweeps = QUICK_SWEEPS if quick else SWEEPS
     acc = np.round(np.arange(sweeps["acceptance"][0], sweeps["acceptance"][-1] + 1e-9, 0.025), 4)
@@ -377,7 +371,7 @@ def analytic(quick: bool = False, context_len: float = PROMPT + OUTPUT / 2) -> p
     def model(dep: str, over: dict[str, Any], latency: float) -> tuple[Any, Any]:
         ov = {**DEPLOYMENTS[dep], **over, "network.latency_scale": float(latency)}
         cfg = parse_config(compose_config(BASE + [f"{k}={v}" for k, v in ov.items()]))
-        return AnalyticModel(cfg), Split(cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.tp_cols)
+        return analytic_model(cfg), Split(cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.tp_cols)
 
     def add(method, dep, factor, point, gamma, tokens, speed, base):
         out["method"].append(method)
@@ -444,7 +438,7 @@ def analytic_series(an: pa.Table, method: str, deployment: str, factor: str, **f
 def run(root: str | Path, quick: bool = False) -> pa.Table:
     """Run the grid under ``root/jobs/<i>/`` (traces in ``root/traces/``) and return the tidy table.
 
-    The table -- the sweep table of :func:`sim.sweep.collect` plus :data:`ID_COLUMNS` and
+    The table -- the sweep table of :func:`sim.tools.sweep.collect` plus :data:`ID_COLUMNS` and
     :data:`RUN_COLUMNS` -- is written to ``root/speculative.parquet``; :func:`speedups` of it
     to ``root/speculative_speedups.parquet`` and :func:`analytic` to
     ``root/speculative_analytic.parquet``. Errors (none expected) are kept in the ``error``

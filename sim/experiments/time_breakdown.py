@@ -13,7 +13,7 @@ traffic (``memory_s``), collectives (``network_s``) and launch gaps / per-step o
 (``fixed_s``). :func:`shares_by_batch` keeps the decode-only steps (``prefill_tokens == 0``;
 steps carrying a prefill chunk are a different workload), bins them by ``batch_size`` and
 gives each part's time-weighted share of the bin's step time. :func:`analytic_shares` adds
-the same shares from :class:`sim.analytic.AnalyticModel` at each bin's mean batch and mean
+the same shares from :class:`sim.cost.analytic.AnalyticModel` at each bin's mean batch and mean
 context, a consistency check between the closed form and the simulation.
 """
 from __future__ import annotations
@@ -94,12 +94,13 @@ def analytic_shares(overrides: Sequence[str], batch: Sequence[float], context_le
     is that config's ``parallel.tp`` x ``parallel.pp``. Columns ``analytic_step_s`` and
     ``analytic_<part>_share``, aligned with ``batch``.
     """
+    from sim.build import analytic_model
     from sim.config.compose import compose_config
     from sim.config.parse import parse_config
-    from sim.cost.analytic import AnalyticModel, Split
+    from sim.cost.analytic import Split
 
     cfg = parse_config(compose_config(list(overrides)))
-    model = AnalyticModel(cfg)
+    model = analytic_model(cfg)
     split = Split(cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.tp_cols)
     out: dict[str, list[float]] = {"analytic_step_s": [], **{f"analytic_{p}_share": [] for p in PARTS}}
     for b, ctx in zip(batch, context_len):

@@ -37,7 +37,7 @@ def time_breakdown(steps: pa.Table) -> dict[str, float]:
 
 def summarize(requests: pa.Table, steps: pa.Table, *, wall_s: float, events: int) -> dict[str, Any]:
     """Latency percentiles, throughput and the step-time breakdown of one run (the fleet's
-    cost and energy are added by :func:`sim.cost.fleet_cost`)."""
+    cost and energy are added by :func:`sim.cost.money.fleet_cost`)."""
     status = requests.column("status").to_numpy(zero_copy_only=False)
     done = status == "completed"
     arrival = requests.column("arrival_s").to_numpy()

@@ -1,7 +1,8 @@
 """Iteration-level continuous batching for one replica (a pure policy: no SimPy, no I/O).
 
-Each request has a prompt of ``P`` tokens and must generate ``O`` tokens. The policy tracks
-``computed`` (positions whose KV is cached) and ``generated`` tokens; the tokens a request
+Each request has a prompt of ``P`` tokens and must generate ``O`` tokens. The policy advances
+``computed`` (positions whose KV is cached) and ``generated`` tokens in the run's
+:class:`~sim.policy.requests.RequestStore`; the tokens a request
 still has to feed through the model are ``P + generated - computed``. A step that feeds a
 request's last pending token samples one new token (``generated += 1``); the first such
 sample is the first token (TTFT), and the request finishes when ``generated == O``.
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 from sim.errors import require
 from sim.policy.kv_cache import KVBlockPool
+from sim.policy.requests import RequestStore
 from sim.spec.batch import ATTENTION_QUERY_BLOCK, BatchShape
 
 
@@ -73,13 +75,14 @@ class StepPlan:
 class ContinuousBatcher:
     """Queues and per-request progress of one replica; :meth:`plan` decides the next step."""
 
-    def __init__(self, config: SchedulerConfig, pool: KVBlockPool, prompt_tokens, output_tokens) -> None:
+    def __init__(self, config: SchedulerConfig, pool: KVBlockPool, requests: RequestStore) -> None:
         self.config = config
         self.pool = pool
-        self.prompt = prompt_tokens      # shared read-only arrays indexed by request id
-        self.output = output_tokens
-        self.computed: dict[int, int] = {}
-        self.generated: dict[int, int] = {}
+        self.requests = requests
+        self.prompt = requests.prompt        # the store's columns, indexed by request id
+        self.output = requests.output
+        self.computed = requests.computed
+        self.generated = requests.generated
         self.waiting: deque[int] = deque()
         self.running: list[int] = []
         self.busy: set[int] = set()
@@ -87,12 +90,10 @@ class ContinuousBatcher:
 
     # ----- queue changes ----------------------------------------------------------------------
     def add(self, request: int) -> None:
-        self.computed[request] = 0
-        self.generated[request] = 0
         self.waiting.append(request)
 
     def pending(self, request: int) -> int:
-        return int(self.prompt[request]) + self.generated[request] - self.computed[request]
+        return self.prompt[request] + self.generated[request] - self.computed[request]
 
     def has_work(self) -> bool:
         return bool(self.waiting) or any(r not in self.busy for r in self.running)
@@ -103,6 +104,7 @@ class ContinuousBatcher:
         self.computed[victim] = 0
         self.waiting.appendleft(victim)
         self.preemptions += 1
+        self.requests.preemptions[victim] += 1
 
     # ----- the decision -------------------------------------------------------------------------
     def decode_ready(self) -> tuple[int, float]:
@@ -137,7 +139,7 @@ class ContinuousBatcher:
                 continue
             proposed = 0
             if gamma > 0 and pending == 1 and self.generated[r] >= 1:
-                proposed = max(0, min(gamma, int(self.output[r]) - self.generated[r] - 1, budget - 1))
+                proposed = max(0, min(gamma, self.output[r] - self.generated[r] - 1, budget - 1))
                 n = 1 + proposed
             ctx = self.computed[r]
             while not pool.grow(r, ctx + n):
@@ -183,7 +185,7 @@ class ContinuousBatcher:
         if not work:
             return None
         batch = _shape(work)
-        prefill = sum(w.new_tokens for w in work if self.computed[w.request] < int(self.prompt[w.request]))
+        prefill = sum(w.new_tokens for w in work if self.computed[w.request] < self.prompt[w.request])
         decode = sum(w.new_tokens for w in work) - prefill
         return StepPlan(work, batch, prefill, decode, preempted)
 
@@ -191,12 +193,16 @@ class ContinuousBatcher:
         """Apply a finished step; returns ``(request, emitted_first_token, finished)`` per sampled request.
 
         ``accepted[r]`` is how many of r's draft tokens the verification accepted: r gains
-        ``accepted + 1`` tokens and the rejected positions leave the KV cache.
+        ``accepted + 1`` tokens and the rejected positions leave the KV cache. A step that
+        samples after the first token counts as one decode pass of the request.
         """
         events = []
+        passes = self.requests.decode_passes
         for w in plan.work:
             r = w.request
             self.busy.discard(r)
+            if w.samples and (w.proposed or self.generated[r] >= 1):
+                passes[r] += 1
             if w.proposed:  # verification: keep the accepted drafts, roll back the rest
                 k = min(w.proposed, (accepted or {}).get(r, 0))
                 self.computed[r] = w.context + 1 + k
@@ -208,11 +214,10 @@ class ContinuousBatcher:
             if gained:
                 self.generated[r] += gained
                 g = self.generated[r]
-                finished = g >= int(self.output[r])
+                finished = g >= self.output[r]
                 if finished:
                     self.running.remove(r)
                     self.pool.free(r)
-                    del self.computed[r], self.generated[r]
                 events.append((r, g == gained and not w.proposed, finished))
         return events
 

@@ -20,7 +20,7 @@ Modelling assumptions (physics.md section 3):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Mapping, Protocol
 
 import numpy as np
 
@@ -97,14 +97,36 @@ def request_acceptance(rng: np.random.Generator, cfg: SpeculativeConfig, n: int)
     return rng.beta(cfg.acceptance * k, (1.0 - cfg.acceptance) * k, size=n)
 
 
-def best_gamma(pass_time_s: Callable[[int], float], acceptance: float, max_gamma: int) -> int:
-    """The ``gamma`` in 0..max_gamma maximising expected tokens per second of one pass."""
-    best, best_rate = 0, -1.0
-    for g in range(0, max_gamma + 1):
-        rate = expected_tokens(acceptance, g) / pass_time_s(g)
-        if rate > best_rate * (1 + 1e-12):
-            best, best_rate = g, rate
-    return best
+def best_gamma(pass_s: Mapping[int, Any], acceptance: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The draft length maximising expected tokens per second of one pass, per element.
+
+    ``pass_s[g]``: the pass time at ``gamma = g`` (a number or an array, e.g. one per batch
+    size), candidates in increasing ``g``. A longer draft must beat a shorter one by more
+    than 1e-12 relative (ties go to the shorter). Returns arrays of the chosen ``gamma``, its
+    expected tokens per pass and its rate (tokens/s).
+    """
+    gam = tok = rate = None
+    for g, t in pass_s.items():
+        e = expected_tokens(acceptance, g) if g > 0 else 1.0
+        r = e / np.asarray(t, dtype=np.float64)
+        if rate is None or gam is None or tok is None:
+            rate, gam, tok = r, np.full(r.shape, g), np.full(r.shape, e)
+        else:
+            better = r > rate * (1 + 1e-12)
+            rate, gam, tok = np.where(better, r, rate), np.where(better, g, gam), np.where(better, e, tok)
+    if rate is None or gam is None or tok is None:
+        raise ValueError("best_gamma needs at least one candidate")
+    return gam, tok, rate
+
+
+class Speculation(Protocol):
+    """What a replica asks of its speculative decoding (:class:`SpeculativeDecoder`)."""
+
+    draft: Any
+
+    def gamma_for(self, n_decode: int, mean_context: float) -> int: ...
+
+    def draft_time(self, prefill_ctx, prefill_new, decode_ctx, gamma: int) -> Any: ...
 
 
 class SpeculativeDecoder:
@@ -167,6 +189,7 @@ class SpeculativeDecoder:
         g = self._gamma_cache.get(key)
         if g is None:
             ctx = (key[1] + 0.5) * 256
-            g = best_gamma(lambda k: self.pass_time(n_decode, ctx, k).total_s, cfg.acceptance, cfg.max_num_tokens)
+            times = {k: self.pass_time(n_decode, ctx, k).total_s for k in range(cfg.max_num_tokens + 1)}
+            g = int(best_gamma(times, cfg.acceptance)[0])
             self._gamma_cache[key] = g
         return g

@@ -8,10 +8,15 @@ sequences, so a batch of thousands of sequences costs the same to predict as a b
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from sim.errors import require
+
+#: A token count: a number, or a numpy array of them when the analytic model evaluates many
+#: batch sizes at once (``Any`` so that arithmetic on either type checks).
+Count = Any
 
 # Queries handled by one attention thread block (FlashAttention-style tiling).
 ATTENTION_QUERY_BLOCK = 64
@@ -21,12 +26,12 @@ ATTENTION_QUERY_BLOCK = 64
 class BatchShape:
     """Sums over the sequences of one step (all counts in tokens)."""
 
-    num_seqs: int
-    new_tokens: int
-    kv_tokens_read: float
-    attention_pairs: float
-    sampled_tokens: int
-    query_blocks: int
+    num_seqs: Count
+    new_tokens: Count
+    kv_tokens_read: Count
+    attention_pairs: Count
+    sampled_tokens: Count
+    query_blocks: Count
 
     @classmethod
     def from_sequences(cls, context_len, new_tokens, sampled=None) -> "BatchShape":

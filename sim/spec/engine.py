@@ -1,6 +1,6 @@
 """How a serving engine uses the hardware: achieved efficiencies and fixed costs.
 
-A profile is kept apart from the datasheet (:mod:`sim.hardware`) so that one fitted on one
+A profile is kept apart from the datasheet (:mod:`sim.spec.hardware`) so that one fitted on one
 GPU transfers to another GPU by changing only the hardware preset. Every parameter is
 physically meaningful and bounded: efficiencies are fractions of the datasheet peak (never
 above 1), per-kernel costs are positive times.

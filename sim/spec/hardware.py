@@ -1,7 +1,7 @@
 """Datasheet description of one accelerator (values with sources live in conf/hardware/).
 
 Only what the chip *is* belongs here (capacity, peak rates, links, power, price); how well a
-software engine uses it (achieved efficiencies, launch gaps) is an :class:`~sim.engine.EngineProfile`.
+software engine uses it (achieved efficiencies, launch gaps) is an :class:`~sim.spec.engine.EngineProfile`.
 """
 from __future__ import annotations
 

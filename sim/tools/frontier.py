@@ -3,7 +3,7 @@
 Searches GPU count (``search.max_gpus``; powers of two and multiples of the node size),
 every valid parallel split (1-D or 2-D tensor x pipeline) and ``search.batch_points`` batch
 sizes up to ``search.max_batch`` (log-spaced) at ``search.context_len`` cached tokens, with the
-analytic model (:mod:`sim.analytic`). Writes ``frontier.parquet`` into ``out`` (default: the
+analytic model (:mod:`sim.cost.analytic`). Writes ``frontier.parquet`` into ``out`` (default: the
 current directory) with every point that fits in memory — the configuration, latency, speed
 per request, throughput and dollars per million output tokens, and whether it is on the
 Pareto frontier — and prints one JSON line with the headline numbers.
@@ -20,10 +20,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sim.build import analytic_model
 from sim.config.compose import compose_config
 from sim.config.parse import parse_config
 from sim.config.presets import check_group_choices
-from sim.cost.analytic import AnalyticModel, pareto_mask, valid_splits
+from sim.cost.analytic import pareto_mask, valid_splits
 from sim.errors import ConfigError
 from sim.tools.cli import fail, guarded, json_value, key_values
 
@@ -38,7 +39,7 @@ def gpu_counts(max_gpus: int, per_node: int) -> list[int]:
 
 def search(cfg_map: dict[str, Any], search_cfg: dict[str, Any]) -> tuple[pa.Table, dict[str, Any]]:
     cfg = parse_config(cfg_map)
-    s = {**SEARCH_DEFAULTS, **search_cfg}
+    s: dict[str, Any] = {**SEARCH_DEFAULTS, **search_cfg}
     for k in ("max_gpus", "max_batch", "batch_points"):
         if not isinstance(s[k], int) or s[k] < 1:
             raise ConfigError(f"search.{k}={s[k]!r} must be an integer >= 1")
@@ -46,7 +47,7 @@ def search(cfg_map: dict[str, Any], search_cfg: dict[str, Any]) -> tuple[pa.Tabl
         raise ConfigError(f"search.context_len={s['context_len']!r} must be a number >= 0")
     batches = np.unique(np.round(np.geomspace(1, s["max_batch"], s["batch_points"])))
     counts = gpu_counts(s["max_gpus"], cfg.topology.gpus_per_node)
-    model = AnalyticModel(cfg, max_gpus=max(counts))
+    model = analytic_model(cfg, max_gpus=max(counts))
     values = ("batch", "latency_s", "speed_tok_s", "throughput_tok_s", "usd_per_mtok", "gamma", "tokens_per_pass",
               "compute_s", "memory_s", "network_s", "fixed_s")
     cols: dict[str, list] = {k: [] for k in ("gpus", "tp", "pp", "tp_cols", *values)}
@@ -56,11 +57,11 @@ def search(cfg_map: dict[str, Any], search_cfg: dict[str, Any]) -> tuple[pa.Tabl
             ok = r["fits"]
             if not ok.any():
                 continue
-            k = int(ok.sum())
-            cols["gpus"].append(np.full(k, split.gpus + cfg.speculative.extra_gpus))
-            cols["tp"].append(np.full(k, split.tp))
-            cols["pp"].append(np.full(k, split.pp))
-            cols["tp_cols"].append(np.full(k, split.tp_cols))
+            count = int(ok.sum())
+            cols["gpus"].append(np.full(count, split.gpus + cfg.speculative.extra_gpus))
+            cols["tp"].append(np.full(count, split.tp))
+            cols["pp"].append(np.full(count, split.pp))
+            cols["tp_cols"].append(np.full(count, split.tp_cols))
             for name in values:
                 cols[name].append(r[name][ok])
     if not cols["gpus"]:

@@ -5,13 +5,13 @@ with the hardware held at its datasheet values, prints the per-row error table a
 median absolute error, and writes two profiles: ``NAME_cudagraph`` (graph-mode rows) and
 ``NAME_eager`` (same kernels, host-launch-bound, fitted on eager rows) into ``out``
 (default ``conf/engine``). ``fit=`` chooses the fitted parameters: ``default`` (those the
-step data identify, :data:`sim.calibration.FIT_PARAMS`; the rest keep their documented values),
+step data identify, :data:`sim.tools.calibration.engine_fit.FIT_PARAMS`; the rest keep their documented values),
 ``all`` (also attention, elementwise and per-step overhead) or a comma-separated list.
 
 ``python -m sim.calibrate data=LOG[,LOG...] [data=LOG ...] format=nccl-tests [hardware=auto|NAME]
 [name=NAME] [out=DIR] [collective=allreduce|allgather] [network=auto|ib|roce] [nic_GBps=X]
 [max_bytes=B] [launch_us=US]`` fits per-link latency and bandwidth to nccl-tests text logs instead
-(:mod:`sim.link_fit`; the format is detected when every ``data`` file reads like nccl-tests
+(:mod:`sim.tools.calibration.link_fit`; the format is detected when every ``data`` file reads like nccl-tests
 output), prints measured vs predicted per row (through the simulator's Fabric) with the
 median error per log, and writes one topology per system to ``out`` (default
 ``conf/topology``) for ``topology=NAME``.
@@ -116,7 +116,7 @@ def is_nccl_request(argv: list[str]) -> bool:
     """``format=nccl-tests``, or no ``format`` and every ``data`` file reads like nccl-tests output."""
     from sim.tools.calibration.nccl_log import looks_like_nccl_tests
 
-    pairs = [tuple(a.split("=", 1)) for a in argv if "=" in a]  # the chosen path reports bad arguments
+    pairs = [(k, v) for k, v in (a.split("=", 1) for a in argv if "=" in a)]  # the chosen path reports bad arguments
     fmt = [v for k, v in pairs if k == "format"]
     if fmt:
         if fmt[-1] not in ("nccl-tests", "jsonl", "auto"):
@@ -143,7 +143,7 @@ def _hardware_for(device: str, choice: str):
 
 
 def _run_config(mapping: dict, hardware_name: str, gpus: int):
-    """A RunConfig whose topology is ``mapping`` (for build_graph); model/engine are placeholders."""
+    """A RunConfig whose topology is ``mapping`` (for the builder); model/engine are placeholders."""
     from sim.config.parse import parse_config
     from sim.config.presets import load_preset
 
@@ -154,7 +154,7 @@ def _run_config(mapping: dict, hardware_name: str, gpus: int):
 
 def _topology_yaml(system: str, mapping: dict, fit, members: list, medians: dict, hardware: str) -> str:
     first = members[0]
-    lines = [f"# {system}: link parameters fitted by `python -m sim.calibrate format=nccl-tests` (sim/link_fit.py)",
+    lines = [f"# {system}: link parameters fitted by `python -m sim.calibrate format=nccl-tests` (sim/tools/calibration/link_fit.py)",
              f"# to nccl-tests logs: {', '.join(s.log.name for s in members)}.",
              f"# Use with hardware={hardware}; engine.allreduce_algorithm=nccl_model and",
              f"# engine.collective_software_us={fit.software_us:.3f} reproduce the logs (one process per GPU;",
@@ -185,7 +185,6 @@ def nccl_main(argv: list[str]) -> dict:
     """Fit link parameters to nccl-tests logs, report errors through the Fabric, write topologies."""
     import numpy as np
 
-    from sim.build import build_graph
     from sim.tools.calibration.link_fit import (
         LogSystem,
         errors,
@@ -234,8 +233,8 @@ def nccl_main(argv: list[str]) -> dict:
     for system, members in groups.items():
         mapping = topology_mapping(fit, members[0])
         for s in members:
-            graph = build_graph(_run_config(mapping, s.hardware.name, s.log.ranks))
-            pred = fabric_times_us(s.log, graph, fit.collective_software_us(s))
+            rc = _run_config(mapping, s.hardware.name, s.log.ranks)
+            pred = fabric_times_us(s.log, rc, fit.collective_software_us(s))
             e = errors(s, pred, max_bytes)
             medians[s.log.name] = e["median_abs_error"]
             print(f"# {s.log.name} ({system}: {s.log.ranks} ranks, {s.log.nodes} node(s), "

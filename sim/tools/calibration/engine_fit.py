@@ -44,7 +44,7 @@ FIT_BOUNDS: dict[str, tuple[float, float]] = {
 # stay at documented values (DOCUMENTED_DEFAULTS) unless asked for
 # (``fit_engine(params=FIT_BOUNDS)``): fitted too, they moved by 5-13 % (the per-step overhead
 # from 0 to 72 us) when one model's rows were left out, i.e. the data do not pin them down.
-DOCUMENTED_DEFAULTS = {
+DOCUMENTED_DEFAULTS: dict[str, Any] = {
     # A measured step is one forward pass timed around its CUDA-graph replay (or its eager
     # launches): no scheduler, sampling or detokenization runs between steps, so the per-step
     # cost is only the kernel boundaries of the embedding, final norm, LM head and argmax.
@@ -180,7 +180,8 @@ def fit_engine(rows: list[Measurement], hardware: HardwareSpec, start: EnginePro
     x0 = np.clip(np.array([float(getattr(start, p)) for p in params]), lo + 1e-9, hi - 1e-9)
 
     def make(x: np.ndarray) -> EngineProfile:
-        return replace(start, cuda_graphs=True, **{p: float(v) for p, v in zip(params, x)})
+        fitted: dict[str, Any] = {p: float(v) for p, v in zip(params, x)}
+        return replace(start, cuda_graphs=True, **fitted)
 
     def residuals(x: np.ndarray) -> np.ndarray:
         eng = make(x)

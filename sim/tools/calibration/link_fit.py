@@ -1,6 +1,6 @@
 """Fit per-link latency and bandwidth to nccl-tests logs (pure: no files, no printing).
 
-Model (NCCL's own tuning formula, :func:`sim.collectives.nccl_model_s`, the cheapest of the
+Model (NCCL's own tuning formula, :func:`sim.cost.collectives.nccl_model_s`, the cheapest of the
 LL/LL128/Simple protocols), for a log of ``n`` ranks on ``nodes`` nodes with ``r = n/nodes``
 ranks per node, each process driving ``g`` GPUs::
 
@@ -242,20 +242,22 @@ def topology_mapping(fit: LinkFit, s: LogSystem) -> dict:
             "ib_latency_us": round(hop_net, 4), "rail_optimized": True, **common}
 
 
-def fabric_times_us(log: NcclLog, graph, collective_software_us: float) -> np.ndarray:
+def fabric_times_us(log: NcclLog, cfg, collective_software_us: float) -> np.ndarray:
     """The log's times (us) through the simulator's own collective path.
 
-    ``Fabric(graph, engine).group(first ranks)`` with ``engine.allreduce_algorithm =
-    nccl_model`` and the given ``collective_software_us`` (the fitted software latency, plus
-    the launch cost when one process drives several GPUs: :meth:`LinkFit.collective_software_us`);
-    ``graph`` is built from the fitted topology (``sim.build.build_graph``).
+    The fabric the builder makes for ``cfg`` (a run config whose topology is the fitted one),
+    with ``engine.allreduce_algorithm = nccl_model`` and the given ``collective_software_us``
+    (the fitted software latency, plus the launch cost when one process drives several GPUs:
+    :meth:`LinkFit.collective_software_us`); its group of the first ranks prices the log.
     """
-    from sim.cost.fabric import Fabric
+    from dataclasses import replace
+
+    from sim.build import make_fabric
     from sim.spec.engine import EngineProfile
 
     engine = EngineProfile(name="nccl_tests_fit", allreduce_algorithm="nccl_model", oneshot_max_bytes=0.0,
                            collective_software_us=collective_software_us)
-    fabric = Fabric(graph, engine, oneshot_capable=False)
+    fabric = make_fabric(replace(cfg, engine=engine), oneshot_capable=False)
     group = fabric.group(list(fabric.gpus)[: log.ranks])
     nbytes = per_rank_bytes(log)
     t = group.allgather_s(nbytes) if log.collective == "allgather" else group.allreduce_s(nbytes)

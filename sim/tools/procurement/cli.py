@@ -3,9 +3,9 @@
 A Hydra app over the usual config groups plus ``slo.ttft_p99_s``, ``slo.tpot_p99_s``, the
 search space under ``search.*`` and ``sensitivity.*`` (``conf/procure.yaml``). It prunes the
 space with the analytic model and confirms with discrete-event runs on the trace
-(:mod:`sim.procurement`), then, for the chosen configuration, moves each hardware parameter
+(:mod:`sim.tools.procurement.search`), then, for the chosen configuration, moves each hardware parameter
 and the price by +/-``sensitivity.delta`` and replays ``sensitivity.seeds`` bootstrap draws of
-the trace (:mod:`sim.sensitivity`). Writes into its run directory:
+the trace (:mod:`sim.tools.procurement.sensitivity`). Writes into its run directory:
 
 * ``procure.parquet``: every configuration considered (config columns, analytic verdict,
   and for simulated ones latency percentiles, goodput, cost, energy);
@@ -27,11 +27,12 @@ import hydra
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from sim.app import evaluate
 from sim.build import build_step_model, load_workload
-from sim.config.compose import check_overrides
+from sim.config.compose import check_overrides, resolved
 from sim.config.parse import parse_config
 from sim.config.presets import CONF_DIR, check_group_choices, load_hardware
 from sim.cost.analytic import pareto_mask, steady_step_s
@@ -133,6 +134,7 @@ def infeasible_row(bound) -> dict[str, Any]:
 
 def best_json(c: Candidate) -> dict[str, Any]:
     s = c.summary
+    assert s is not None, "the best candidate was simulated"
     return {"hardware": c.layout.hardware, "gpus": c.gpus, "tp": c.layout.tp, "pp": c.layout.pp,
             "replicas": c.replicas, "max_batch_size": c.layout.max_batch_size,
             "max_tokens_per_step": c.layout.max_tokens_per_step,
@@ -183,7 +185,7 @@ def report(rows: list[dict[str, Any]], best: Candidate, cheaper: Candidate | Non
               f"million output tokens, ${b['usd_per_hour']:.2f}/h, TTFT p99 {b['ttft_p99_s']:.3f} s, "
               f"TPOT p99 {b['tpot_p99_s'] * 1e3:.1f} ms.", ""]
     if cheaper is not None:
-        s = cheaper.summary
+        s = cheaper.summary or {}
         why = cheaper.error or (f"TTFT p99 {s['ttft_s']['p99']:.3f} s, TPOT p99 {s['tpot_s']['p99'] * 1e3:.1f} ms, "
                                 f"{s['requests']['completed']}/{s['requests']['total']} completed")
         lines += [f"One step cheaper: {cheaper.replicas} x {cheaper.layout.hardware} TP{cheaper.layout.tp} "
@@ -221,7 +223,7 @@ def procure(cfg_map: dict[str, Any], out: Path) -> dict[str, Any]:
     unknown = sorted(set(search_map) - set(SEARCH_KEYS))
     if unknown:
         raise ConfigError(f"search has unknown field(s) {unknown}; allowed: {list(SEARCH_KEYS)}")
-    slo = Slo(slo_map.get("ttft_p99_s"), slo_map.get("tpot_p99_s"))
+    slo = Slo(slo_map.get("ttft_p99_s"), slo_map.get("tpot_p99_s"))  # type: ignore[arg-type]  # Slo checks them
     hw_names = search_map.get("hardware") or [cfg_map["hardware"]["name"]]
     hw_names = hw_names if isinstance(hw_names, (list, tuple)) else [hw_names]
     presets = {}
@@ -261,7 +263,8 @@ def procure(cfg_map: dict[str, Any], out: Path) -> dict[str, Any]:
     best, cheaper = search(cands, slo, simulate, max_runs)
     by_layout = {b.layout: b for b in bounds}
     rows = [candidate_row(c, by_layout[c.layout]) for c in cands] + [infeasible_row(b) for b in bounds if not b.feasible]
-    columns = list(candidate_row(Candidate(Layout("", 1, 1, 1, 1), 1, 0.0, True, 0.0), LayoutBound(None, False)))
+    blank = Layout("", 1, 1, 1, 1)
+    columns = list(candidate_row(Candidate(blank, 1, 0.0, True, 0.0), LayoutBound(blank, False)))
     rows = [{k: r.get(k) for k in columns} for r in rows]  # infeasible layouts lack the simulated columns
     table = pa.Table.from_pylist(rows) if rows else pa.table({k: pa.array([], pa.null()) for k in columns})
     pq.write_table(table, out / "procure.parquet")
@@ -273,6 +276,7 @@ def procure(cfg_map: dict[str, Any], out: Path) -> dict[str, Any]:
                           f"TPOT p99 <= {slo.tpot_p99_s} s ({len(cands)} candidates, {simulated} simulated; "
                           f"see {out / 'procure.parquet'}){why}; widen search.* or relax slo.*")
     sens = None
+    assert best.summary is not None, "the best candidate was simulated"
     if sens_map.get("enabled", True):
         sens = sensitivity(deployment(base, best.layout, best.replicas), lambda c: evaluate(c)[0], best.summary,
                            float(sens_map.get("delta", 0.2)), int(sens_map.get("seeds", 3)))
@@ -296,14 +300,11 @@ def load_hardware_map(name: str) -> dict[str, Any]:
 
 @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="procure")
 def main(cfg: DictConfig) -> None:
-    hc = hydra.core.hydra_config.HydraConfig.get()
+    hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
 
     def go() -> None:
-        try:
-            container = OmegaConf.to_container(cfg, resolve=True)
-        except Exception as exc:
-            raise ConfigError(f"config could not be resolved: {str(exc).splitlines()[0]}") from None
+        container = resolved(cfg)
         (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         print(json.dumps(procure(container, out)))
     guarded(go)()

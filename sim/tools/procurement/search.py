@@ -11,7 +11,7 @@ tokens per step: the prefill chunk that decode steps share) x replicas (data par
 * its sustainable output throughput under the TPOT target: the largest batch ``B`` (within
   the batch limit, the KV cache at the mean request length, and the step's token budget:
   ``B`` decodes plus the ``B x prompt/output`` prompt tokens that keep ``B`` requests in flight
-  must fit in ``max_tokens_per_step``) whose steady step (:func:`sim.analytic.steady_step_s`)
+  must fit in ``max_tokens_per_step``) whose steady step (:func:`sim.cost.analytic.steady_step_s`)
   is at most ``tpot_p99_s``; throughput ``B / step``;
 * hence a lower bound on the replicas the trace's mean output rate needs, raised by its
   bursts: 99 % of the prompt tokens arriving within any window of ``W`` seconds must be
@@ -116,7 +116,7 @@ class Candidate:
 
 def layout_bound(layout: Layout, model, stats: TrafficStats, slo: Slo,
                  steady_step_s: Callable[[Any, int, float, float, float], float]) -> LayoutBound:
-    """The analytic verdict for one layout (``model``: a :class:`sim.steptime.StepModel`)."""
+    """The analytic verdict for one layout (``model``: a :class:`sim.build.StepModel`)."""
     from sim.spec.batch import BatchShape
 
     p99 = int(math.ceil(stats.p99_prompt))

@@ -12,10 +12,10 @@ leaving each model out in turn and reports how far the fitted parameters move an
 the held-out model is predicted (the transfer test of a calibration).
 
 Second, predicted vs published (``published.md`` and ``published.parquet``): every row of
-``sim/published_rows.yaml`` (single-GPU decode speeds, serving-engine decode steps, NIM
+``sim/tools/validation/published_rows.yaml`` (single-GPU decode speeds, serving-engine decode steps, NIM
 Llama-3.3-70B TP2 ITL and TTFT, TensorRT-LLM TTFT and throughput tables, MLPerf Llama-2-70B
 offline and server, NCCL and custom all-reduce latencies, Spec-Bench speedups), each with the
-engine profile and config that express it and its error (see :mod:`sim.published`).
+engine profile and config that express it and its error (see :mod:`sim.tools.validation.published`).
 ``groups=`` restricts the published part to some groups; ``published=false`` skips it.
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ def validation_table(data: Path, hardware: str = "h100") -> pa.Table:
     hw = load_hardware(hardware)
     rows = read_measurements(data)
     engines = {mode: load_engine(name) for mode, name in ENGINE_FOR_MODE.items()}
-    out = {k: [] for k in ("label", "kind", "mode", "model", "engine", "measured_s", "predicted_s", "error")}
+    out: dict[str, list[Any]] = {k: [] for k in ("label", "kind", "mode", "model", "engine", "measured_s", "predicted_s", "error")}
     for r in rows:
         eng = engines[r.mode]
         p = predict(r, hw, eng)
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, out / "validation.parquet")
     (out / "validation.md").write_text(markdown(table, groups, loo, data))
-    report = {"data": str(data), "groups": groups,
+    report: dict[str, Any] = {"data": str(data), "groups": groups,
               "leave_one_model_out": [{k: v for k, v in r.items() if k not in ("drift", "change_at_zero_bound")}
                                       for r in loo],
               "written": [str(out / "validation.md"), str(out / "validation.parquet")]}

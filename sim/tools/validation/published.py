@@ -43,11 +43,10 @@ import numpy as np
 import pyarrow as pa
 import yaml
 
-from sim.build import StepModel, build_graph, build_step_model
+from sim.build import StepModel, build_step_model, make_fabric
 from sim.config.compose import compose_config
 from sim.config.parse import parse_config
 from sim.cost.analytic import steady_step_s
-from sim.cost.fabric import Fabric
 from sim.cost.placement import placement
 from sim.errors import ConfigError
 from sim.policy.speculative import expected_tokens
@@ -165,7 +164,7 @@ def _server(ev: Evaluator, cfg: list[str], p: dict, row: dict) -> float:
 
 def _allreduce_us(ev: Evaluator, cfg: list[str], p: dict, row: dict) -> float:
     rc = parse_config(ev.config(list(cfg)))
-    fabric = Fabric(build_graph(rc), rc.engine, oneshot_capable=rc.hardware.scaleup_link != "pcie")
+    fabric = make_fabric(rc)
     ranks = placement(rc, list(fabric.gpus))[0][0][: int(p["ranks"])]
     return float(fabric.group(ranks).allreduce_s(float(p["bytes"]))) * 1e6
 
@@ -237,7 +236,7 @@ def group_summary(table: pa.Table) -> dict[str, dict[str, float]]:
 def markdown(table: pa.Table, summary: dict[str, dict[str, float]]) -> str:
     d = table.to_pydict()
     lines = ["# Validation against published numbers", "",
-             "Rows: `sim/published_rows.yaml` (sources in `/work/shared/reference/published_numbers.md`).", "",
+             "Rows: `sim/tools/validation/published_rows.yaml` (sources in `/work/shared/reference/published_numbers.md`).", "",
              "| group | rows | median abs error | worst abs error |", "|---|---|---|---|"]
     for g, s in summary.items():
         lines.append(f"| {g} | {s['rows']} | {s['median_abs_error']:.1%} | {s['worst_abs_error']:.1%} |")

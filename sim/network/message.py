@@ -1,14 +1,8 @@
-"""The network as SimPy processes, behind one narrow interface with two fidelities.
+"""Message fidelity (``network.fidelity=message``): every hop of every message on FIFO links.
 
-``collective(kind, ranks, nbytes)`` and ``transfer(src, dst, nbytes)`` return events that
-fire when the operation completes.
-
-* :class:`CollectiveNetwork` (``network.fidelity=collective``, the default): one timeout per
-  operation, its duration from the alpha-beta schedule in :mod:`sim.collectives`.
-* :class:`MessageNetwork` (``network.fidelity=message``): every hop of every message is
-  simulated on a :class:`Link` — a FIFO SimPy resource per link direction with a per-hop
-  latency and serialisation at its bandwidth — so messages of different collectives and
-  transfers contend for shared links.
+Every hop of every message is simulated on a :class:`Link` — a FIFO SimPy resource per link
+direction with a per-hop latency and serialisation at its bandwidth — so messages of different
+collectives and transfers contend for shared links.
 
 Cut-through forwarding: a message holds a link while it serialises
 (``max(n / bandwidth, until its tail has arrived from the previous hop)``), its head moves on
@@ -17,11 +11,20 @@ latency. Uncontended, this is exactly ``sum(latency) + n / min(bandwidth)``.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Generator, Sequence
 
 import simpy
 
 from sim.cost.fabric import Fabric
+from sim.cost.step_time import StepTime
+from sim.network.interface import StageProgram
+
+
+def _releaser(resource: simpy.Resource, request: simpy.resources.resource.Request):
+    """A callback that frees ``resource`` from ``request`` when an event fires."""
+    def release(_event: simpy.Event) -> None:
+        resource.release(request)
+    return release
 
 
 class Link:
@@ -35,29 +38,6 @@ class Link:
         self.bandwidth_Bps = bandwidth_Bps
         self.bytes_sent = 0.0
         self.busy_s = 0.0
-
-
-class CollectiveNetwork:
-    """One event per collective or transfer (alpha-beta along the topology's paths)."""
-
-    fidelity = "collective"
-
-    def __init__(self, env: simpy.Environment, fabric: Fabric) -> None:
-        self.env, self.fabric = env, fabric
-
-    def duration_s(self, kind: str, ranks: Sequence[str], nbytes: float) -> float:
-        group = self.fabric.group(ranks)
-        if kind == "allreduce":
-            return group.allreduce_s(nbytes)
-        if kind == "allgather":
-            return group.allgather_s(nbytes)
-        raise ValueError(f"unknown collective kind {kind!r}")
-
-    def collective(self, kind: str, ranks: Sequence[str], nbytes: float) -> simpy.Event:
-        return self.env.timeout(self.duration_s(kind, ranks, nbytes))
-
-    def transfer(self, src: str, dst: str, nbytes: float) -> simpy.Event:
-        return self.env.timeout(self.fabric.send_s(src, dst, nbytes))
 
 
 class MessageNetwork:
@@ -88,7 +68,7 @@ class MessageNetwork:
             link.bytes_sent += nbytes
             link.busy_s += end - start
             release = env.timeout(end - start)
-            release.callbacks.append(lambda _ev, res=link.resource, r=req: res.release(r))
+            release.callbacks.append(_releaser(link.resource, req))
             tail_in = end + link.latency_s
             yield env.timeout(link.latency_s)
         if tail_in > env.now:
@@ -158,4 +138,27 @@ class MessageNetwork:
                 raise ValueError(f"unknown collective kind {kind!r}")
         return self.env.process(proc())
 
+    def run_stage(self, program: StageProgram) -> Generator[simpy.Event, object, StepTime]:
+        """Layer by layer: the local work of a layer, then each of its collectives message by
+        message (every row or column group of a 2-D grid at once). A stage without
+        communication is one timed event, as under collective fidelity."""
+        env, work, groups = self.env, program.work, program.groups
+        if not program.communicates:
+            t = program.priced()
+            yield env.timeout(t.total_s)
+            return t
+        per_layer_s = work.local.total_s / max(1, work.layers)
+        start = env.now
 
+        def issue(c):
+            return env.all_of([self.collective(c.kind, ranks, c.nbytes) for ranks in groups[c.group]])
+
+        for c in work.pre_collectives:
+            yield issue(c)
+        for _ in range(work.layers):
+            yield env.timeout(per_layer_s)
+            for c in work.per_layer_collectives:
+                yield issue(c)
+        for c in work.post_collectives:
+            yield issue(c)
+        return work.local + StepTime(network_s=env.now - start - work.local.total_s)
