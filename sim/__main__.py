@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -16,10 +19,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from sim.app import run
+from sim.app import StopRequest, run
 from sim.config.compose import check_overrides, resolved
 from sim.config.presets import check_group_choices
 from sim.errors import ConfigError
+from sim.observe.recorder import write_text
 from sim.tools.cli import guarded
 from sim.tools.sweep import check_launcher
 from topologies import TopologyError
@@ -45,8 +49,15 @@ def main(cfg: DictConfig) -> None:
 
 def _run(cfg: DictConfig, out: Path) -> None:
     container = resolved(cfg)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    summary = run(container, out)
+    write_text(OmegaConf.to_yaml(cfg, resolve=True), out / "config.yaml")
+    stop = StopRequest()
+    with stop_on_signals(stop):
+        summary = run(container, out, stop)
+    if not summary["complete"]:
+        sys.stderr.write(f"stopped: {stop.message} at {summary['sim']['sim_time_s']:.1f} s simulated; "
+                         f"{summary['requests']['completed']} of {summary['requests']['total']} requests completed; "
+                         f"partial outputs (summary.json: complete=false) in {out}\n")
+        raise SystemExit(stop.exit_code)
     headline = {k: summary[k] for k in ("requests", "ttft_s", "tpot_s", "throughput")}
     c = summary["cost"]
     headline["cost"] = {"model": c["model"], "gpus": c["gpus"], "usd_per_hour": c["usd_per_hour"],
@@ -55,6 +66,29 @@ def _run(cfg: DictConfig, out: Path) -> None:
     headline["run_dir"] = str(out)
     headline["sim"] = summary["sim"]
     print(json.dumps(headline))
+
+
+@contextmanager
+def stop_on_signals(stop: StopRequest):
+    """Ctrl-C (SIGINT) and SIGTERM ask the run to stop at the next event, so that what was
+    simulated is written (exit 130 / 143); a second Ctrl-C stops at once."""
+    def on_signal(signum, _frame):
+        if signum == signal.SIGINT and stop.reason is not None:
+            raise KeyboardInterrupt
+        if signum == signal.SIGINT:
+            stop.request("interrupt", 130, "interrupted (Ctrl-C)")
+        else:
+            stop.request("terminated", 143, "terminated (SIGTERM)")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 if __name__ == "__main__":

@@ -1,42 +1,59 @@
 """One run end to end: validate config, build, simulate, write outputs, summarize.
 
-Outputs are written in the order they become available (requests and steps Parquet first,
-then ``summary.json``), so a failure late in a run never loses a finished simulation.
+``steps.parquet`` streams as the run goes; ``requests.parquet`` and ``summary.json`` follow.
+Every file appears under its final name only when complete, so an interrupted run leaves
+readable outputs (:class:`StopRequest`: Ctrl-C, SIGTERM, ``sim.max_wall_s``).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping
 
 from sim.build import build_cluster, build_simulation, load_workload
 from sim.config.parse import parse_config
 from sim.cost.money import mixed_fleet_cost
-from sim.des.simulation import SimResult, simulate
+from sim.des.simulation import SimResult, StopRequest, simulate
 from sim.observe.metrics import fleet_parts, summarize
-from sim.observe.recorder import write_table
+from sim.observe.recorder import write_json, write_table
+
+__all__ = ["StopRequest", "evaluate", "run"]
 
 
-def run(cfg_mapping: Mapping[str, Any], out_dir: str | Path) -> dict[str, Any]:
-    """Simulate, write ``requests.parquet``/``steps.parquet`` as soon as they exist, then ``summary.json``."""
+def run(cfg_mapping: Mapping[str, Any], out_dir: str | Path, stop: StopRequest | None = None) -> dict[str, Any]:
+    """Simulate, stream ``steps.parquet``, then write ``requests.parquet`` and ``summary.json``.
+
+    Each file appears under its final name only when complete. A run stopped early (``stop``
+    requested: Ctrl-C, SIGTERM, ``sim.max_wall_s``) still writes all three, with unfinished
+    requests marked and ``"complete": false`` in the summary.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary, _ = evaluate(cfg_mapping, out)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary, _ = evaluate(cfg_mapping, out, stop)
+    write_json(summary, out / "summary.json")
     return summary
 
 
-def evaluate(cfg_mapping: Mapping[str, Any], out_dir: Path | None = None) -> tuple[dict[str, Any], SimResult]:
+def evaluate(cfg_mapping: Mapping[str, Any], out_dir: Path | None = None,
+             stop: StopRequest | None = None) -> tuple[dict[str, Any], SimResult]:
     """Simulate one config; the summary (latency, throughput, cost, energy, memory) and the
-    tables. With ``out_dir``, the tables are written there (when ``output.write_parquet``)."""
+    result. With ``out_dir`` (and ``output.write_parquet``), the tables are written there."""
     cfg = parse_config(cfg_mapping)
     table = load_workload(cfg)
     plan = build_cluster(cfg)
-    result = simulate(build_simulation(cfg, plan, table))
-    if out_dir is not None and cfg.output.write_parquet:
+    steps_path = out_dir / "steps.parquet" if out_dir is not None and cfg.output.write_parquet else None
+    if stop is None:
+        stop = StopRequest()
+    stop.arm(cfg.sim.max_wall_s)
+    result = simulate(build_simulation(cfg, plan, table, steps_path), stop)
+    if steps_path is not None and out_dir is not None:
         write_table(result.requests, out_dir / "requests.parquet")
-        write_table(result.steps, out_dir / "steps.parquet")
-    summary = summarize(result.requests, result.steps, wall_s=result.wall_s, events=result.events)
+    summary = summarize(result.requests, result.step_sums, result.steps, wall_s=result.wall_s, events=result.events,
+                        sim_time_s=result.sim_time_s)
+    summary["complete"] = result.complete
+    if not result.complete and result.stop is not None:
+        summary["stopped"] = {"reason": result.stop.reason, "message": result.stop.message}
+    if result.link_hops is not None:
+        summary["sim"]["link_hops"] = result.link_hops
     summary["cost"] = mixed_fleet_cost(cfg.cost, fleet_parts(cfg, [r.group for r in plan.replicas],
                                                              result.replica_busy_gpu_s, summary))
     cap = min((r.capacity for r in plan.replicas), key=lambda c: c.tokens)

@@ -13,6 +13,7 @@ reaches every consumer by one path: :func:`make_fabric`. Registries are plain di
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import networkx as nx
@@ -29,7 +30,7 @@ from sim.cost.memory import KVCapacity, kv_capacity
 from sim.cost.placement import draft_gpus, placement, shardable, tp_groups
 from sim.cost.step_time import StepTimePredictor
 from sim.des.replica import Replica
-from sim.des.simulation import Admission, Cluster, CountingEnvironment
+from sim.des.simulation import Admission, Cluster, SimEnvironment
 from sim.errors import ConfigError, require
 from sim.network.collective import CollectiveNetwork
 from sim.network.interface import Network
@@ -376,10 +377,18 @@ def make_network(fidelity: str, env: simpy.Environment, fabric: Fabric) -> Netwo
     return NETWORKS[fidelity](env, fabric)
 
 
-def build_simulation(cfg: RunConfig, plan: ClusterPlan, table: workloads.RequestTable) -> Cluster:
+#: Longest steady-decode span simulated as one event (bounds the arrays a span computes).
+MAX_SPAN_STEPS = 4096
+
+
+def build_simulation(cfg: RunConfig, plan: ClusterPlan, table: workloads.RequestTable,
+                     steps_path: Path | None = None) -> Cluster:
     """The SimPy side of a run, wired: environment, network, request store, router, batchers,
-    replicas and the recorder of ``steps.parquet``."""
-    env = CountingEnvironment()
+    replicas and the recorder of ``steps.parquet`` (streamed to ``steps_path`` if given).
+
+    Steady decode is fast-forwarded (``sim.fast_forward``) where a step's time depends on
+    nothing but its own batch: collective fidelity, one pipeline stage, no speculation."""
+    env = SimEnvironment()
     network = make_network(cfg.network.fidelity, env, plan.fabric)
     requests = RequestStore.of(table.arrival_s, table.prompt_tokens, table.output_tokens)
     n = len(requests)
@@ -393,12 +402,15 @@ def build_simulation(cfg: RunConfig, plan: ClusterPlan, table: workloads.Request
                           cfg.scheduler.context_limit(cfg.model.max_position_embeddings),
                           cfg.scheduler.max_tokens_per_step)
     progress = Progress(env, float(requests.arrival_s[-1]) if n else 0.0, cfg.output.progress, n)
-    cluster = Cluster(env, requests, Router(cfg.parallel.router, len(plan.replicas)), ColumnRecorder(schemas.STEPS),
-                      progress, admission, plan.gpus)
+    cluster = Cluster(env, requests, Router(cfg.parallel.router, len(plan.replicas)),
+                      ColumnRecorder(schemas.STEPS, steps_path), progress, admission, plan.gpus)
+    cluster.network = network
+    spans = (cfg.sim.fast_forward and cfg.network.fidelity == "collective" and not cfg.speculative.enabled)
     for i, rp in enumerate(plan.replicas):
         pool = KVBlockPool(rp.capacity.tokens // cfg.scheduler.block_size, cfg.scheduler.block_size)
         batcher = ContinuousBatcher(cfg.scheduler, pool, requests)
+        single_stage = len(rp.stage_gpus) == 1
         cluster.replicas.append(Replica(env, i, rp.predictor, batcher, network, rp.stage_gpus, cluster,
                                         cfg.parallel.tp_cols, rp.speculative if cfg.speculative.enabled else None,
-                                        accept))
+                                        accept, MAX_SPAN_STEPS if spans and single_stage else 1))
     return cluster

@@ -8,7 +8,6 @@ regression that breaks a group's order of magnitude fails here.
 from __future__ import annotations
 
 import math
-
 from pathlib import Path
 
 import pytest

@@ -86,6 +86,17 @@ def recording_batcher():
                         self.pool_violations.append(f"request {w.request} writes beyond its blocks")
             return p
 
+        def advance_span(self, span, steps):
+            """A fast-forwarded span: its first ``steps - 1`` steps sample one token per sequence."""
+            last = super().advance_span(span, steps)
+            self._check_pool("span")
+            for w in span.plan.work:
+                self.samples[w.request] += steps - 1
+            for w in last.work:
+                if self.pool.held.get(w.request, 0) * self.pool.block_size < w.context + w.new_tokens:
+                    self.pool_violations.append(f"request {w.request} writes beyond its blocks (span)")
+            return last
+
         def complete(self, plan, accepted=None):
             events = super().complete(plan, accepted)
             self._check_pool("complete")

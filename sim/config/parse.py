@@ -17,6 +17,7 @@ from sim.config.schema import (
     OutputConfig,
     ParallelConfig,
     RunConfig,
+    SimConfig,
     TopologyConfig,
     WorkloadConfig,
 )
@@ -51,6 +52,7 @@ def parse_config(cfg: Mapping[str, Any]) -> RunConfig:
         cost=cost_from_mapping(cfg.get("cost")),
         fleet=_fleet(cfg.get("fleet"), cfg.get("parallel") or {}),
         seed=_seed(cfg.get("seed", 0)),
+        sim=_dataclass(SimConfig, cfg.get("sim"), "sim"),
     )
 
 

@@ -131,6 +131,20 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class SimConfig:
+    """How the simulation itself runs (not what it models)."""
+
+    fast_forward: bool = True       # steady decode spans as one event; results equal to stepping
+    max_wall_s: float | None = None  # stop after this many wall-clock seconds (partial outputs, exit 3)
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.fast_forward, bool), f"sim.fast_forward={self.fast_forward!r} must be true or false")
+        require(self.max_wall_s is None or (isinstance(self.max_wall_s, (int, float))
+                                            and not isinstance(self.max_wall_s, bool) and self.max_wall_s > 0),
+                f"sim.max_wall_s={self.max_wall_s!r} must be a number of seconds > 0 or null")
+
+
+@dataclass(frozen=True)
 class FleetGroup:
     """Replicas of one hardware preset in a heterogeneous fleet (``fleet:`` list)."""
 
@@ -156,6 +170,7 @@ class RunConfig:
     cost: CostConfig = CostConfig()
     fleet: tuple[FleetGroup, ...] = ()
     seed: int = 0
+    sim: SimConfig = SimConfig()
 
     @property
     def gpus_per_replica(self) -> int:

@@ -15,23 +15,35 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, Sequence
 
+import numpy as np
 import simpy
 
 from sim.cost.placement import tp_groups
 from sim.cost.step_time import StepPredictor, StepTime
 from sim.network.interface import Network, StageProgram
-from sim.policy.batching import ContinuousBatcher, StepPlan
+from sim.policy.batching import ContinuousBatcher, DecodeSpan, StepPlan
 from sim.policy.speculative import Speculation
+from sim.spec.batch import BatchShape
 
 if TYPE_CHECKING:
-    from sim.des.simulation import Cluster
+    from sim.des.simulation import Cluster, SimEnvironment
 
 
 class Replica:
-    def __init__(self, env: simpy.Environment, index: int, predictor: StepPredictor,
+    """One replica's scheduler loop and steps.
+
+    With one pipeline stage a step is planned, run and completed inside the replica's own
+    process: one event per step under collective fidelity. With ``max_span > 1`` (set by the
+    builder where step times do not depend on other traffic: collective fidelity, one stage,
+    no speculation) consecutive steady decode steps are one event (:meth:`_span`), their
+    times computed together; an arrival routed here mid-span cuts it at the step in progress.
+    With ``pp > 1`` micro-batches are processes that queue for their stages.
+    """
+
+    def __init__(self, env: SimEnvironment, index: int, predictor: StepPredictor,
                  batcher: ContinuousBatcher, network: Network, stage_gpus: Sequence[Sequence[str]],
                  cluster: Cluster, tp_cols: int = 1, speculative: Speculation | None = None,
-                 accept: Callable[[int, int], int] | None = None) -> None:
+                 accept: Callable[[int, int], int] | None = None, max_span: int = 1) -> None:
         self.env, self.index = env, index
         self.predictor, self.batcher, self.network = predictor, batcher, network
         self.stage_gpus = [tuple(g) for g in stage_gpus]
@@ -41,17 +53,119 @@ class Replica:
         self.cluster = cluster
         self.speculative = speculative          # a SpeculativeDecoder, or None
         self.accept = accept                    # (request, proposed) -> accepted drafts
+        self.max_span = max_span
         self.inflight: list[simpy.Process] = []
         self._wake = env.event()
+        self._in_span = False                   # waiting for a span's end (an arrival may cut it)
+        self._span_cut = False
+        self._costs: dict[tuple[BatchShape, int], StageProgram] = {}
         self.steps = 0
         self.stage_busy_s = [0.0] * self.pp
-        self.process = env.process(self.run())
+        self.process = env.process(self.run() if self.pp > 1 else self._run_single())
 
     def submit(self, request: int) -> None:
         self.batcher.add(request)
-        if not self._wake.triggered:
+        if self._in_span:
+            if not self._span_cut:
+                self._span_cut = True
+                self.process.interrupt()
+        elif not self._wake.triggered:
             self._wake.succeed()
 
+    # ----- one stage: steps inside this process ----------------------------------------------
+    def _run_single(self):
+        env, batcher = self.env, self.batcher
+        while True:
+            gamma = self.speculative.gamma_for(*batcher.decode_ready()) if self.speculative else 0
+            plan = batcher.plan(gamma)
+            if plan is None:
+                self._wake = env.event()
+                yield self._wake
+                continue
+            span = batcher.decode_span(plan, self.max_span) if self.max_span > 1 else None
+            if span is None:
+                yield from self._step(plan)
+            else:
+                yield from self._span(span)
+
+    def _program(self, batch: BatchShape, stage: int) -> StageProgram:
+        """The stage's step as the network runs it, cached by batch shape."""
+        key = (batch, stage)
+        program = self._costs.get(key)
+        if program is None:
+            if len(self._costs) >= 65536:
+                self._costs.clear()
+            work = self.predictor.stage_work(batch, stage)
+            program = StageProgram(work, self.groups[stage], self.predictor.network_s(work, stage))
+            self._costs[key] = program
+        return program
+
+    def _step(self, plan: StepPlan):
+        env = self.env
+        start = env.now
+        total = StepTime()
+        draft = self._draft_time(plan)
+        if draft.total_s > 0:
+            # drafting precedes verification (on these GPUs or handed to the draft's)
+            yield env.timeout(draft.total_s)
+            self.stage_busy_s[0] += draft.total_s
+            total = total + draft
+        t0 = env.now
+        t = yield from self.network.run_stage(self._program(plan.batch, 0))
+        self.stage_busy_s[0] += env.now - t0
+        self._finish(plan, start, total + t, draft.total_s)
+
+    def _finish(self, plan: StepPlan, start: float, total: StepTime, draft_s: float) -> None:
+        self.steps += 1
+        accepted = {w.request: self.accept(w.request, w.proposed) for w in plan.work if w.proposed and self.accept}
+        self.cluster.on_step(self, plan, start, self.env.now - start, total, draft_s, accepted)
+        self.cluster.on_tokens(self, self.batcher.complete(plan, accepted))
+
+    def _span(self, span: DecodeSpan):
+        """``span.steps`` steady decode steps as one event, exactly as stepping would time them:
+        each step's parts from the cost model (vectorised over the span), boundaries by repeated
+        addition. An arrival cuts the span at the step in progress."""
+        env = self.env
+        k = span.steps
+        work = self.predictor.stage_work(span.batch(k), 0)
+        network = self.predictor.network_s(work, 0)
+        local = work.local
+        compute = np.broadcast_to(local.compute_s + 0.0, (k,))
+        memory = np.broadcast_to(local.memory_s + 0.0, (k,))
+        fixed = np.broadcast_to(local.fixed_s + 0.0, (k,))
+        duration = compute + memory + (0.0 + network) + fixed
+        bounds = np.cumsum(np.concatenate(([env.now], duration)))
+        self._in_span, self._span_cut = True, False
+        try:
+            while True:
+                try:
+                    yield env.timeout_at(float(bounds[k]))
+                    break
+                except simpy.Interrupt:
+                    done = int(np.searchsorted(bounds, env.now, side="right")) - 1   # steps ended by now
+                    k = min(k, max(done + 1, 1))
+        finally:
+            self._in_span = False
+        starts, ends = bounds[:k], bounds[1:k + 1]
+        took = ends - starts
+        busy = self.stage_busy_s[0]
+        for d in took.tolist():
+            busy += d
+        self.stage_busy_s[0] = busy
+        n = span.plan.batch.num_seqs
+        waiting = np.full(k, span.waiting, dtype=np.int64)
+        waiting[-1] = len(self.batcher.waiting)
+        self.cluster.record_steps(self, {
+            "step": self.steps + np.arange(k), "start_s": starts, "duration_s": took, "batch_size": n,
+            "prefill_tokens": 0, "decode_tokens": n, "compute_s": compute[:k], "memory_s": memory[:k],
+            "network_s": network, "fixed_s": fixed[:k],
+            "pipeline_wait_s": np.maximum(0.0, took - duration[:k]), "kv_blocks_used": span.kv_blocks_used[:k],
+            "waiting": waiting, "preempted": 0, "draft_s": 0.0, "spec_proposed_tokens": 0, "spec_accepted_tokens": 0})
+        self.steps += k
+        last = self.batcher.advance_span(span, k)
+        self.cluster.on_tokens(self, self.batcher.complete(last, {}))
+
+    # ----- several stages: micro-batches in flight --------------------------------------------
     def run(self):
         env = self.env
         while True:
@@ -68,9 +182,7 @@ class Replica:
 
     def _stage(self, s: int, plan: StepPlan):
         """Occupy stage ``s`` for one micro-batch through the network's stage program; returns its StepTime."""
-        work = self.predictor.stage_work(plan.batch, s)
-        program = StageProgram(work, self.groups[s], self.predictor.network_s(work, s))
-        return (yield from self.network.run_stage(program))
+        return (yield from self.network.run_stage(self._program(plan.batch, s)))
 
     def _draft_time(self, plan: StepPlan) -> StepTime:
         if self.speculative is None or self.speculative.draft is None:
@@ -110,9 +222,6 @@ class Replica:
                 sends = [self.network.transfer(a, b, nbytes) for a, b in zip(self.stage_gpus[s], self.stage_gpus[s + 1])]
                 yield env.all_of(sends)
                 total = total + StepTime(network_s=env.now - t0)
-        self.steps += 1
-        accepted = {w.request: self.accept(w.request, w.proposed) for w in plan.work if w.proposed and self.accept}
-        self.cluster.on_step(self, plan, start, env.now - start, total, draft.total_s, accepted)
-        self.cluster.on_tokens(self, self.batcher.complete(plan, accepted))
+        self._finish(plan, start, total, draft.total_s)
         if not self._wake.triggered:
             self._wake.succeed()

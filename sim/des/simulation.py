@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import simpy
+from simpy.core import EmptySchedule
 
 from sim.errors import ConfigError
+from sim.network.interface import event_at
 from sim.observe.progress import Progress
 from sim.observe.recorder import ColumnRecorder
 from sim.observe.tables import requests_table
@@ -29,22 +31,71 @@ if TYPE_CHECKING:
     from sim.des.replica import Replica
 
 
-class CountingEnvironment(simpy.Environment):
-    """A SimPy environment that counts scheduled events (for ``sim.events``)."""
+class SimEnvironment(simpy.Environment):
+    """SimPy's environment plus two things the simulator needs: an event at an exact time
+    (a fast-forwarded span ends exactly where stepping would have got to by repeated
+    addition), and a run loop that can be stopped between events (Ctrl-C, SIGTERM,
+    ``sim.max_wall_s``) and counts the events it scheduled, with no per-event override."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.events_scheduled = 0
+    def timeout_at(self, when: float, value: object = None) -> simpy.Event:
+        """An event that fires at simulated time ``when`` (>= now), exactly."""
+        return event_at(self, when, value)
 
-    def schedule(self, event, priority=1, delay=0):  # noqa: D401 - SimPy API
-        self.events_scheduled += 1
-        super().schedule(event, priority, delay)
+    @property
+    def events_scheduled(self) -> int:
+        """Events scheduled so far (SimPy numbers them in order)."""
+        return int(repr(self._eid)[6:-1])
+
+    def run_until(self, done: simpy.Event, stop: StopRequest) -> None:
+        """Process events until ``done`` has been processed or ``stop`` is requested (then
+        :class:`RunStopped` is raised between two events, the state consistent)."""
+        step = self.step
+        deadline = stop.deadline
+        n = 0
+        while done.callbacks is not None:
+            if stop.reason is not None:
+                raise RunStopped(stop.reason, stop.exit_code)
+            n += 1
+            if deadline is not None and not n & 255 and time.perf_counter() > deadline:
+                stop.request("wall", 3, f"sim.max_wall_s={stop.max_wall_s} reached")
+                continue
+            step()
+
+
+class StopRequest:
+    """Why a run should stop early; set from a signal handler or the wall-clock limit."""
+
+    def __init__(self, max_wall_s: float | None = None) -> None:
+        self.reason: str | None = None
+        self.exit_code = 0
+        self.message = ""
+        self.max_wall_s: float | None = None
+        self.deadline: float | None = None
+        self.arm(max_wall_s)
+
+    def arm(self, max_wall_s: float | None) -> None:
+        """Stop ``max_wall_s`` wall-clock seconds from now (None: no limit)."""
+        if max_wall_s is not None:
+            self.max_wall_s, self.deadline = max_wall_s, time.perf_counter() + max_wall_s
+
+    def request(self, reason: str, exit_code: int, message: str) -> None:
+        if self.reason is None:
+            self.reason, self.exit_code, self.message = reason, exit_code, message
+
+
+class RunStopped(Exception):
+    """The event loop stopped before the last request finished (see :class:`StopRequest`)."""
+
+    def __init__(self, reason: str, exit_code: int) -> None:
+        super().__init__(reason)
+        self.reason, self.exit_code = reason, exit_code
 
 
 @dataclass
 class SimResult:
     requests: pa.Table
-    steps: pa.Table
+    step_sums: dict[str, float]     # column sums of steps.parquet (written as the run went)
+    steps: int                      # its rows
     wall_s: float
     events: int
     sim_time_s: float
@@ -53,6 +104,9 @@ class SimResult:
     kv_capacity_tokens: int
     preemptions: int
     replica_busy_gpu_s: list[float] = field(default_factory=list)  # per replica: busy seconds x its GPUs
+    complete: bool = True           # False: stopped early (see ``stop``)
+    stop: StopRequest | None = None
+    link_hops: int | None = None    # message fidelity: link traversals simulated
 
 
 @dataclass(frozen=True)
@@ -77,13 +131,19 @@ class Cluster:
     after the replicas (which report back here) exist.
     """
 
-    def __init__(self, env: CountingEnvironment, requests: RequestStore, router: Router, steps: ColumnRecorder,
+    def __init__(self, env: SimEnvironment, requests: RequestStore, router: Router, steps: ColumnRecorder,
                  progress: Progress, admission: Admission, gpus: int) -> None:
         self.env, self.requests, self.router, self.steps = env, requests, router, steps
         self.progress, self.admission, self.gpus = progress, admission, gpus
         self.replicas: list[Replica] = []
         self.finished = 0
         self.all_done = env.event()
+        self.network: object = None   # set by the builder: for link_hops()
+
+    def link_hops(self) -> int | None:
+        """Link traversals the network simulated (message fidelity), or None."""
+        hops = getattr(self.network, "link_hops", None)
+        return int(hops) if hops is not None else None
 
     # ----- callbacks from the replicas --------------------------------------------------------
     def finish_one(self) -> None:
@@ -101,6 +161,10 @@ class Cluster:
                           parts.network_s, parts.fixed_s, max(0.0, duration - parts.total_s),
                           replica.batcher.pool.used_blocks, len(replica.batcher.waiting), len(plan.preempted),
                           draft_s, sum(w.proposed for w in plan.work), sum(accepted.values()))
+
+    def record_steps(self, replica: Replica, columns: dict[str, Any]) -> None:
+        """Rows of ``steps.parquet`` for a fast-forwarded span (columns of equal length or scalars)."""
+        self.steps.extend({"replica": replica.index, **columns})
 
     def on_tokens(self, replica: Replica, events: list[tuple[int, bool, bool]]) -> None:
         """Stamp first and last tokens of the requests a step sampled."""
@@ -130,26 +194,33 @@ class Cluster:
             self.replicas[k].submit(r)
 
 
-def simulate(cluster: Cluster) -> SimResult:
-    """Run ``cluster`` until every request has finished or been rejected."""
+def simulate(cluster: Cluster, stop: StopRequest | None = None) -> SimResult:
+    """Run ``cluster`` until every request has finished or been rejected, or until ``stop``
+    is requested (then the result says ``complete=False`` and unfinished requests are marked
+    so). The steps recorder is closed either way: its file is complete and readable."""
     wall0 = time.perf_counter()
+    stop = stop or StopRequest()
     env, req = cluster.env, cluster.requests
     n = len(req)
     env.process(cluster.source())
     if n == 0:
         cluster.all_done.succeed()
+    complete = True
     try:
-        env.run(until=cluster.all_done)
-    except RuntimeError as exc:
-        if "No scheduled events left" not in str(exc):
-            raise
+        env.run_until(cluster.all_done, stop)
+    except EmptySchedule:
+        cluster.steps.close()
         raise ConfigError(f"simulation stalled with {n - cluster.finished} of {n} requests unfinished: the "
                           f"scheduler could not place them (KV cache of {cluster.admission.capacity_tokens} "
                           f"tokens per replica, scheduler.max_tokens_per_step="
                           f"{cluster.admission.max_tokens_per_step})") from None
+    except RunStopped:
+        complete = False
     cluster.progress.close()
+    cluster.steps.close()
     wall = time.perf_counter() - wall0
     busy = [sum(r.stage_busy_s) * r.predictor.tp for r in cluster.replicas]
-    return SimResult(requests_table(req), cluster.steps.table(), wall, env.events_scheduled, env.now,
-                     cluster.gpus, sum(busy), cluster.admission.capacity_tokens,
-                     int(sum(r.batcher.preemptions for r in cluster.replicas)), busy)
+    return SimResult(requests_table(req), dict(cluster.steps.sums), cluster.steps.rows, wall, env.events_scheduled,
+                     float(env.now), cluster.gpus, sum(busy), cluster.admission.capacity_tokens,
+                     int(sum(r.batcher.preemptions for r in cluster.replicas)), busy, complete, stop,
+                     cluster.link_hops())

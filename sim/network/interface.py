@@ -15,9 +15,11 @@ its own process with ``yield from``, so a step costs no extra process.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from heapq import heappush
 from typing import Generator, Protocol, Sequence
 
 import simpy
+from simpy.events import NORMAL
 
 from sim.cost.step_time import StageWork, StepTime
 
@@ -45,6 +47,18 @@ class StageProgram:
     def priced(self) -> StepTime:
         """The stage's time with its collectives at their priced cost."""
         return self.work.local + StepTime(network_s=self.priced_network_s)
+
+
+def event_at(env: simpy.Environment, when: float, value: object = None) -> simpy.Event:
+    """An event that fires at simulated time ``when`` (>= now) exactly, not ``now + (when - now)``
+    rounded: how spans and link queues keep the times stepping would reach by addition."""
+    if when < env.now:
+        raise ValueError(f"event_at({when}) is in the past (now {env.now})")
+    event = simpy.Event(env)
+    event._ok = True
+    event._value = value
+    heappush(env._queue, (when, NORMAL, next(env._eid), event))
+    return event
 
 
 class Network(Protocol):

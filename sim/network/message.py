@@ -1,8 +1,8 @@
 """Message fidelity (``network.fidelity=message``): every hop of every message on FIFO links.
 
-Every hop of every message is simulated on a :class:`Link` — a FIFO SimPy resource per link
-direction with a per-hop latency and serialisation at its bandwidth — so messages of different
-collectives and transfers contend for shared links.
+Every hop of every message is simulated on a :class:`Link` — one per link direction, FIFO,
+with a per-hop latency and serialisation at its bandwidth, kept as the time it is next free —
+so messages of different collectives and transfers contend for shared links.
 
 Cut-through forwarding: a message holds a link while it serialises
 (``max(n / bandwidth, until its tail has arrived from the previous hop)``), its head moves on
@@ -17,23 +17,21 @@ import simpy
 
 from sim.cost.fabric import Fabric
 from sim.cost.step_time import StepTime
-from sim.network.interface import StageProgram
-
-
-def _releaser(resource: simpy.Resource, request: simpy.resources.resource.Request):
-    """A callback that frees ``resource`` from ``request`` when an event fires."""
-    def release(_event: simpy.Event) -> None:
-        resource.release(request)
-    return release
+from sim.network.interface import StageProgram, event_at
 
 
 class Link:
-    """One direction of one physical link: FIFO, one message serialising at a time."""
+    """One direction of one physical link: FIFO, one message serialising at a time.
 
-    __slots__ = ("resource", "latency_s", "bandwidth_Bps", "bytes_sent", "busy_s")
+    The link keeps the time it is next free (``free_at``) rather than a queue of waiting
+    messages: a message whose head reaches the link reserves it from ``max(now, free_at)``
+    until its tail has serialised, in the order heads arrive (FIFO), at one event per hop.
+    """
 
-    def __init__(self, env: simpy.Environment, latency_s: float, bandwidth_Bps: float) -> None:
-        self.resource = simpy.Resource(env, capacity=1)
+    __slots__ = ("free_at", "latency_s", "bandwidth_Bps", "bytes_sent", "busy_s")
+
+    def __init__(self, latency_s: float, bandwidth_Bps: float) -> None:
+        self.free_at = 0.0
         self.latency_s = latency_s
         self.bandwidth_Bps = bandwidth_Bps
         self.bytes_sent = 0.0
@@ -50,8 +48,9 @@ class MessageNetwork:
         self.links: dict[tuple[str, str], Link] = {}
         for u, v in fabric.graph.edges:
             lat, bw = fabric.link((u, v))
-            self.links[(u, v)] = Link(env, lat, bw)
+            self.links[(u, v)] = Link(lat, bw)
         self.messages = 0
+        self.link_hops = 0
 
     # ----- point to point -------------------------------------------------------------
     def _message(self, src: str, dst: str, nbytes: float):
@@ -59,18 +58,18 @@ class MessageNetwork:
         self.messages += 1
         tail_in = env.now
         edges = self.fabric.edges(src, dst)
+        self.link_hops += len(edges)
         for edge in edges:
             link = self.links[edge]
-            req = link.resource.request()
-            yield req
-            start = env.now
+            now = env.now
+            start = now if link.free_at <= now else link.free_at   # FIFO behind earlier messages
             end = max(start + nbytes / link.bandwidth_Bps, tail_in)
+            link.free_at = end
             link.bytes_sent += nbytes
             link.busy_s += end - start
-            release = env.timeout(end - start)
-            release.callbacks.append(_releaser(link.resource, req))
             tail_in = end + link.latency_s
-            yield env.timeout(link.latency_s)
+            # the head reaches the next hop one hop latency after it starts on this link
+            yield env.timeout(link.latency_s) if start == now else event_at(env, start + link.latency_s)
         if tail_in > env.now:
             yield env.timeout(tail_in - env.now)
 

@@ -29,15 +29,19 @@ def percentiles(values) -> dict[str, float | None]:
             "p99": float(np.percentile(v, 99))}
 
 
-def time_breakdown(steps: pa.Table) -> dict[str, float]:
-    out = {p: float(np.sum(steps.column(p).to_numpy())) if steps.num_rows else 0.0 for p in PARTS}
+def time_breakdown(step_sums: Mapping[str, float]) -> dict[str, float]:
+    """Seconds of every step spent in each part, summed over the steps table (its column sums)."""
+    out = {p: float(step_sums.get(p, 0.0)) for p in PARTS}
     out["total_s"] = sum(out[p] for p in PARTS)
     return out
 
 
-def summarize(requests: pa.Table, steps: pa.Table, *, wall_s: float, events: int) -> dict[str, Any]:
+def summarize(requests: pa.Table, step_sums: Mapping[str, float], steps: int, *, wall_s: float, events: int,
+              sim_time_s: float) -> dict[str, Any]:
     """Latency percentiles, throughput and the step-time breakdown of one run (the fleet's
-    cost and energy are added by :func:`sim.cost.money.fleet_cost`)."""
+    cost and energy are added by :func:`sim.cost.money.fleet_cost`); ``step_sums`` are the
+    column sums of ``steps.parquet`` and ``steps`` its rows. Percentiles and throughput count
+    completed requests only."""
     status = requests.column("status").to_numpy(zero_copy_only=False)
     done = status == "completed"
     arrival = requests.column("arrival_s").to_numpy()
@@ -47,7 +51,8 @@ def summarize(requests: pa.Table, steps: pa.Table, *, wall_s: float, events: int
     makespan = float(np.nanmax(finish) - arrival.min()) if done.any() else 0.0
     return {
         "requests": {"total": int(requests.num_rows), "completed": int(done.sum()),
-                     "rejected": int((~done).sum()),
+                     "rejected": int((status == "rejected").sum()),
+                     "unfinished": int((status == "unfinished").sum()),
                      "preemptions": int(requests.column("preemptions").to_numpy().sum())},
         "ttft_s": percentiles(requests.column("ttft_s").to_numpy()[done]),
         "tpot_s": percentiles(requests.column("tpot_s").to_numpy()[done]),
@@ -55,9 +60,10 @@ def summarize(requests: pa.Table, steps: pa.Table, *, wall_s: float, events: int
         "throughput": {"output_tokens_per_s": tokens / makespan if makespan > 0 else None,
                        "requests_per_s": float(done.sum()) / makespan if makespan > 0 else None,
                        "output_tokens": tokens, "makespan_s": makespan},
-        "time_breakdown": time_breakdown(steps),
-        "steps": int(steps.num_rows),
-        "sim": {"wall_s": wall_s, "events": events, "events_per_s": events / wall_s if wall_s > 0 else None},
+        "time_breakdown": time_breakdown(step_sums),
+        "steps": int(steps),
+        "sim": {"wall_s": wall_s, "events": events, "events_per_s": events / wall_s if wall_s > 0 else None,
+                "sim_time_s": float(sim_time_s)},
     }
 
 

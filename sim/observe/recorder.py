@@ -1,41 +1,125 @@
-"""Observation kept apart from the model: column buffers written to Parquet in batches."""
+"""Observation kept apart from the model: column buffers streamed to Parquet in row groups,
+and outputs that are never half-written.
+
+Every output file is written under a temporary name in its directory and renamed over its
+final name only once complete (``os.replace`` is atomic on one filesystem), so a file under
+its final name is always readable, whenever the run is stopped.
+"""
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 
-class ColumnRecorder:
-    """Appends rows as columns; flushes a record batch every ``batch_rows`` rows to a writer."""
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
-    def __init__(self, schema: pa.Schema, path: Path | None = None, batch_rows: int = 65536) -> None:
+
+def write_table(table: pa.Table, path: Path) -> Path:
+    """``table`` to Parquet at ``path``, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(path)
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def write_text(text: str, path: Path) -> Path:
+    """``text`` to ``path``, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(path)
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(value: Any, path: Path) -> Path:
+    return write_text(json.dumps(value, indent=2) + "\n", path)
+
+
+class ColumnRecorder:
+    """Rows appended as columns; every ``batch_rows`` rows become a record batch, written to
+    ``path`` as a Parquet row group as the run goes (memory stays flat) and/or kept
+    (``keep=True``) for :meth:`table`. Floating-point columns are summed as they pass
+    (:attr:`sums`), so a summary needs no second read of the table.
+    """
+
+    def __init__(self, schema: pa.Schema, path: Path | None = None, keep: bool = False,
+                 batch_rows: int = 65536) -> None:
         self.schema = schema
         self.names = schema.names
         self.columns: dict[str, list] = {n: [] for n in self.names}
+        self._pending = 0
+        self.path, self.keep, self.batch_rows = path, keep, batch_rows
         self.batches: list[pa.RecordBatch] = []
-        self.batch_rows = batch_rows
         self.rows = 0
+        self.sums = {f.name: 0.0 for f in schema if pa.types.is_floating(f.type)}
+        self._writer: pq.ParquetWriter | None = None
+        self._closed = False
 
     def append(self, *values) -> None:
         for name, v in zip(self.names, values):
             self.columns[name].append(v)
-        self.rows += 1
-        if len(self.columns[self.names[0]]) >= self.batch_rows:
-            self._flush()
+        self._pending += 1
+        if self._pending >= self.batch_rows:
+            self._flush_rows()
 
-    def _flush(self) -> None:
-        if self.columns[self.names[0]]:
-            self.batches.append(pa.RecordBatch.from_pydict(self.columns, schema=self.schema))
+    def extend(self, columns: dict[str, Any]) -> None:
+        """Many rows at once: every column a numpy array (or a scalar, repeated) of one length."""
+        n = max(len(v) for v in columns.values() if np.ndim(v) == 1)
+        for name in self.names:
+            v = columns[name]
+            self.columns[name].extend(v.tolist() if np.ndim(v) == 1 else [v] * n)
+        self._pending += n
+        if self._pending >= self.batch_rows:
+            self._flush_rows()
+
+    def _flush_rows(self) -> None:
+        if self._pending:
+            self._emit(pa.RecordBatch.from_pydict(self.columns, schema=self.schema))
             self.columns = {n: [] for n in self.names}
+            self._pending = 0
+
+    def _emit(self, batch: pa.RecordBatch) -> None:
+        self.rows += batch.num_rows
+        for name in self.sums:
+            total = pc.sum(batch.column(name)).as_py()
+            if total is not None:
+                self.sums[name] += total
+        if self.keep:
+            self.batches.append(batch)
+        if self.path is not None:
+            if self._writer is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._writer = pq.ParquetWriter(_temporary(self.path), self.schema)
+            self._writer.write_batch(batch)
+
+    def close(self) -> Path | None:
+        """Flush what is buffered and give the file its final name (an empty table if no row
+        was recorded). Safe to call twice."""
+        if self._closed:
+            return self.path
+        self._flush_rows()
+        self._closed = True
+        if self.path is None:
+            return None
+        if self._writer is None:
+            write_table(self.schema.empty_table(), self.path)
+        else:
+            self._writer.close()
+            os.replace(_temporary(self.path), self.path)
+        return self.path
 
     def table(self) -> pa.Table:
-        self._flush()
+        """The recorded rows (``keep=True`` only)."""
+        if not self.keep:
+            raise ValueError("this recorder streams its rows to a file; read it with pyarrow")
+        self._flush_rows()
         return pa.Table.from_batches(self.batches, schema=self.schema)
-
-
-def write_table(table: pa.Table, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path)
-    return path

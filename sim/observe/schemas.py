@@ -9,7 +9,7 @@ REQUESTS = pa.schema([
     ("prompt_tokens", pa.int64()),
     ("output_tokens", pa.int64()),
     ("replica", pa.int32()),
-    ("status", pa.string()),            # completed | rejected
+    ("status", pa.string()),            # completed | rejected | unfinished (a run stopped early)
     ("first_token_s", pa.float64()),
     ("finish_s", pa.float64()),
     ("ttft_s", pa.float64()),           # first_token_s - arrival_s

@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+import numpy as np
+
 from sim.errors import require
 from sim.policy.kv_cache import KVBlockPool
 from sim.policy.requests import RequestStore
@@ -70,6 +72,26 @@ class StepPlan:
     prefill_tokens: int
     decode_tokens: int
     preempted: list[int]
+
+
+@dataclass
+class DecodeSpan:
+    """Steady decode: ``steps`` iterations of ``plan`` (all running sequences decoding one
+    token each) that follow one another with nothing else changing, step ``j`` attending to
+    ``j`` more cached tokens per sequence. ``kv_blocks_used[j]`` is the pool's use during
+    step ``j``; ``waiting`` the queue length throughout (arrivals cut a span)."""
+
+    plan: StepPlan
+    steps: int
+    kv_blocks_used: np.ndarray
+    waiting: int
+
+    def batch(self, steps: int) -> BatchShape:
+        """The first ``steps`` steps' batch shapes as one shape of arrays (contexts grow by 1)."""
+        b = self.plan.batch
+        grown = np.arange(steps, dtype=np.float64) * b.num_seqs
+        return BatchShape(b.num_seqs, b.new_tokens, b.kv_tokens_read + grown, b.attention_pairs + grown,
+                          b.sampled_tokens, b.query_blocks)
 
 
 class ContinuousBatcher:
@@ -188,6 +210,62 @@ class ContinuousBatcher:
         prefill = sum(w.new_tokens for w in work if self.computed[w.request] < self.prompt[w.request])
         decode = sum(w.new_tokens for w in work) - prefill
         return StepPlan(work, batch, prefill, decode, preempted)
+
+    # ----- steady decode spans -------------------------------------------------------------
+    def decode_span(self, plan: StepPlan, max_steps: int) -> DecodeSpan | None:
+        """How many identical decode steps, starting with ``plan`` (already planned), follow
+        one another before something changes: the first request finishing (it finishes in the
+        span's last step), a sequence needing a KV block the pool does not have (the span ends
+        before that step), or ``max_steps``. None if ``plan`` is not steady decode (a prefill
+        chunk, a preemption, speculation, a running request left out) or the span would be one
+        step. Waiting requests that ``plan`` could not admit stay unadmitted throughout: the
+        token budget and batch room are the same every step and free blocks only shrink.
+        """
+        work = plan.work
+        if max_steps < 2 or plan.preempted or plan.prefill_tokens or len(work) != len(self.running):
+            return None
+        gen, out, pool = self.generated, self.output, self.pool
+        remaining = max_steps
+        for w in work:
+            r = w.request
+            if w.new_tokens != 1 or not w.samples or w.proposed or gen[r] < 1:
+                return None
+            if pool.held.get(r, 0) != pool.blocks_for(w.context + 1):
+                return None
+            remaining = min(remaining, out[r] - gen[r])
+        if remaining < 2:
+            return None
+        # A sequence with c cached tokens needs a new block at step j >= 1 when (c + j) is a
+        # multiple of the block size: at j0 = (-c) mod bs (bs if 0), then every bs steps.
+        bs = pool.block_size
+        ctx = np.fromiter((w.context for w in work), dtype=np.int64, count=len(work))
+        first = (-ctx) % bs
+        first[first == 0] = bs
+        per_phase = np.bincount(first, minlength=bs + 1)
+        j = np.arange(1, remaining)
+        cum = np.cumsum(per_phase[(j - 1) % bs + 1])
+        short = np.flatnonzero(cum > pool.free_blocks)
+        steps = int(short[0]) + 1 if short.size else remaining
+        if steps < 2:
+            return None
+        used = pool.used_blocks + np.concatenate(([0], cum[:steps - 1]))
+        return DecodeSpan(plan, steps, used, len(self.waiting))
+
+    def advance_span(self, span: DecodeSpan, steps: int) -> StepPlan:
+        """Apply the first ``steps - 1`` steps of ``span`` at once (positions cached, tokens
+        sampled, decode passes, KV blocks held) and plan its last step, which the caller
+        completes as any step (:meth:`complete`)."""
+        k = steps - 1
+        passes = self.requests.decode_passes
+        last = []
+        for w in span.plan.work:
+            r = w.request
+            self.computed[r] = w.context + k
+            self.generated[r] += k
+            passes[r] += k
+            self.pool.grow(r, w.context + k + 1)
+            last.append(SeqWork(r, w.context + k, 1, True))
+        return StepPlan(last, _shape(last), 0, len(last), [])
 
     def complete(self, plan: StepPlan, accepted: dict[int, int] | None = None) -> list[tuple[int, bool, bool]]:
         """Apply a finished step; returns ``(request, emitted_first_token, finished)`` per sampled request.
