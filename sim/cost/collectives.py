@@ -29,7 +29,7 @@ whose hops are identical the replay reduces to the closed form
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -98,13 +98,14 @@ def ring_schedule_s(ring: Sequence[PairPath], chunk_bytes, steps: int):
     g = inv_bw * chunk.reshape(1, -1)
     c = lat + g
     t = c.copy()
+    prev = np.arange(n) - 1          # rank r receives from r - 1 (rank 0 from n - 1)
     for _ in range(steps - 1):
-        t = np.maximum(np.roll(t, 1, axis=0) + c, t + g)
+        t = np.maximum(t[prev] + c, t + g)
     done = t.max(axis=0)
     return float(done[0]) if chunk.ndim == 0 else done
 
 
-def oneshot_schedule_s(paths: Sequence[Sequence[PairPath]], nbytes: float) -> float:
+def oneshot_schedule_s(paths: Sequence[Sequence[PairPath]], nbytes: Any) -> Any:
     """Completion of a one-shot exchange; ``paths[r][k]`` is rank r's route to rank r+k+1.
 
     Each rank's messages queue on its own links; messages of different ranks are assumed not
@@ -216,6 +217,21 @@ class GroupCollectives:
         self.ranks_per_node, self.nodes, self.latency_scale = ranks_per_node, nodes, latency_scale
         self.hop_us = hop_us  # (intra-node, network) hop latency for nccl_model; None: NCCL's constants
         self._cache: dict[tuple[str, float], float] = {}
+        self._arrays: dict[tuple, np.ndarray] = {}
+
+    def shape_key(self) -> tuple:
+        """Everything the costs depend on, with links renamed by first appearance: equal keys
+        give equal costs (the link names only matter for which routes share a link)."""
+        names: dict = {}
+
+        def route(p: PairPath) -> tuple:
+            return tuple((names.setdefault(e, len(names)), lat, bw) for e, lat, bw in p.hops)
+
+        return (tuple(route(p) for p in self.ring_paths),
+                tuple(tuple(route(p) for p in ring) for ring in self.channels),
+                tuple(tuple(route(p) for p in row) for row in self.oneshot_paths),
+                self.software_s, self.algorithm, self.oneshot_max_bytes, self.oneshot_ok, self.ranks_per_node,
+                self.nodes, self.latency_scale, self.hop_us)
 
     def _ring_s(self, nbytes, steps: int, per_rank_chunk: bool):
         """Ring schedule split over the channels (``nbytes`` is the whole buffer per rank)."""
@@ -240,6 +256,26 @@ class GroupCollectives:
             return "oneshot"
         return "oneshot" if nbytes <= self.oneshot_max_bytes else "ring"
 
+    def _cached_array(self, kind: str, nbytes: np.ndarray, compute) -> np.ndarray:
+        """``compute(nbytes)`` for an array of sizes, remembered by the sizes' bytes (the
+        analytic model asks for the same batch-size grid split after split)."""
+        key = (kind, nbytes.shape, nbytes.tobytes())
+        t = self._arrays.get(key)
+        if t is None:
+            t = np.asarray(compute(nbytes), dtype=np.float64)
+            t.setflags(write=False)
+            self._arrays[key] = t
+        return t
+
+    def _allreduce_array_s(self, nbytes: np.ndarray) -> np.ndarray:
+        ring = self._ring_s(nbytes, 2 * (self.n - 1), True)
+        if self.algorithm == "ring" or not self.oneshot_ok:
+            return ring + self.software_s
+        oneshot = oneshot_schedule_s(self.oneshot_paths, nbytes)
+        if self.algorithm == "oneshot":
+            return oneshot + self.software_s
+        return np.where(nbytes <= self.oneshot_max_bytes, oneshot, ring) + self.software_s
+
     def allreduce_s(self, nbytes):
         """All-reduce of ``nbytes`` per rank (a float, or a numpy array of sizes)."""
         if self.n <= 1:
@@ -247,13 +283,7 @@ class GroupCollectives:
         if self.algorithm == "nccl_model":
             return self.nccl_model_s("allreduce", nbytes) + self.software_s
         if isinstance(nbytes, np.ndarray):
-            ring = self._ring_s(nbytes, 2 * (self.n - 1), True)
-            if self.algorithm == "ring" or not self.oneshot_ok:
-                return ring + self.software_s
-            oneshot = oneshot_schedule_s(self.oneshot_paths, nbytes)
-            if self.algorithm == "oneshot":
-                return oneshot + self.software_s
-            return np.where(nbytes <= self.oneshot_max_bytes, oneshot, ring) + self.software_s
+            return self._cached_array("allreduce", nbytes, self._allreduce_array_s)
         algo = self.allreduce_algorithm(nbytes)
         key = (algo, nbytes)
         t = self._cache.get(key)
@@ -273,7 +303,8 @@ class GroupCollectives:
         if self.algorithm == "nccl_model":
             return self.nccl_model_s("allgather", nbytes) + self.software_s
         if isinstance(nbytes, np.ndarray):
-            return self._ring_s(nbytes, self.n - 1, False) + self.software_s
+            return self._cached_array("allgather", nbytes,
+                                      lambda b: self._ring_s(b, self.n - 1, False) + self.software_s)
         key = ("allgather", nbytes)
         t = self._cache.get(key)
         if t is None:

@@ -33,6 +33,7 @@ class Fabric:
         self.oneshot_capable = oneshot_capable
         self.gpus = self.paths.gpus
         self._groups: dict[tuple[str, ...], GroupCollectives] = {}
+        self._shapes: dict[tuple, GroupCollectives] = {}
         self._pairs: dict[tuple[str, str], PairPath] = {}
 
     def pair(self, src: str, dst: str) -> PairPath:
@@ -60,28 +61,39 @@ class Fabric:
         return len({self.graph.nodes[r]["server"] for r in ranks}) == 1
 
     def group(self, ranks: Sequence[str]) -> GroupCollectives:
-        """Collective costs for ``ranks`` (ring order = the given order)."""
+        """Collective costs for ``ranks`` (ring order = the given order).
+
+        Groups whose routes have the same shape — the same hop latencies and bandwidths, the
+        same links shared between routes — share one cost model (and its caches): every
+        pipeline stage's tensor-parallel group of a deployment, say, costs the same.
+        """
         key = tuple(ranks)
         g = self._groups.get(key)
         if g is None:
-            n = len(key)
-            e = self.engine
-            ring = [self.pair(key[r], key[(r + 1) % n]) for r in range(n)] if n > 1 else []
-            oneshot_ok = (self.oneshot_capable and self.same_server(key) and e.allreduce_algorithm in ("auto", "oneshot")
-                          and not self.over_pcie(key))
-            # every rank's route to every other rank: only where one-shot kernels can run
-            oneshot = ([[self.pair(key[r], key[(r + k) % n]) for k in range(1, n)] for r in range(n)]
-                       if n > 1 and oneshot_ok else [])
-            servers = [self.graph.nodes[r]["server"] for r in key]
-            per_node = max(servers.count(s) for s in set(servers))
-            channels = [[self.pair(order[r], order[(r + 1) % n]) for r in range(n)]
-                        for order in self.channel_orders(key)]
-            g = GroupCollectives(ring, oneshot, self.software_s, e.allreduce_algorithm,
-                                 e.oneshot_max_bytes, oneshot_ok,
-                                 ranks_per_node=per_node, nodes=len(set(servers)), latency_scale=self.latency_scale,
-                                 channels=channels if len(channels) > 1 else None,
-                                 hop_us=self.nccl_hop_us(key) if self.graph.graph.get("nccl_hops") == "links" else None)
+            g = self._build_group(key)
+            shape = g.shape_key()
+            g = self._shapes.setdefault(shape, g)
             self._groups[key] = g
+        return g
+
+    def _build_group(self, key: tuple[str, ...]) -> GroupCollectives:
+        n = len(key)
+        e = self.engine
+        ring = [self.pair(key[r], key[(r + 1) % n]) for r in range(n)] if n > 1 else []
+        oneshot_ok = (self.oneshot_capable and self.same_server(key) and e.allreduce_algorithm in ("auto", "oneshot")
+                      and not self.over_pcie(key))
+        # every rank's route to every other rank: only where one-shot kernels can run
+        oneshot = ([[self.pair(key[r], key[(r + k) % n]) for k in range(1, n)] for r in range(n)]
+                   if n > 1 and oneshot_ok else [])
+        servers = [self.graph.nodes[r]["server"] for r in key]
+        per_node = max(servers.count(s) for s in set(servers))
+        channels = [[self.pair(order[r], order[(r + 1) % n]) for r in range(n)]
+                    for order in self.channel_orders(key)]
+        g = GroupCollectives(ring, oneshot, self.software_s, e.allreduce_algorithm,
+                             e.oneshot_max_bytes, oneshot_ok,
+                             ranks_per_node=per_node, nodes=len(set(servers)), latency_scale=self.latency_scale,
+                             channels=channels if len(channels) > 1 else None,
+                             hop_us=self.nccl_hop_us(key) if self.graph.graph.get("nccl_hops") == "links" else None)
         return g
 
     def nccl_hop_us(self, ranks: Sequence[str]) -> tuple[float, float]:

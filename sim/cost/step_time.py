@@ -300,10 +300,20 @@ class StepTimePredictor:
         return b.new_tokens * self.model.hidden_size * self.precision.activation_bytes
 
     def step(self, b: BatchShape) -> StepTime:
-        """One micro-batch through all stages, with the stage-to-stage sends (latency view)."""
+        """One micro-batch through all stages, with the stage-to-stage sends (latency view).
+
+        Stages alike (as many layers, neither first nor last, collectives of one shape) are
+        priced once."""
         total = StepTime()
+        alike: dict[tuple, StepTime] = {}
         for s in range(self.pp):
-            total = total + self.stage(b, s)
+            comm = self.comm[s]
+            key = (self.stage_layers[s], s == 0, s == self.pp - 1,
+                   tuple((tag, id(g)) for tag, g in comm.items()) if comm else None)
+            t = alike.get(key)
+            if t is None:
+                t = alike[key] = self.stage(b, s)
+            total = total + t
         if self.pp > 1 and self.pp_send_s is not None:
             sends = sum(self.pp_send_s(s, self.activation_bytes(b)) for s in range(self.pp - 1))
             total = total + StepTime(network_s=sends)
