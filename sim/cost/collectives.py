@@ -29,6 +29,7 @@ whose hops are identical the replay reduces to the closed form
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Sequence
 
 import numpy as np
@@ -43,16 +44,16 @@ class PairPath:
 
     hops: tuple[tuple[object, float, float], ...]
 
-    @property
+    @cached_property
     def signature(self) -> tuple[tuple[float, float], ...]:
         """Per-hop (latency, bandwidth) without the edge names: equal for equivalent paths."""
         return tuple((h[1], h[2]) for h in self.hops)
 
-    @property
+    @cached_property
     def latency_s(self) -> float:
         return sum(h[1] for h in self.hops)
 
-    @property
+    @cached_property
     def bandwidth_Bps(self) -> float:
         return min(h[2] for h in self.hops)
 

@@ -155,6 +155,7 @@ class StepTimePredictor:
         self.comm = [c if (c is None or isinstance(c, dict)) else {"tp": c} for c in stages]
         self.pp_send_s = pp_send_s
         self.stage_layers = split_layers(model.num_hidden_layers, pp)
+        self._matmuls: dict[tuple, tuple] = {}
         self._peak = hardware.peak_flops(precision.compute_format)
         self._matmul_rate = self._peak * engine.matmul_efficiency(precision.compute_format)  # achieved FLOP/s
         self._peak_attn = hardware.peak_flops("bf16")
@@ -189,6 +190,19 @@ class StepTimePredictor:
     # ----- operators ------------------------------------------------------------------------
     def _matmul(self, tokens: float, k: float, n: float, weight_elems: float | None = None,
                 flops: float | None = None) -> tuple[float, float]:
+        """(arithmetic, memory) seconds of one matmul; remembered for scalar shapes (a decode
+        step's matmuls depend only on its token count, which repeats step after step)."""
+        if isinstance(tokens, float | int) and not isinstance(weight_elems, np.ndarray):
+            key = (tokens, k, n, weight_elems, flops)
+            out = self._matmuls.get(key)
+            if out is None:
+                if len(self._matmuls) >= 65536:
+                    self._matmuls.clear()
+                out = self._matmuls[key] = self._matmul_uncached(tokens, k, n, weight_elems, flops)
+            return out
+        return self._matmul_uncached(tokens, k, n, weight_elems, flops)
+
+    def _matmul_uncached(self, tokens, k, n, weight_elems, flops):
         e, ab = self.engine, self.precision.activation_bytes
         w = k * n if weight_elems is None else weight_elems
         fl = 2.0 * tokens * k * n if flops is None else flops

@@ -55,7 +55,9 @@ class ColumnRecorder:
                  batch_rows: int = 65536) -> None:
         self.schema = schema
         self.names = schema.names
-        self.columns: dict[str, list] = {n: [] for n in self.names}
+        self._dtypes = [f.type.to_pandas_dtype() for f in schema]
+        self._rows: list[tuple] = []                              # single rows, in order
+        self._chunks: list[list[Any]] = [[] for _ in self.names]   # column chunks (arrays, (scalar, n)), in order
         self._pending = 0
         self.path, self.keep, self.batch_rows = path, keep, batch_rows
         self.batches: list[pa.RecordBatch] = []
@@ -65,26 +67,37 @@ class ColumnRecorder:
         self._closed = False
 
     def append(self, *values) -> None:
-        for name, v in zip(self.names, values):
-            self.columns[name].append(v)
+        """One row, its values in schema order."""
+        self._rows.append(values)
         self._pending += 1
         if self._pending >= self.batch_rows:
             self._flush_rows()
 
     def extend(self, columns: dict[str, Any]) -> None:
         """Many rows at once: every column a numpy array (or a scalar, repeated) of one length."""
-        n = max(len(v) for v in columns.values() if np.ndim(v) == 1)
-        for name in self.names:
+        self._rows_to_chunks()
+        n = max(len(v) for v in columns.values() if isinstance(v, np.ndarray))
+        for chunks, name in zip(self._chunks, self.names):
             v = columns[name]
-            self.columns[name].extend(v.tolist() if np.ndim(v) == 1 else [v] * n)
+            chunks.append(v if isinstance(v, np.ndarray) else (v, n))   # a scalar: expanded at flush
         self._pending += n
         if self._pending >= self.batch_rows:
             self._flush_rows()
 
+    def _rows_to_chunks(self) -> None:
+        if self._rows:
+            for chunks, column, dtype in zip(self._chunks, zip(*self._rows), self._dtypes):
+                chunks.append(np.array(column, dtype=dtype))
+            self._rows = []
+
     def _flush_rows(self) -> None:
         if self._pending:
-            self._emit(pa.RecordBatch.from_pydict(self.columns, schema=self.schema))
-            self.columns = {n: [] for n in self.names}
+            self._rows_to_chunks()
+            arrays = [pa.array(np.concatenate([c if isinstance(c, np.ndarray) else np.full(c[1], c[0], dtype=dtype)
+                                               for c in chunks]), type=f.type)
+                      for chunks, f, dtype in zip(self._chunks, self.schema, self._dtypes)]
+            self._emit(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
+            self._chunks = [[] for _ in self.names]
             self._pending = 0
 
     def _emit(self, batch: pa.RecordBatch) -> None:

@@ -164,7 +164,8 @@ class ContinuousBatcher:
                 proposed = max(0, min(gamma, self.output[r] - self.generated[r] - 1, budget - 1))
                 n = 1 + proposed
             ctx = self.computed[r]
-            while not pool.grow(r, ctx + n):
+            grown = pool.grow(r, ctx + n)
+            while not grown:
                 victim = next((v for v in reversed(self.running) if v not in self.busy and v != r), None)
                 if victim is None:
                     # Only r itself could make room. If requests in flight hold blocks, wait for
@@ -178,11 +179,11 @@ class ContinuousBatcher:
                 preempted.append(victim)
                 if victim == r:
                     break
-            if r not in self.running:
-                continue  # r itself was preempted: do not advance i
-            if pool.extra_blocks(r, ctx + n):
-                i += 1  # r waits for blocks held by micro-batches in flight
-                continue
+                grown = pool.grow(r, ctx + n)
+            if not grown:
+                if r in self.running:
+                    i += 1  # r waits for blocks held by micro-batches in flight
+                continue  # (or r itself was preempted: do not advance i)
             work.append(SeqWork(r, ctx, n, n >= pending, proposed))
             self.busy.add(r)  # now in this step: never a preemption victim
             budget -= n
