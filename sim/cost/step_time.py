@@ -196,7 +196,7 @@ class StepTimePredictor:
             key = (tokens, k, n, weight_elems, flops)
             out = self._matmuls.get(key)
             if out is None:
-                if len(self._matmuls) >= 65536:
+                if len(self._matmuls) >= 4096:
                     self._matmuls.clear()
                 out = self._matmuls[key] = self._matmul_uncached(tokens, k, n, weight_elems, flops)
             return out

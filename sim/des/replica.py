@@ -93,7 +93,7 @@ class Replica:
         key = (batch, stage)
         program = self._costs.get(key)
         if program is None:
-            if len(self._costs) >= 65536:
+            if len(self._costs) >= 512:
                 self._costs.clear()
             work = self.predictor.stage_work(batch, stage)
             program = StageProgram(work, self.groups[stage], self.predictor.network_s(work, stage))

@@ -186,7 +186,7 @@ class Cluster:
             if delay > 0:
                 yield env.timeout(delay)
             if not self.admission.admits(req.prompt[r], req.output[r]):
-                req.rejected[r] = True
+                req.rejected[r] = 1
                 self.finish_one()
                 continue
             k = self.router.pick(req.demand_tokens(r))

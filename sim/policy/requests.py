@@ -5,11 +5,13 @@ request — where it was routed, whether it was rejected, how far its prefill an
 got, when its first and last tokens came out, how often it was preempted and how many decode
 passes it took — live here and nowhere else. The batching policy advances ``computed`` and
 ``generated``; the SimPy processes stamp the times; the observer turns the columns into
-``requests.parquet``. Mutable columns are Python lists (constant-time scalar access in the
-hot path, no per-access numpy boxing); they become numpy arrays once, at the end.
+``requests.parquet``. Columns are typed ``array.array``s: 8 bytes per value (a million
+requests take tens of megabytes, not the hundreds Python lists would), element access that
+returns plain Python numbers in the hot path, and zero-copy numpy views at the end.
 """
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,16 +22,16 @@ class RequestStore:
     arrival_s: np.ndarray           # float64, seconds from the first arrival
     prompt_tokens: np.ndarray       # int64
     output_tokens: np.ndarray       # int64
-    prompt: list[int]               # the same lengths as Python ints (hot path)
-    output: list[int]
-    replica: list[int]              # -1 until routed
-    rejected: list[bool]
-    first_token_s: list[float]      # NaN until the first token
-    finish_s: list[float]           # NaN until the last token
-    computed: list[int]             # positions whose KV is cached now
-    generated: list[int]            # output tokens sampled so far
-    preemptions: list[int]
-    decode_passes: list[int]        # steps that sampled a token after the first one
+    prompt: array                   # the same lengths, for the hot path ('q': int64)
+    output: array
+    replica: array                  # -1 until routed ('i')
+    rejected: array                 # 0/1 ('b')
+    first_token_s: array            # NaN until the first token ('d')
+    finish_s: array                 # NaN until the last token ('d')
+    computed: array                 # positions whose KV is cached now ('q')
+    generated: array                # output tokens sampled so far ('q')
+    preemptions: array              # ('q')
+    decode_passes: array            # steps that sampled a token after the first one ('q')
 
     @classmethod
     def of(cls, arrival_s, prompt_tokens, output_tokens) -> "RequestStore":
@@ -37,8 +39,18 @@ class RequestStore:
         prompt = np.asarray(prompt_tokens, dtype=np.int64)
         output = np.asarray(output_tokens, dtype=np.int64)
         n = len(arrival)
-        return cls(arrival, prompt, output, prompt.tolist(), output.tolist(), [-1] * n, [False] * n,
-                   [float("nan")] * n, [float("nan")] * n, [0] * n, [0] * n, [0] * n, [0] * n)
+
+        def filled(code: str, value) -> array:
+            return array(code, [value]) * n
+
+        return cls(arrival, prompt, output, array("q", prompt.tobytes()), array("q", output.tobytes()),
+                   filled("i", -1), filled("b", 0), filled("d", float("nan")), filled("d", float("nan")),
+                   filled("q", 0), filled("q", 0), filled("q", 0), filled("q", 0))
+
+    @staticmethod
+    def column(values: array, dtype) -> np.ndarray:
+        """A column as a numpy array (a view of the store's buffer, copied to ``dtype``)."""
+        return np.frombuffer(values, dtype=values.typecode).astype(dtype) if len(values) else np.zeros(0, dtype)
 
     def __len__(self) -> int:
         return len(self.prompt)
