@@ -55,11 +55,10 @@ class ColumnRecorder:
                  batch_rows: int = 65536) -> None:
         self.schema = schema
         self.names = schema.names
-        self._dtypes = [f.type.to_pandas_dtype() for f in schema]
-        self._rows: list[tuple] = []                              # single rows, in order
-        self._chunks: list[list[Any]] = [[] for _ in self.names]   # column chunks (arrays, (scalar, n)), in order
-        self._pending = 0
         self.path, self.keep, self.batch_rows = path, keep, batch_rows
+        # one preallocated numpy buffer per column; rows are written in place
+        self._bufs = [np.empty(batch_rows, dtype=f.type.to_pandas_dtype()) for f in schema]
+        self._pos = 0
         self.batches: list[pa.RecordBatch] = []
         self.rows = 0
         self.sums = {f.name: 0.0 for f in schema if pa.types.is_floating(f.type)}
@@ -68,37 +67,34 @@ class ColumnRecorder:
 
     def append(self, *values) -> None:
         """One row, its values in schema order."""
-        self._rows.append(values)
-        self._pending += 1
-        if self._pending >= self.batch_rows:
+        pos = self._pos
+        for buf, v in zip(self._bufs, values):
+            buf[pos] = v
+        self._pos = pos + 1
+        if self._pos == self.batch_rows:
             self._flush_rows()
 
     def extend(self, columns: dict[str, Any]) -> None:
         """Many rows at once: every column a numpy array (or a scalar, repeated) of one length."""
-        self._rows_to_chunks()
         n = max(len(v) for v in columns.values() if isinstance(v, np.ndarray))
-        for chunks, name in zip(self._chunks, self.names):
-            v = columns[name]
-            chunks.append(v if isinstance(v, np.ndarray) else (v, n))   # a scalar: expanded at flush
-        self._pending += n
-        if self._pending >= self.batch_rows:
-            self._flush_rows()
-
-    def _rows_to_chunks(self) -> None:
-        if self._rows:
-            for chunks, column, dtype in zip(self._chunks, zip(*self._rows), self._dtypes):
-                chunks.append(np.array(column, dtype=dtype))
-            self._rows = []
+        done = 0
+        while done < n:
+            take = min(n - done, self.batch_rows - self._pos)
+            pos = self._pos
+            for buf, name in zip(self._bufs, self.names):
+                v = columns[name]
+                buf[pos:pos + take] = v[done:done + take] if isinstance(v, np.ndarray) else v
+            self._pos = pos + take
+            done += take
+            if self._pos == self.batch_rows:
+                self._flush_rows()
 
     def _flush_rows(self) -> None:
-        if self._pending:
-            self._rows_to_chunks()
-            arrays = [pa.array(np.concatenate([c if isinstance(c, np.ndarray) else np.full(c[1], c[0], dtype=dtype)
-                                               for c in chunks]), type=f.type)
-                      for chunks, f, dtype in zip(self._chunks, self.schema, self._dtypes)]
+        if self._pos:
+            arrays = [pa.array(buf[:self._pos], type=f.type) for buf, f in zip(self._bufs, self.schema)]
             self._emit(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
-            self._chunks = [[] for _ in self.names]
-            self._pending = 0
+            self._bufs = [np.empty_like(buf) for buf in self._bufs]   # the batch may still view the old ones
+            self._pos = 0
 
     def _emit(self, batch: pa.RecordBatch) -> None:
         self.rows += batch.num_rows
