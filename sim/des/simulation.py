@@ -18,7 +18,7 @@ import simpy
 from simpy.core import EmptySchedule
 
 from sim.errors import ConfigError
-from sim.network.interface import event_at
+from sim.network.interface import Network, event_at
 from sim.observe.progress import Progress
 from sim.observe.recorder import ColumnRecorder
 from sim.observe.tables import requests_table
@@ -138,12 +138,11 @@ class Cluster:
         self.replicas: list[Replica] = []
         self.finished = 0
         self.all_done = env.event()
-        self.network: object = None   # set by the builder: for link_hops()
+        self.network: Network | None = None   # set by the builder
 
     def link_hops(self) -> int | None:
         """Link traversals the network simulated (message fidelity), or None."""
-        hops = getattr(self.network, "link_hops", None)
-        return int(hops) if hops is not None else None
+        return None if self.network is None else self.network.link_hops
 
     # ----- callbacks from the replicas --------------------------------------------------------
     def finish_one(self) -> None:

@@ -20,6 +20,7 @@ class CollectiveNetwork:
     """One event per collective or transfer (alpha-beta along the topology's paths)."""
 
     fidelity = "collective"
+    link_hops = None   # one timed event per operation: no hop is simulated
 
     def __init__(self, env: simpy.Environment, fabric: Fabric) -> None:
         self.env, self.fabric = env, fabric

@@ -66,6 +66,11 @@ class Network(Protocol):
 
     fidelity: str
 
+    @property
+    def link_hops(self) -> int | None:
+        """Link traversals simulated so far (None: this fidelity does not simulate hops)."""
+        ...
+
     def transfer(self, src: str, dst: str, nbytes: float) -> simpy.Event:
         """An event that fires when ``nbytes`` sent from ``src`` have arrived at ``dst``."""
         ...
