@@ -21,8 +21,7 @@ import numpy as np
 
 import topologies
 import workloads
-from sim.config.parse import parse_config
-from sim.config.presets import load_model
+from sim.config.parse import load_model, parse_config
 from sim.config.schema import RunConfig
 from sim.cost.analytic import AnalyticModel, Split
 from sim.cost.fabric import Fabric

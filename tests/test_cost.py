@@ -9,8 +9,8 @@ import pytest
 
 from sim.app import run
 from sim.config.compose import compose_config
-from sim.config.parse import cost_from_mapping
-from sim.config.presets import load_hardware, load_preset
+from sim.config.parse import cost_from_mapping, load_hardware
+from sim.config.presets import load_preset
 from sim.cost.money import CostConfig, FleetUse, energy, fleet_cost, gpu_hour_price
 from sim.errors import ConfigError
 

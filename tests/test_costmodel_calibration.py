@@ -20,8 +20,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from sim.config.parse import engine_from_mapping
-from sim.config.presets import load_engine, load_hardware
+from sim.config.parse import engine_from_mapping, load_engine, load_hardware
 from sim.errors import ConfigError
 from sim.spec.engine import EngineProfile
 from sim.tools.calibration.engine_fit import (

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sim.config.parse import load_hf_config, model_from_mapping
-from sim.config.presets import load_model, preset_names
+from sim.config.parse import load_hf_config, load_model, model_from_mapping
+from sim.config.presets import preset_names
 from sim.errors import ConfigError
 from sim.spec.model import ModelSpec, with_overrides
 

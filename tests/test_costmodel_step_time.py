@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import topologies
-from sim.config.presets import load_engine, load_hardware, load_model
+from sim.config.parse import load_engine, load_hardware, load_model
 from sim.cost.fabric import Fabric
 from sim.cost.step_time import StepTime, StepTimePredictor, soft_roofline, split_layers
 from sim.errors import ConfigError

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sim.config.presets import load_engine, load_hardware, load_model
+from sim.config.parse import load_engine, load_hardware, load_model
 from sim.cost.step_time import StepTimePredictor
 from sim.spec.batch import BatchShape
 from sim.spec.precision import Precision

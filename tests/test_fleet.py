@@ -11,8 +11,7 @@ import pytest
 from sim.app import run
 from sim.build import build_cluster
 from sim.config.compose import compose_config
-from sim.config.parse import parse_config
-from sim.config.presets import load_hardware
+from sim.config.parse import load_hardware, parse_config
 from sim.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent

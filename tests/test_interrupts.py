@@ -18,7 +18,6 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-
 from helpers import ROOT
 
 # 64 GPUs replaying the whole Azure code trace one step at a time: tens of seconds, time

@@ -92,7 +92,7 @@ def test_steps_rows_have_the_shared_format(steps_file):
 
 
 def test_steps_file_reads_and_fits(steps_file):
-    from sim.config.presets import load_hardware
+    from sim.config.parse import load_hardware
     from sim.spec.engine import EngineProfile
     from sim.tools.calibration.engine_fit import fit_engine, read_measurements
 

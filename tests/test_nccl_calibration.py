@@ -10,7 +10,8 @@ from helpers import ROOT, run_sim
 from omegaconf import OmegaConf
 
 from sim.build import build_graph
-from sim.config.presets import load_hardware, load_preset
+from sim.config.parse import load_hardware
+from sim.config.presets import load_preset
 from sim.cost.collectives import nccl_model_s
 from sim.errors import ConfigError
 from sim.tools.calibration.cli import _run_config

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import execute_notebook
 
-from sim.config.presets import load_hardware
+from sim.config.parse import load_hardware
 
 SLO = {"ttft_p99_s": 5.0, "tpot_p99_s": 0.1}
 HARDWARE = {"h100", "h200", "b200", "rtx4090"}

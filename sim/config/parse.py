@@ -11,6 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from sim.config.presets import load_preset
 from sim.config.schema import (
     FleetGroup,
     NetworkConfig,
@@ -60,8 +61,6 @@ def _fleet(values: Any, parallel: Mapping[str, Any]) -> tuple[FleetGroup, ...]:
     """``fleet: [{hardware: h100, replicas: 2, tp: 4}, ...]``: replicas of several hardware
     presets behind one router (tp/pp default to ``parallel``'s); empty: a homogeneous fleet
     of ``parallel.dp`` replicas of ``hardware``."""
-    from sim.config.presets import load_hardware
-
     if values in (None, [], ()):
         return ()
     require(isinstance(values, (list, tuple)), f"fleet={values!r} must be a list of groups "
@@ -111,7 +110,6 @@ def engine_from_mapping(values: Mapping[str, Any]) -> EngineProfile:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"engine has unknown field(s) {unknown}; allowed: {sorted(known)}")
-    from sim.config.typecheck import check_types
     check_types(EngineProfile, values, "engine")
     return EngineProfile(**values)
 
@@ -144,7 +142,6 @@ def model_from_mapping(values: Mapping[str, Any]) -> ModelSpec:
     missing = [f.name for f in fields(ModelSpec) if f.name not in merged and f.default is _MISSING]
     if missing:
         raise ConfigError(f"model is missing field(s) {missing}")
-    from sim.config.typecheck import check_types
     check_types(ModelSpec, merged, "model")
     return ModelSpec(**merged)
 
@@ -197,8 +194,6 @@ _HF_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_ke
 
 
 def hardware_from_mapping(values: dict[str, Any]) -> HardwareSpec:
-    from dataclasses import fields
-
     known = {f.name for f in fields(HardwareSpec)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -217,8 +212,6 @@ def hardware_from_mapping(values: dict[str, Any]) -> HardwareSpec:
 
 
 def cost_from_mapping(values: Mapping[str, Any] | None) -> CostConfig:
-    from dataclasses import fields
-
     values = dict(values or {})
     known = {f.name for f in fields(CostConfig)}
     unknown = sorted(set(values) - known)
@@ -234,3 +227,15 @@ def cost_from_mapping(values: Mapping[str, Any] | None) -> CostConfig:
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
                 raise ConfigError(f"cost.{f}.{k}={v!r} must be a number >= 0 or null")
     return CostConfig(**values)
+
+
+def load_hardware(name: str) -> HardwareSpec:
+    return hardware_from_mapping(load_preset("hardware", name))
+
+
+def load_model(name: str) -> ModelSpec:
+    return model_from_mapping(load_preset("model", name))
+
+
+def load_engine(name: str) -> EngineProfile:
+    return engine_from_mapping(load_preset("engine", name))

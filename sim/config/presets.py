@@ -10,11 +10,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from sim.config.parse import engine_from_mapping, hardware_from_mapping, model_from_mapping
 from sim.errors import ConfigError
-from sim.spec.engine import EngineProfile
-from sim.spec.hardware import HardwareSpec
-from sim.spec.model import ModelSpec
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -30,18 +26,6 @@ def load_preset(group: str, name: str, conf_dir: Path = CONF_DIR) -> dict[str, A
     data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     assert isinstance(data, dict)
     return {str(k): v for k, v in data.items()}
-
-
-def load_hardware(name: str) -> HardwareSpec:
-    return hardware_from_mapping(load_preset("hardware", name))
-
-
-def load_model(name: str) -> ModelSpec:
-    return model_from_mapping(load_preset("model", name))
-
-
-def load_engine(name: str) -> EngineProfile:
-    return engine_from_mapping(load_preset("engine", name))
 
 
 GROUPS = ("hardware", "model", "engine", "topology", "parallel", "network", "workload", "scheduler", "assumptions",

@@ -13,20 +13,28 @@ under message fidelity — the replica never asks which); stage-to-stage activat
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import simpy
 
 from sim.cost.placement import tp_groups
 from sim.cost.step_time import StepPredictor, StepTime
-from sim.network.interface import Network, StageProgram
+from sim.network.interface import Network, StageProgram, event_at
 from sim.policy.batching import ContinuousBatcher, DecodeSpan, StepPlan
 from sim.policy.speculative import Speculation
 from sim.spec.batch import BatchShape
 
-if TYPE_CHECKING:
-    from sim.des.simulation import Cluster, SimEnvironment
+
+class StepSink(Protocol):
+    """Where a replica reports its steps and tokens (:class:`sim.des.simulation.Cluster`)."""
+
+    def on_step(self, replica: Replica, plan: StepPlan, start: float, duration: float, parts: StepTime,
+                draft_s: float, accepted: dict[int, int]) -> None: ...
+
+    def record_steps(self, replica: Replica, columns: dict[str, Any]) -> None: ...
+
+    def on_tokens(self, replica: Replica, events: list[tuple[int, bool, bool]]) -> None: ...
 
 
 class Replica:
@@ -40,9 +48,9 @@ class Replica:
     With ``pp > 1`` micro-batches are processes that queue for their stages.
     """
 
-    def __init__(self, env: SimEnvironment, index: int, predictor: StepPredictor,
+    def __init__(self, env: simpy.Environment, index: int, predictor: StepPredictor,
                  batcher: ContinuousBatcher, network: Network, stage_gpus: Sequence[Sequence[str]],
-                 cluster: Cluster, tp_cols: int = 1, speculative: Speculation | None = None,
+                 cluster: StepSink, tp_cols: int = 1, speculative: Speculation | None = None,
                  accept: Callable[[int, int], int] | None = None, max_span: int = 1) -> None:
         self.env, self.index = env, index
         self.predictor, self.batcher, self.network = predictor, batcher, network
@@ -139,7 +147,7 @@ class Replica:
         try:
             while True:
                 try:
-                    yield env.timeout_at(float(bounds[k]))
+                    yield event_at(env, float(bounds[k]))
                     break
                 except simpy.Interrupt:
                     done = int(np.searchsorted(bounds, env.now, side="right")) - 1   # steps ended by now

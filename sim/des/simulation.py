@@ -18,7 +18,7 @@ import simpy
 from simpy.core import EmptySchedule
 
 from sim.errors import ConfigError
-from sim.network.interface import Network, event_at
+from sim.network.interface import Network
 from sim.observe.progress import Progress
 from sim.observe.recorder import ColumnRecorder
 from sim.observe.tables import requests_table
@@ -32,14 +32,9 @@ if TYPE_CHECKING:
 
 
 class SimEnvironment(simpy.Environment):
-    """SimPy's environment plus two things the simulator needs: an event at an exact time
-    (a fast-forwarded span ends exactly where stepping would have got to by repeated
-    addition), and a run loop that can be stopped between events (Ctrl-C, SIGTERM,
-    ``sim.max_wall_s``) and counts the events it scheduled, with no per-event override."""
-
-    def timeout_at(self, when: float, value: object = None) -> simpy.Event:
-        """An event that fires at simulated time ``when`` (>= now), exactly."""
-        return event_at(self, when, value)
+    """SimPy's environment with a run loop that can be stopped between events (Ctrl-C,
+    SIGTERM, ``sim.max_wall_s``) and counts the events it scheduled, with no per-event
+    override. (Events at an exact time: :func:`sim.network.interface.event_at`.)"""
 
     @property
     def events_scheduled(self) -> int:

@@ -23,7 +23,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from sim.config.presets import CONF_DIR, load_engine, load_hardware
+from sim.config.parse import load_engine, load_hardware
+from sim.config.presets import CONF_DIR
 from sim.tools.calibration.engine_fit import (
     DOCUMENTED_DEFAULTS,
     FIT_BOUNDS,

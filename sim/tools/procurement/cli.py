@@ -33,8 +33,8 @@ from omegaconf import DictConfig, OmegaConf
 from sim.app import evaluate
 from sim.build import build_step_model, load_workload
 from sim.config.compose import check_overrides, resolved
-from sim.config.parse import parse_config
-from sim.config.presets import CONF_DIR, check_group_choices, load_hardware
+from sim.config.parse import load_hardware, parse_config
+from sim.config.presets import CONF_DIR, check_group_choices
 from sim.cost.analytic import pareto_mask, steady_step_s
 from sim.errors import ConfigError
 from sim.tools.cli import guarded

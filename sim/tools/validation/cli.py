@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sim.config.presets import load_engine, load_hardware
+from sim.config.parse import load_engine, load_hardware
 from sim.tools.calibration.engine_fit import FIT_PARAMS, fit_engine, predict, read_measurements
 from sim.tools.cli import fail, guarded, key_values
 
