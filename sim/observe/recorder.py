@@ -45,21 +45,19 @@ def write_json(value: Any, path: Path) -> Path:
 
 
 class ColumnRecorder:
-    """Rows appended as columns; every ``batch_rows`` rows become a record batch, written to
-    ``path`` as a Parquet row group as the run goes (memory stays flat) and/or kept
-    (``keep=True``) for :meth:`table`. Floating-point columns are summed as they pass
-    (:attr:`sums`), so a summary needs no second read of the table.
+    """Rows written into preallocated column buffers; every ``batch_rows`` rows become a
+    record batch, written to ``path`` as a Parquet row group as the run goes (memory stays
+    flat; without a path the rows are only counted and summed). Floating-point columns are
+    summed as they pass (:attr:`sums`), so a summary needs no second read of the table.
     """
 
-    def __init__(self, schema: pa.Schema, path: Path | None = None, keep: bool = False,
-                 batch_rows: int = 65536) -> None:
+    def __init__(self, schema: pa.Schema, path: Path | None = None, batch_rows: int = 65536) -> None:
         self.schema = schema
         self.names = schema.names
-        self.path, self.keep, self.batch_rows = path, keep, batch_rows
+        self.path, self.batch_rows = path, batch_rows
         # one preallocated numpy buffer per column; rows are written in place
         self._bufs = [np.empty(batch_rows, dtype=f.type.to_pandas_dtype()) for f in schema]
         self._pos = 0
-        self.batches: list[pa.RecordBatch] = []
         self.rows = 0
         self.sums = {f.name: 0.0 for f in schema if pa.types.is_floating(f.type)}
         self._writer: pq.ParquetWriter | None = None
@@ -102,8 +100,6 @@ class ColumnRecorder:
             total = pc.sum(batch.column(name)).as_py()
             if total is not None:
                 self.sums[name] += total
-        if self.keep:
-            self.batches.append(batch)
         if self.path is not None:
             if self._writer is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,10 +122,3 @@ class ColumnRecorder:
             self._writer.close()
             os.replace(_temporary(self.path), self.path)
         return self.path
-
-    def table(self) -> pa.Table:
-        """The recorded rows (``keep=True`` only)."""
-        if not self.keep:
-            raise ValueError("this recorder streams its rows to a file; read it with pyarrow")
-        self._flush_rows()
-        return pa.Table.from_batches(self.batches, schema=self.schema)
