@@ -3,9 +3,10 @@
 Rule: ``sim.fast_forward=true`` (default) and ``false`` give equal ``requests.parquet`` and
 ``steps.parquet`` (every column, floats to 1e-9 relative; steps compared in (replica, step)
 order, since a span's rows are written when it closes) and equal summaries, over random
-configurations that cover the scheduler (chunked or whole prefill, tiny KV capacity that
-forces preemption, small token budgets), parallelism (tp, pp > 1, dp with both routers,
-2-D TP), speculative decoding and a mixed fleet; and fast-forwarding schedules fewer events.
+configurations (two per layout) that cover the scheduler (chunked or whole prefill, block
+sizes, token budgets and batch limits), every layout (tp 1 and 2, pp = 2, dp = 3 behind
+either router, 2-D TP, a mixed H100/A100 fleet, draft-head speculation, a KV cache so small
+that requests are preempted and recomputed); and fast-forwarding schedules fewer events.
 """
 from __future__ import annotations
 
@@ -22,7 +23,10 @@ from sim.config.compose import compose_config
 FLOAT_RTOL = 1e-9
 
 
-def random_config(rng: random.Random) -> list[str]:
+LAYOUTS = ("tp1", "tp2", "pp2", "dp", "tp2d", "fleet", "spec", "tight")
+
+
+def random_config(rng: random.Random, layout: str) -> list[str]:
     o = ["workload=synthetic", "model=llama3_8b", "output.progress=never",
          f"workload.seed={rng.randrange(1000)}", f"workload.max_requests={rng.choice([40, 80, 120])}",
          f"workload.rate_per_s={rng.choice([2, 10, 40])}",
@@ -32,7 +36,6 @@ def random_config(rng: random.Random) -> list[str]:
          f"scheduler.max_tokens_per_step={rng.choice([512, 2048, 8192])}",
          f"scheduler.max_batch_size={rng.choice([4, 64, 256])}",
          f"scheduler.block_size={rng.choice([1, 16, 32])}"]
-    layout = rng.choice(["tp1", "tp2", "pp2", "dp", "tp2d", "fleet", "spec", "tight"])
     if layout == "tp1":
         o += ["parallel.tp=1"]
     elif layout == "tp2":
@@ -48,7 +51,8 @@ def random_config(rng: random.Random) -> list[str]:
     elif layout == "spec":
         o += ["parallel.tp=2", "speculative=self", f"speculative.num_tokens={rng.choice(['2', 'auto'])}"]
     else:  # a KV cache of a few thousand tokens: preemption and recomputation
-        o += ["parallel.tp=1", "engine.gpu_memory_utilization=0.23"]
+        o += ["parallel.tp=1", "engine.gpu_memory_utilization=0.23", "workload.rate_per_s=40",
+              "workload.max_requests=80"]
     return o
 
 
@@ -83,9 +87,9 @@ def _close(a, b, path=""):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", range(12))
-def test_fast_forward_equals_stepping(tmp_path, seed):
-    overrides = random_config(random.Random(seed))
+@pytest.mark.parametrize("layout,seed", [(lay, s) for lay in LAYOUTS for s in (0, 1)])
+def test_fast_forward_equals_stepping(tmp_path, layout, seed):
+    overrides = random_config(random.Random(f"{layout}/{seed}"), layout)
     out = {}
     for ff in ("true", "false"):
         run(compose_config([*overrides, f"sim.fast_forward={ff}"]), tmp_path / ff)
@@ -95,6 +99,8 @@ def test_fast_forward_equals_stepping(tmp_path, seed):
     _assert_equal_tables(steps_a, steps_b, "steps")
     _close(sum_a, sum_b)
     assert sum_a["sim"]["events"] <= sum_b["sim"]["events"]
+    if layout == "tight":   # the KV cache is a few thousand tokens: requests are preempted and recomputed
+        assert sum_a["requests"]["preemptions"] > 0
 
 
 def test_fast_forward_takes_few_events_on_steady_decode(tmp_path):
