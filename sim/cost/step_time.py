@@ -246,7 +246,11 @@ class StepTimePredictor:
         else:
             parts.append(self._matmul(M, h, 2 * ffn))                       # fused gate + up
             parts.append(self._matmul(M, ffn, h))                           # down
-        return sum(p[0] for p in parts), sum(p[1] for p in parts)
+        compute = memory = 0.0
+        for c, m_ in parts:
+            compute = compute + c
+            memory = memory + m_
+        return compute, memory
 
     def stage_work(self, b: BatchShape, stage: int = 0) -> StageWork:
         """The local (single-GPU) time of ``stage`` and the collectives it issues."""

@@ -138,9 +138,8 @@ class Replica:
         work = self.predictor.stage_work(span.batch(k), 0)
         network = self.predictor.network_s(work, 0)
         local = work.local
-        compute = np.broadcast_to(local.compute_s + 0.0, (k,))
-        memory = np.broadcast_to(local.memory_s + 0.0, (k,))
-        fixed = np.broadcast_to(local.fixed_s + 0.0, (k,))
+        compute, memory, fixed = (v + 0.0 if isinstance(v, np.ndarray) else np.full(k, v + 0.0)
+                                  for v in (local.compute_s, local.memory_s, local.fixed_s))
         duration = compute + memory + (0.0 + network) + fixed
         bounds = np.cumsum(np.concatenate(([env.now], duration)))
         self._in_span, self._span_cut = True, False

@@ -145,25 +145,27 @@ class ContinuousBatcher:
         draft tokens (never more than it still needs to finish its output).
         """
         cfg, pool = self.config, self.pool
+        running, busy, computed, generated, prompt = self.running, self.busy, self.computed, self.generated, self.prompt
+        chunked, max_batch = cfg.chunked_prefill, cfg.max_batch_size
         budget = cfg.max_tokens_per_step
         work: list[SeqWork] = []
         preempted: list[int] = []
         i = 0
-        while i < len(self.running) and budget > 0 and len(work) < cfg.max_batch_size:
-            r = self.running[i]
-            if r in self.busy:
+        while i < len(running) and budget > 0 and len(work) < max_batch:
+            r = running[i]
+            if r in busy:
                 i += 1
                 continue
-            pending = self.pending(r)
-            n = min(pending, budget) if cfg.chunked_prefill else pending
-            if not cfg.chunked_prefill and n > budget and work:
+            ctx = computed[r]
+            pending = prompt[r] + generated[r] - ctx
+            n = min(pending, budget) if chunked else pending
+            if not chunked and n > budget and work:
                 i += 1
                 continue
             proposed = 0
-            if gamma > 0 and pending == 1 and self.generated[r] >= 1:
-                proposed = max(0, min(gamma, self.output[r] - self.generated[r] - 1, budget - 1))
+            if gamma > 0 and pending == 1 and generated[r] >= 1:
+                proposed = max(0, min(gamma, self.output[r] - generated[r] - 1, budget - 1))
                 n = 1 + proposed
-            ctx = self.computed[r]
             grown = pool.grow(r, ctx + n)
             while not grown:
                 victim = next((v for v in reversed(self.running) if v not in self.busy and v != r), None)

@@ -30,12 +30,14 @@ class KVBlockPool:
 
     def grow(self, request: int, tokens: int) -> bool:
         """Hold enough blocks for ``tokens`` positions; False (nothing changed) if too few free."""
-        need = self.extra_blocks(request, tokens)
+        held = self.held.get(request, 0)
+        need = -(-tokens // self.block_size) - held
+        if need <= 0:
+            return True
         if need > self.free_blocks:
             return False
-        if need:
-            self.free_blocks -= need
-            self.held[request] = self.held.get(request, 0) + need
+        self.free_blocks -= need
+        self.held[request] = held + need
         return True
 
     def shrink(self, request: int, tokens: int) -> None:
