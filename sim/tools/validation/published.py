@@ -236,7 +236,7 @@ def group_summary(table: pa.Table) -> dict[str, dict[str, float]]:
 def markdown(table: pa.Table, summary: dict[str, dict[str, float]]) -> str:
     d = table.to_pydict()
     lines = ["# Validation against published numbers", "",
-             "Rows: `sim/tools/validation/published_rows.yaml` (sources in `/work/shared/reference/published_numbers.md`).", "",
+             "Rows: `sim/tools/validation/published_rows.yaml` (sources in `shared/reference/published_numbers.md` beside the repository).", "",
              "| group | rows | median abs error | worst abs error |", "|---|---|---|---|"]
     for g, s in summary.items():
         lines.append(f"| {g} | {s['rows']} | {s['median_abs_error']:.1%} | {s['worst_abs_error']:.1%} |")
