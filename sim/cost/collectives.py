@@ -277,38 +277,35 @@ class GroupCollectives:
             return oneshot + self.software_s
         return np.where(nbytes <= self.oneshot_max_bytes, oneshot, ring) + self.software_s
 
-    def allreduce_s(self, nbytes):
-        """All-reduce of ``nbytes`` per rank (a float, or a numpy array of sizes)."""
+    def _timed(self, kind: str, nbytes, scalar_s, array_s):
+        """Time of collective ``kind`` for ``nbytes`` (a float or an array of sizes), remembered
+        by size; a group of one costs nothing and ``nccl_model`` is NCCL's formula."""
         if self.n <= 1:
             return 0.0 * nbytes
         if self.algorithm == "nccl_model":
-            return self.nccl_model_s("allreduce", nbytes) + self.software_s
+            return self.nccl_model_s(kind, nbytes) + self.software_s
         if isinstance(nbytes, np.ndarray):
-            return self._cached_array("allreduce", nbytes, self._allreduce_array_s)
-        algo = self.allreduce_algorithm(nbytes)
-        key = (algo, nbytes)
+            return self._cached_array(kind, nbytes, array_s)
+        key = (kind, nbytes)
         t = self._cache.get(key)
         if t is None:
-            if algo == "ring":
-                t = self._ring_s(nbytes, 2 * (self.n - 1), True)
-            else:
-                t = oneshot_schedule_s(self.oneshot_paths, nbytes)
-            t += self.software_s
-            self._cache[key] = t
+            t = self._cache[key] = scalar_s(nbytes)
         return t
+
+    def _allreduce_scalar_s(self, nbytes: float) -> float:
+        if self.allreduce_algorithm(nbytes) == "ring":
+            t = self._ring_s(nbytes, 2 * (self.n - 1), True)
+        else:
+            t = oneshot_schedule_s(self.oneshot_paths, nbytes)
+        return t + self.software_s
+
+    def _allgather_s(self, nbytes):
+        return self._ring_s(nbytes, self.n - 1, False) + self.software_s
+
+    def allreduce_s(self, nbytes):
+        """All-reduce of ``nbytes`` per rank (a float, or a numpy array of sizes)."""
+        return self._timed("allreduce", nbytes, self._allreduce_scalar_s, self._allreduce_array_s)
 
     def allgather_s(self, nbytes):
         """Ring all-gather where each rank contributes ``nbytes`` (float or numpy array)."""
-        if self.n <= 1:
-            return 0.0 * nbytes
-        if self.algorithm == "nccl_model":
-            return self.nccl_model_s("allgather", nbytes) + self.software_s
-        if isinstance(nbytes, np.ndarray):
-            return self._cached_array("allgather", nbytes,
-                                      lambda b: self._ring_s(b, self.n - 1, False) + self.software_s)
-        key = ("allgather", nbytes)
-        t = self._cache.get(key)
-        if t is None:
-            t = self._ring_s(nbytes, self.n - 1, False) + self.software_s
-            self._cache[key] = t
-        return t
+        return self._timed("allgather", nbytes, self._allgather_s, self._allgather_s)
