@@ -85,6 +85,7 @@ class StageWork:
     per_layer_collectives: tuple[Collective, ...] = ()
     pre_collectives: tuple[Collective, ...] = ()
     post_collectives: tuple[Collective, ...] = ()
+    key: tuple | None = None    # (token count, sampled tokens, stage): the same collectives
 
     @property
     def collectives(self) -> list[Collective]:
@@ -156,6 +157,8 @@ class StepTimePredictor:
         self.pp_send_s = pp_send_s
         self.stage_layers = split_layers(model.num_hidden_layers, pp)
         self._matmuls: dict[tuple, tuple] = {}
+        self._stage_parts: dict[tuple, tuple] = {}
+        self._networks: dict[tuple, float] = {}
         self._peak = hardware.peak_flops(precision.compute_format)
         self._matmul_rate = self._peak * engine.matmul_efficiency(precision.compute_format)  # achieved FLOP/s
         self._peak_attn = hardware.peak_flops("bf16")
@@ -163,6 +166,16 @@ class StepTimePredictor:
         self.heads_per_gpu = model.num_attention_heads // tp
         self.kv_heads_per_gpu = max(1, model.num_key_value_heads // tp)
         qk_cols = (self.heads_per_gpu + self.kv_heads_per_gpu) * model.head_dim
+        # attention per (pair FLOPs, KV token bytes, query/output token bytes, query tile
+        # blocks, KV split blocks, 1 / blocks for full bandwidth), in seconds where they are times
+        hd, kv_bytes = model.head_dim, precision.kv_bytes
+        self._attn_consts = (
+            4.0 * self.heads_per_gpu * hd / (self._peak_attn * engine.attention_compute_efficiency),
+            2.0 * self.kv_heads_per_gpu * hd * kv_bytes / self._bw,
+            2.0 * self.heads_per_gpu * hd * precision.activation_bytes / self._bw,
+            float(self.heads_per_gpu),
+            self.heads_per_gpu / engine.attention_kv_split_tokens if engine.attention_kv_split_tokens > 0 else 0.0,
+            1.0 / (engine.attention_ctas_per_sm * hardware.sm_count))
         self._elementwise_bytes_per_token = (engine.elementwise_bytes_per_hidden * model.hidden_size
                                              + engine.elementwise_bytes_per_qk * qk_cols
                                              + engine.elementwise_bytes_per_ffn * model.intermediate_size / tp)
@@ -210,28 +223,32 @@ class StepTimePredictor:
         t_m = (w * self.precision.weight_bytes + tokens * (k + n) * ab) / self._bw
         return soft_roofline(t_c, t_m, e.roofline_sharpness)
 
-    def _attention(self, b: BatchShape) -> tuple[float, float]:
-        e, hd = self.engine, self.model.head_dim
-        flops = 4.0 * self.heads_per_gpu * hd * b.attention_pairs
-        kv = b.kv_tokens_read * 2.0 * self.kv_heads_per_gpu * hd * self.precision.kv_bytes
-        qo = 2.0 * b.new_tokens * self.heads_per_gpu * hd * self.precision.activation_bytes
-        blocks: Any = b.query_blocks * self.heads_per_gpu
-        if e.attention_kv_split_tokens > 0:  # split-KV kernels also parallelise over the context
-            blocks = blocks + b.kv_tokens_read / e.attention_kv_split_tokens * self.heads_per_gpu
-        occupancy = vmin(1.0, blocks / (e.attention_ctas_per_sm * self.hardware.sm_count))
-        t_c = flops / (self._peak_attn * e.attention_compute_efficiency)
-        t_m = kv / (self._bw * occupancy) + qo / self._bw
-        return soft_roofline(t_c, t_m, e.roofline_sharpness)
+    def _attention(self, b: BatchShape) -> tuple[Any, Any]:
+        """(arithmetic, memory) seconds of one layer's attention over the KV cache: FLOPs of
+        every query-key pair, KV bytes read at a bandwidth scaled by how many thread blocks
+        the kernel can keep busy (query tiles, plus KV splits under split-KV decoding)."""
+        flops_c, kv_c, qo_c, q_blocks_c, kv_blocks_c, occ_c = self._attn_consts
+        pairs, kv_tokens = b.attention_pairs, b.kv_tokens_read
+        t_c = pairs * flops_c
+        blocks = b.query_blocks * q_blocks_c
+        if kv_blocks_c:  # split-KV kernels also parallelise over the context
+            blocks = blocks + kv_tokens * kv_blocks_c
+        if isinstance(blocks, np.ndarray):
+            occupancy = np.minimum(1.0, blocks * occ_c)
+        else:
+            occupancy = min(1.0, blocks * occ_c)
+        t_m = kv_tokens * kv_c / occupancy + b.new_tokens * qo_c
+        return soft_roofline(t_c, t_m, self.engine.roofline_sharpness)
 
-    def _layer(self, b: BatchShape) -> tuple[float, float]:
-        """Arithmetic and memory seconds of one decoder layer on one GPU."""
-        m, tp, M = self.model, self.tp, b.new_tokens * 1.0
+    def _dense(self, M: Any) -> tuple[list, list]:
+        """The layer's operators other than attention, as (compute, memory) lists. They
+        depend on the step's token count only."""
+        m, tp = self.model, self.tp
         h, hd = m.hidden_size, m.head_dim
         q_cols = self.heads_per_gpu * hd
         kv_cols = self.kv_heads_per_gpu * hd
         parts = [
             self._matmul(M, h, q_cols + 2 * kv_cols),                       # fused QKV projection
-            self._attention(b),
             (0.0, M * 2.0 * kv_cols * self.precision.kv_bytes / self._bw),  # KV write
             self._matmul(M, q_cols, h),                                     # output projection
             (0.0, self._elementwise_bytes_per_token * M / self._bw),
@@ -246,56 +263,89 @@ class StepTimePredictor:
         else:
             parts.append(self._matmul(M, h, 2 * ffn))                       # fused gate + up
             parts.append(self._matmul(M, ffn, h))                           # down
-        compute = memory = 0.0
-        for c, m_ in parts:
-            compute = compute + c
-            memory = memory + m_
-        return compute, memory
+        return [c for c, _ in parts], [m_ for _, m_ in parts]
 
-    def stage_work(self, b: BatchShape, stage: int = 0) -> StageWork:
-        """The local (single-GPU) time of ``stage`` and the collectives it issues."""
+    def _stage_fixed(self, new_tokens: Any, head_tokens: Any, stage: int) -> tuple:
+        """What a stage's step costs apart from attention, for a token count and a count of
+        sampled tokens: the dense operators of its layers, the embedding rows, the LM head,
+        the kernel launch time, and the collectives it issues."""
         m, e = self.model, self.engine
         layers = self.stage_layers[stage]
-        c_layer, m_layer = self._layer(b)
+        act = self.precision.activation_bytes
+        c_dense, m_dense = self._dense(new_tokens * 1.0)
+        c_layer = m_layer = 0.0
+        for c, mm in zip(c_dense, m_dense):
+            c_layer = c_layer + c
+            m_layer = m_layer + mm
         compute, memory = layers * c_layer, layers * m_layer
         pre: list[Collective] = []
         post: list[Collective] = []
-        act = self.precision.activation_bytes
         if stage == 0:
-            memory += b.new_tokens * m.hidden_size * self.precision.weight_bytes / self._bw  # embedding rows
+            memory = memory + new_tokens * m.hidden_size * self.precision.weight_bytes / self._bw  # embedding rows
             if self.tp > 1:
-                pre.append(Collective("allreduce", b.new_tokens * m.hidden_size * act))
-        if stage == self.pp - 1:
-            head_tokens = b.new_tokens if e.lm_head_all_prompt_tokens else b.sampled_tokens
-            if isinstance(head_tokens, np.ndarray) or head_tokens > 0:
-                c, mm = self._matmul(head_tokens, m.hidden_size, m.vocab_size / self.tp)
-                compute = compute + vwhere(head_tokens > 0, c, 0.0)
-                memory = memory + vwhere(head_tokens > 0, mm, 0.0)
-                if self.tp > 1:
-                    post.append(Collective("allgather", head_tokens * m.vocab_size / self.tp * act))
+                pre.append(Collective("allreduce", new_tokens * m.hidden_size * act))
+        if stage == self.pp - 1 and (isinstance(head_tokens, np.ndarray) or head_tokens > 0):
+            c, mm = self._matmul(head_tokens, m.hidden_size, m.vocab_size / self.tp)
+            compute = compute + vwhere(head_tokens > 0, c, 0.0)
+            memory = memory + vwhere(head_tokens > 0, mm, 0.0)
+            if self.tp > 1:
+                post.append(Collective("allgather", head_tokens * m.vocab_size / self.tp * act))
         kernels = layers * e.kernels_per_layer + e.kernels_per_step
         fixed = kernels * e.kernel_overhead_us * 1e-6 + e.step_overhead_us * 1e-6
-        if not e.cuda_graphs:
-            host = kernels * e.host_launch_us * 1e-6
-            fixed = fixed + vmax(0.0, host - (compute + memory + fixed))
+        host = kernels * e.host_launch_us * 1e-6
         per_layer: tuple[Collective, ...] = ()
         if self.tp > 1 and self.tp_cols == 1:
             # 1-D (Megatron) TP: all-reduce after attention and after the MLP.
-            per_layer = (Collective("allreduce", b.new_tokens * m.hidden_size * act),) * 2
+            per_layer = (Collective("allreduce", new_tokens * m.hidden_size * act),) * 2
         elif self.tp > 1:
             # 2-D TP on a rows x cols grid: each of the four serial matmuls is followed by an
             # all-reduce of its 1/(other axis) slice of the activations over one axis.
-            row = Collective("allreduce", b.new_tokens * m.hidden_size * act / self.tp_cols, "rows")
-            col = Collective("allreduce", b.new_tokens * m.hidden_size * act / self.tp_rows, "cols")
+            row = Collective("allreduce", new_tokens * m.hidden_size * act / self.tp_cols, "rows")
+            col = Collective("allreduce", new_tokens * m.hidden_size * act / self.tp_rows, "cols")
             per_layer = (row, col, row, col)
-        return StageWork(StepTime(compute, memory, 0.0, fixed), layers, per_layer, tuple(pre), tuple(post))
+        return compute, memory, fixed, host, per_layer, tuple(pre), tuple(post)
+
+    def stage_work(self, b: BatchShape, stage: int = 0) -> StageWork:
+        """The local (single-GPU) time of ``stage`` and the collectives it issues.
+
+        Everything but attention depends on the token counts only; for scalar counts (every
+        simulated step) that part is remembered, so a step costs one attention evaluation."""
+        e = self.engine
+        head_tokens = b.new_tokens if e.lm_head_all_prompt_tokens else b.sampled_tokens
+        key: tuple | None = None
+        if isinstance(b.new_tokens, np.ndarray) or isinstance(head_tokens, np.ndarray):
+            part = self._stage_fixed(b.new_tokens, head_tokens, stage)
+        else:
+            key = (b.new_tokens, head_tokens, stage)
+            part = self._stage_parts.get(key)
+            if part is None:
+                if len(self._stage_parts) >= 4096:
+                    self._stage_parts.clear()
+                    self._networks.clear()
+                part = self._stage_parts[key] = self._stage_fixed(b.new_tokens, head_tokens, stage)
+        c_rest, m_rest, fixed, host, per_layer, pre, post = part
+        layers = self.stage_layers[stage]
+        c_attn, m_attn = self._attention(b)
+        compute = layers * c_attn + c_rest
+        memory = layers * m_attn + m_rest
+        if not e.cuda_graphs:
+            fixed = fixed + vmax(0.0, host - (compute + memory + fixed))
+        return StageWork(StepTime(compute, memory, 0.0, fixed), layers, per_layer, pre, post, key)
 
     def network_s(self, work: StageWork, stage: int = 0) -> float:
         """Exposed communication time of one stage's step (every layer's collectives priced once)."""
         comm = self.comm[stage]
         if comm is None or self.tp == 1:
             return 0.0
+        key = work.key
+        if key is None:         # array byte counts (the analytic model): not remembered
+            return self._network_s(work, comm)
+        out = self._networks.get(key)
+        if out is None:
+            out = self._networks[key] = self._network_s(work, comm)
+        return out
 
+    def _network_s(self, work: StageWork, comm: dict) -> Any:
         def cost(c: Collective):
             group = comm[c.group]
             return group.allreduce_s(c.nbytes) if c.kind == "allreduce" else group.allgather_s(c.nbytes)

@@ -138,10 +138,12 @@ class Replica:
         work = self.predictor.stage_work(span.batch(k), 0)
         network = self.predictor.network_s(work, 0)
         local = work.local
-        compute, memory, fixed = (v + 0.0 if isinstance(v, np.ndarray) else np.full(k, v + 0.0)
-                                  for v in (local.compute_s, local.memory_s, local.fixed_s))
+        compute, memory, fixed = local.compute_s, local.memory_s, local.fixed_s   # arrays, fixed may be one number
         duration = compute + memory + (0.0 + network) + fixed
-        bounds = np.cumsum(np.concatenate(([env.now], duration)))
+        bounds = np.empty(k + 1)
+        bounds[0] = env.now
+        bounds[1:] = duration
+        np.cumsum(bounds, out=bounds)
         self._in_span, self._span_cut = True, False
         try:
             while True:
@@ -153,20 +155,19 @@ class Replica:
                     k = min(k, max(done + 1, 1))
         finally:
             self._in_span = False
-        starts, ends = bounds[:k], bounds[1:k + 1]
-        took = ends - starts
-        busy = self.stage_busy_s[0]
-        for d in took.tolist():
-            busy += d
-        self.stage_busy_s[0] = busy
+        starts = bounds[:k]
+        took = bounds[1:k + 1] - starts
+        self.stage_busy_s[0] += float(took.sum())
         n = span.plan.batch.num_seqs
         waiting = np.full(k, span.waiting, dtype=np.int64)
         waiting[-1] = len(self.batcher.waiting)
+        wait = took - duration[:k]
+        np.maximum(wait, 0.0, out=wait)
         self.cluster.record_steps(self, {
-            "step": self.steps + np.arange(k), "start_s": starts, "duration_s": took, "batch_size": n,
+            "step": np.arange(self.steps, self.steps + k), "start_s": starts, "duration_s": took, "batch_size": n,
             "prefill_tokens": 0, "decode_tokens": n, "compute_s": compute[:k], "memory_s": memory[:k],
-            "network_s": network, "fixed_s": fixed[:k],
-            "pipeline_wait_s": np.maximum(0.0, took - duration[:k]), "kv_blocks_used": span.kv_blocks_used[:k],
+            "network_s": network, "fixed_s": fixed[:k] if isinstance(fixed, np.ndarray) else fixed,
+            "pipeline_wait_s": wait, "kv_blocks_used": span.kv_blocks_used[:k],
             "waiting": waiting, "preempted": 0, "draft_s": 0.0, "spec_proposed_tokens": 0, "spec_accepted_tokens": 0})
         self.steps += k
         last = self.batcher.advance_span(span, k)

@@ -75,6 +75,13 @@ class ColumnRecorder:
     def extend(self, columns: dict[str, Any]) -> None:
         """Many rows at once: every column a numpy array (or a scalar, repeated) of one length."""
         n = max(len(v) for v in columns.values() if isinstance(v, np.ndarray))
+        pos = self._pos
+        if pos + n < self.batch_rows:     # the common case: the rows fit in the open batch
+            end = pos + n
+            for buf, name in zip(self._bufs, self.names):
+                buf[pos:end] = columns[name]
+            self._pos = end
+            return
         done = 0
         while done < n:
             take = min(n - done, self.batch_rows - self._pos)
