@@ -216,6 +216,17 @@ def make_predictor(cfg: RunConfig, fabric: Fabric, stage_gpus: list[list[str]]) 
                              cfg.parallel.pp, comm, pp_send_s, tp_cols=cfg.parallel.tp_cols)
 
 
+def predictor_key(fabric: Fabric, stage_gpus: list[list[str]], tp_cols: int, group: int) -> tuple:
+    """What a replica's step costs depend on besides its group's config: each stage's
+    collective cost models (shared by route shape, :meth:`Fabric.group`) and the latencies and
+    bandwidths of the routes between consecutive stages."""
+    comm = tuple(tuple((tag, id(fabric.group(gs[0]))) for tag, gs in tp_groups(g, tp_cols).items())
+                 for g in stage_gpus)
+    sends = tuple(tuple((lat, bw) for _, lat, bw in fabric.pair(a[0], b[0]).hops)
+                  for a, b in zip(stage_gpus, stage_gpus[1:]))
+    return group, comm, sends
+
+
 def make_speculative(cfg: RunConfig, fabric: Fabric, target: StepTimePredictor, stage_gpus: list[list[str]],
                      own_gpus: list[str]) -> SpeculativeDecoder:
     """The replica's draft predictor and gamma policy (no draft when speculation is off)."""
@@ -244,11 +255,20 @@ def make_speculative(cfg: RunConfig, fabric: Fabric, target: StepTimePredictor, 
     return SpeculativeDecoder(s, target, draft, handoff)
 
 
-def replica_plan(cfg: RunConfig, fabric: Fabric, gpus: list[str], index: int, group: int = 0) -> ReplicaPlan:
+def replica_plan(cfg: RunConfig, fabric: Fabric, gpus: list[str], index: int, group: int = 0,
+                 shared: dict[tuple, StepTimePredictor] | None = None) -> ReplicaPlan:
     """Replica ``index`` of a homogeneous group on ``gpus``: predictor, speculation, KV capacity
-    (a ConfigError if the weights do not fit)."""
+    (a ConfigError if the weights do not fit).
+
+    Replicas of one group whose collectives and stage-to-stage routes cost the same share one
+    predictor through ``shared`` (and so its caches: memory does not grow with replicas)."""
     stage_gpus = placement(cfg, gpus)[index]
-    predictor = make_predictor(cfg, fabric, stage_gpus)
+    key = predictor_key(fabric, stage_gpus, cfg.parallel.tp_cols, group)
+    predictor = None if shared is None else shared.get(key)
+    if predictor is None:
+        predictor = make_predictor(cfg, fabric, stage_gpus)
+        if shared is not None:
+            shared[key] = predictor
     spec = make_speculative(cfg, fabric, predictor, stage_gpus, draft_gpus(cfg, gpus, index))
     shared = spec.draft if cfg.speculative.placement == "same" else None
     cap = kv_capacity(predictor, cfg.hardware, cfg.engine, cfg.model.name, cfg.scheduler.block_size, shared)
@@ -260,7 +280,8 @@ def build_cluster(cfg: RunConfig) -> ClusterPlan:
     groups = cfg.groups()
     graph, group_gpus = fleet_graph(groups)
     fabric = make_fabric(cfg, graph, oneshot_capable=any(g.hardware.scaleup_link != "pcie" for g in groups))
-    replicas = [replica_plan(gcfg, fabric, gpus, i, k)
+    shared: dict[tuple, StepTimePredictor] = {}
+    replicas = [replica_plan(gcfg, fabric, gpus, i, k, shared)
                 for k, (gcfg, gpus) in enumerate(zip(groups, group_gpus)) for i in range(gcfg.parallel.dp)]
     return ClusterPlan(graph, fabric, replicas, cfg.gpus)
 
