@@ -15,7 +15,7 @@ def test_rows_and_spans_keep_their_order_and_sums(tmp_path):
     path = tmp_path / "steps.parquet"
     rec = ColumnRecorder(SCHEMA, path, batch_rows=4)
     rec.append(0, 0, 0.5)
-    rec.extend({"replica": 1, "step": np.arange(1, 8), "duration_s": np.linspace(0.1, 0.7, 7)})
+    rec.extend(7, 1, np.arange(1, 8), np.linspace(0.1, 0.7, 7))
     rec.append(2, 8, 1.0)
     assert not path.exists()                      # still being written: no final name yet
     assert rec.close() == path and rec.close() == path

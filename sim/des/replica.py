@@ -32,7 +32,7 @@ class StepSink(Protocol):
     def on_step(self, replica: Replica, plan: StepPlan, start: float, duration: float, parts: StepTime,
                 draft_s: float, accepted: dict[int, int]) -> None: ...
 
-    def record_steps(self, replica: Replica, columns: dict[str, Any]) -> None: ...
+    def record_steps(self, replica: Replica, rows: int, *values: Any) -> None: ...
 
     def on_tokens(self, replica: Replica, events: list[tuple[int, bool, bool]]) -> None: ...
 
@@ -163,12 +163,10 @@ class Replica:
         waiting[-1] = len(self.batcher.waiting)
         wait = took - duration[:k]
         np.maximum(wait, 0.0, out=wait)
-        self.cluster.record_steps(self, {
-            "step": np.arange(self.steps, self.steps + k), "start_s": starts, "duration_s": took, "batch_size": n,
-            "prefill_tokens": 0, "decode_tokens": n, "compute_s": compute[:k], "memory_s": memory[:k],
-            "network_s": network, "fixed_s": fixed[:k] if isinstance(fixed, np.ndarray) else fixed,
-            "pipeline_wait_s": wait, "kv_blocks_used": span.kv_blocks_used[:k],
-            "waiting": waiting, "preempted": 0, "draft_s": 0.0, "spec_proposed_tokens": 0, "spec_accepted_tokens": 0})
+        # the columns of steps.parquet after ``replica``, in schema order
+        self.cluster.record_steps(
+            self, k, np.arange(self.steps, self.steps + k), starts, took, n, 0, n, compute[:k], memory[:k], network,
+            fixed[:k] if isinstance(fixed, np.ndarray) else fixed, wait, span.kv_blocks_used(k), waiting, 0, 0.0, 0, 0)
         self.steps += k
         last = self.batcher.advance_span(span, k)
         self.cluster.on_tokens(self, self.batcher.complete(last, {}))

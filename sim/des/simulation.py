@@ -156,9 +156,10 @@ class Cluster:
                           replica.batcher.pool.used_blocks, len(replica.batcher.waiting), len(plan.preempted),
                           draft_s, sum(w.proposed for w in plan.work), sum(accepted.values()))
 
-    def record_steps(self, replica: Replica, columns: dict[str, Any]) -> None:
-        """Rows of ``steps.parquet`` for a fast-forwarded span (columns of equal length or scalars)."""
-        self.steps.extend({"replica": replica.index, **columns})
+    def record_steps(self, replica: Replica, rows: int, *values: Any) -> None:
+        """``rows`` rows of ``steps.parquet`` for a fast-forwarded span: the columns after
+        ``replica`` in schema order, each an array of ``rows`` values or one value repeated."""
+        self.steps.extend(rows, replica.index, *values)
 
     def on_tokens(self, replica: Replica, events: list[tuple[int, bool, bool]]) -> None:
         """Stamp first and last tokens of the requests a step sampled."""

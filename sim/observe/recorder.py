@@ -72,22 +72,21 @@ class ColumnRecorder:
         if self._pos == self.batch_rows:
             self._flush_rows()
 
-    def extend(self, columns: dict[str, Any]) -> None:
-        """Many rows at once: every column a numpy array (or a scalar, repeated) of one length."""
-        n = max(len(v) for v in columns.values() if isinstance(v, np.ndarray))
+    def extend(self, rows: int, *values) -> None:
+        """``rows`` rows at once, values in schema order: each a numpy array of ``rows`` values
+        or one value repeated."""
         pos = self._pos
-        if pos + n < self.batch_rows:     # the common case: the rows fit in the open batch
-            end = pos + n
-            for buf, name in zip(self._bufs, self.names):
-                buf[pos:end] = columns[name]
+        if pos + rows < self.batch_rows:     # the common case: the rows fit in the open batch
+            end = pos + rows
+            for buf, v in zip(self._bufs, values):
+                buf[pos:end] = v
             self._pos = end
             return
         done = 0
-        while done < n:
-            take = min(n - done, self.batch_rows - self._pos)
+        while done < rows:
+            take = min(rows - done, self.batch_rows - self._pos)
             pos = self._pos
-            for buf, name in zip(self._bufs, self.names):
-                v = columns[name]
+            for buf, v in zip(self._bufs, values):
                 buf[pos:pos + take] = v[done:done + take] if isinstance(v, np.ndarray) else v
             self._pos = pos + take
             done += take

@@ -78,12 +78,15 @@ class StepPlan:
 class DecodeSpan:
     """Steady decode: ``steps`` iterations of ``plan`` (all running sequences decoding one
     token each) that follow one another with nothing else changing, step ``j`` attending to
-    ``j`` more cached tokens per sequence. ``kv_blocks_used[j]`` is the pool's use during
-    step ``j``; ``waiting`` the queue length throughout (arrivals cut a span)."""
+    ``j`` more cached tokens per sequence. The pool holds ``used_blocks`` during step 0; a
+    sequence whose first new block is needed at step ``f`` (``firsts``) takes one more at
+    ``f``, ``f + block_size``, ... ``waiting`` is the queue length throughout (arrivals cut a span)."""
 
     plan: StepPlan
     steps: int
-    kv_blocks_used: np.ndarray
+    used_blocks: int
+    firsts: list[int]
+    block_size: int
     waiting: int
 
     def batch(self, steps: int) -> BatchShape:
@@ -92,6 +95,21 @@ class DecodeSpan:
         grown = np.arange(steps, dtype=np.float64) * b.num_seqs
         return BatchShape(b.num_seqs, b.new_tokens, b.kv_tokens_read + grown, b.attention_pairs + grown,
                           b.sampled_tokens, b.query_blocks)
+
+    def kv_blocks_used(self, steps: int) -> np.ndarray:
+        """The pool's use during each of the first ``steps`` steps."""
+        bs = self.block_size
+        j = np.arange(steps, dtype=np.int64)
+        if len(self.firsts) <= 8:
+            used = np.full(steps, self.used_blocks, dtype=np.int64)
+            for f in self.firsts:
+                used += (j + (bs - f)) // bs        # blocks taken by step j: 0 before f, then 1 per bs
+            return used
+        per_phase = np.bincount(np.asarray(self.firsts, dtype=np.int64), minlength=bs + 1)
+        used = np.empty(steps, dtype=np.int64)
+        used[0] = self.used_blocks
+        used[1:] = per_phase[j[:-1] % bs + 1]           # blocks taken at step j (1 <= j < steps)
+        return np.cumsum(used, out=used)
 
 
 class ContinuousBatcher:
@@ -239,20 +257,23 @@ class ContinuousBatcher:
         if remaining < 2:
             return None
         # A sequence with c cached tokens needs a new block at step j >= 1 when (c + j) is a
-        # multiple of the block size: at j0 = (-c) mod bs (bs if 0), then every bs steps.
-        bs = pool.block_size
-        ctx = np.fromiter((w.context for w in work), dtype=np.int64, count=len(work))
-        first = (-ctx) % bs
-        first[first == 0] = bs
-        per_phase = np.bincount(first, minlength=bs + 1)
-        j = np.arange(1, remaining)
-        cum = np.cumsum(per_phase[(j - 1) % bs + 1])
-        short = np.flatnonzero(cum > pool.free_blocks)
-        steps = int(short[0]) + 1 if short.size else remaining
-        if steps < 2:
-            return None
-        used = pool.used_blocks + np.concatenate(([0], cum[:steps - 1]))
-        return DecodeSpan(plan, steps, used, len(self.waiting))
+        # multiple of the block size: at f = (-c) mod bs (bs if 0), then every bs steps.
+        bs, free = pool.block_size, pool.free_blocks
+        firsts = [(-w.context) % bs or bs for w in work]
+        last = remaining - 1
+        need = 0
+        for f in firsts:
+            if f <= last:
+                need += (last - f) // bs + 1
+        steps = remaining
+        if need > free:      # the pool runs short: the span ends before the step that would overflow
+            per_phase = np.bincount(np.asarray(firsts, dtype=np.int64), minlength=bs + 1)
+            j = np.arange(1, remaining)
+            cum = np.cumsum(per_phase[(j - 1) % bs + 1])
+            steps = int(np.flatnonzero(cum > free)[0]) + 1
+            if steps < 2:
+                return None
+        return DecodeSpan(plan, steps, pool.used_blocks, firsts, bs, len(self.waiting))
 
     def advance_span(self, span: DecodeSpan, steps: int) -> StepPlan:
         """Apply the first ``steps - 1`` steps of ``span`` at once (positions cached, tokens
