@@ -93,13 +93,13 @@ def scaled(
 
 # ----------------------------------------------------------------------------- search
 
-_Adjacency = dict[Hashable, list[tuple[Hashable, int]]]
+_Adjacency = dict[Hashable, list[tuple[Hashable, int, str]]]
 
 
 def _adjacency(graph: nx.DiGraph) -> _Adjacency:
-    """Snapshot of out-edges as ``node -> [(neighbour, exact latency)]``."""
+    """Snapshot of out-edges as ``node -> [(neighbour, exact latency, neighbour's name)]``."""
     return {
-        node: [(nbr, _exact(data["latency_us"])) for nbr, data in graph.adj[node].items()]
+        node: [(nbr, _exact(data["latency_us"]), str(nbr)) for nbr, data in graph.adj[node].items()]
         for node in graph.nodes
     }
 
@@ -123,11 +123,15 @@ def _search(adjacency: _Adjacency, source: Hashable, target: Hashable | None = N
         done[node] = nodes
         if node == target:
             break
-        for nbr, edge_latency in adjacency[node]:
+        for nbr, edge_latency, nbr_name in adjacency[node]:
             if nbr in done:
                 continue
-            key = (latency + edge_latency, hops + 1, (*names, str(nbr)))
-            if nbr not in best or key < best[nbr]:
+            total = latency + edge_latency
+            known = best.get(nbr)
+            if known is not None and total > known[0]:
+                continue        # longer: no need to build its key
+            key = (total, hops + 1, (*names, nbr_name))
+            if known is None or key < known:
                 best[nbr] = key
                 heapq.heappush(heap, (*key, (*nodes, nbr)))
     return done

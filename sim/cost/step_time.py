@@ -209,7 +209,7 @@ class StepTimePredictor:
             key = (tokens, k, n, weight_elems, flops)
             out = self._matmuls.get(key)
             if out is None:
-                if len(self._matmuls) >= 4096:
+                if len(self._matmuls) >= 16384:
                     self._matmuls.clear()
                 out = self._matmuls[key] = self._matmul_uncached(tokens, k, n, weight_elems, flops)
             return out
@@ -319,7 +319,7 @@ class StepTimePredictor:
             key = (b.new_tokens, head_tokens, stage)
             part = self._stage_parts.get(key)
             if part is None:
-                if len(self._stage_parts) >= 4096:
+                if len(self._stage_parts) >= 16384:
                     self._stage_parts.clear()
                     self._networks.clear()
                 part = self._stage_parts[key] = self._stage_fixed(b.new_tokens, head_tokens, stage)

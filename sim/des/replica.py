@@ -66,7 +66,6 @@ class Replica:
         self._wake = env.event()
         self._in_span = False                   # waiting for a span's end (an arrival may cut it)
         self._span_cut = False
-        self._costs: dict[tuple[BatchShape, int], StageProgram] = {}
         self.steps = 0
         self.stage_busy_s = [0.0] * self.pp
         self.process = env.process(self.run() if self.pp > 1 else self._run_single())
@@ -97,16 +96,9 @@ class Replica:
                 yield from self._span(span)
 
     def _program(self, batch: BatchShape, stage: int) -> StageProgram:
-        """The stage's step as the network runs it, cached by batch shape."""
-        key = (batch, stage)
-        program = self._costs.get(key)
-        if program is None:
-            if len(self._costs) >= 512:
-                self._costs.clear()
-            work = self.predictor.stage_work(batch, stage)
-            program = StageProgram(work, self.groups[stage], self.predictor.network_s(work, stage))
-            self._costs[key] = program
-        return program
+        """The stage's step as the network runs it (the cost model remembers what repeats)."""
+        work = self.predictor.stage_work(batch, stage)
+        return StageProgram(work, self.groups[stage], self.predictor.network_s(work, stage))
 
     def _step(self, plan: StepPlan):
         env = self.env
@@ -159,8 +151,10 @@ class Replica:
         took = bounds[1:k + 1] - starts
         self.stage_busy_s[0] += float(took.sum())
         n = span.plan.batch.num_seqs
-        waiting = np.full(k, span.waiting, dtype=np.int64)
-        waiting[-1] = len(self.batcher.waiting)
+        waiting: Any = len(self.batcher.waiting)        # at the span's end; before it, as it began
+        if waiting != span.waiting:
+            waiting = np.full(k, span.waiting, dtype=np.int64)
+            waiting[-1] = len(self.batcher.waiting)
         wait = took - duration[:k]
         np.maximum(wait, 0.0, out=wait)
         # the columns of steps.parquet after ``replica``, in schema order

@@ -9,7 +9,9 @@ one replica's KV cache (or exceed ``scheduler.max_model_len``) are rejected at a
 """
 from __future__ import annotations
 
+import gc
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -189,6 +191,20 @@ class Cluster:
             self.replicas[k].submit(r)
 
 
+@contextmanager
+def fewer_collections(gen0_objects: int = 20000):
+    """Run the event loop with the cyclic garbage collector's youngest generation collected
+    every ``gen0_objects`` allocations instead of 700: the loop allocates many short-lived
+    objects that reference counting frees, and collecting them that often costs ~4 % of a
+    run. The previous thresholds are restored afterwards."""
+    previous = gc.get_threshold()
+    gc.set_threshold(gen0_objects, *previous[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*previous)
+
+
 def simulate(cluster: Cluster, stop: StopRequest | None = None) -> SimResult:
     """Run ``cluster`` until every request has finished or been rejected, or until ``stop``
     is requested (then the result says ``complete=False`` and unfinished requests are marked
@@ -202,7 +218,8 @@ def simulate(cluster: Cluster, stop: StopRequest | None = None) -> SimResult:
         cluster.all_done.succeed()
     complete = True
     try:
-        env.run_until(cluster.all_done, stop)
+        with fewer_collections():
+            env.run_until(cluster.all_done, stop)
     except EmptySchedule:
         cluster.steps.close()
         raise ConfigError(f"simulation stalled with {n - cluster.finished} of {n} requests unfinished: the "

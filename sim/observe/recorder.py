@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +51,12 @@ class ColumnRecorder:
     record batch, written to ``path`` as a Parquet row group as the run goes (memory stays
     flat; without a path the rows are only counted and summed). Floating-point columns are
     summed as they pass (:attr:`sums`), so a summary needs no second read of the table.
+
+    Row groups are encoded and written by one background thread (pyarrow releases the GIL
+    while it does), at most ``MAX_PENDING`` batches behind the run, in order.
     """
+
+    MAX_PENDING = 2
 
     def __init__(self, schema: pa.Schema, path: Path | None = None, batch_rows: int = 65536) -> None:
         self.schema = schema
@@ -61,6 +68,8 @@ class ColumnRecorder:
         self.rows = 0
         self.sums = {f.name: 0.0 for f in schema if pa.types.is_floating(f.type)}
         self._writer: pq.ParquetWriter | None = None
+        self._thread: ThreadPoolExecutor | None = None
+        self._pending: deque[Future] = deque()
         self._closed = False
 
     def append(self, *values) -> None:
@@ -111,15 +120,32 @@ class ColumnRecorder:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 # no dictionary pages: step columns are numbers that rarely repeat (2.6x faster)
                 self._writer = pq.ParquetWriter(_temporary(self.path), self.schema, use_dictionary=False)
-            self._writer.write_batch(batch)
+                self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet")
+            assert self._thread is not None
+            self._pending.append(self._thread.submit(self._writer.write_batch, batch))
+            while len(self._pending) > self.MAX_PENDING:
+                self._pending.popleft().result()
+
+    def _drain(self) -> None:
+        """Wait for the row groups in flight (re-raising a write error here)."""
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            if self._thread is not None:
+                self._thread.shutdown(wait=True)
+                self._thread = None
 
     def close(self) -> Path | None:
         """Flush what is buffered and give the file its final name (an empty table if no row
         was recorded). Safe to call twice."""
         if self._closed:
             return self.path
-        self._flush_rows()
         self._closed = True
+        try:
+            self._flush_rows()
+        finally:
+            self._drain()
         if self.path is None:
             return None
         if self._writer is None:
