@@ -14,7 +14,7 @@ from sim.config.parse import parse_config
 from sim.cost.money import mixed_fleet_cost
 from sim.des.simulation import SimResult, StopRequest, simulate
 from sim.observe.metrics import fleet_parts, summarize
-from sim.observe.recorder import write_json, write_table
+from sim.observe.recorder import write_json
 
 __all__ = ["StopRequest", "evaluate", "run"]
 
@@ -40,13 +40,16 @@ def evaluate(cfg_mapping: Mapping[str, Any], out_dir: Path | None = None,
     cfg = parse_config(cfg_mapping)
     table = load_workload(cfg)
     plan = build_cluster(cfg)
-    steps_path = out_dir / "steps.parquet" if out_dir is not None and cfg.output.write_parquet else None
+    written = out_dir if cfg.output.write_parquet else None
+    steps_path = written / "steps.parquet" if written is not None else None
+    requests_path = written / "requests.parquet" if written is not None else None
     if stop is None:
         stop = StopRequest()
     stop.arm(cfg.sim.max_wall_s)
-    result = simulate(build_simulation(cfg, plan, table, steps_path), stop)
-    if steps_path is not None and out_dir is not None:
-        write_table(result.requests, out_dir / "requests.parquet")
+    simulation = build_simulation(cfg, plan, table, steps_path, requests_path)
+    del table                   # the simulation holds what it replays
+    result = simulate(simulation, stop)
+    del simulation
     summary = summarize(result.requests, result.step_sums, result.steps, wall_s=result.wall_s, events=result.events,
                         sim_time_s=result.sim_time_s)
     summary["complete"] = result.complete

@@ -29,7 +29,7 @@ from sim.cost.memory import KVCapacity, kv_capacity
 from sim.cost.placement import draft_gpus, placement, shardable, tp_groups
 from sim.cost.step_time import StepTimePredictor
 from sim.des.replica import Replica
-from sim.des.simulation import Admission, Cluster, SimEnvironment
+from sim.des.simulation import Admission, Arrivals, Cluster, SimEnvironment
 from sim.errors import ConfigError, require
 from sim.network.collective import CollectiveNetwork
 from sim.network.interface import Network
@@ -37,6 +37,7 @@ from sim.network.message import MessageNetwork
 from sim.observe import schemas
 from sim.observe.progress import Progress
 from sim.observe.recorder import ColumnRecorder
+from sim.observe.tables import RequestLog
 from sim.policy.batching import ContinuousBatcher
 from sim.policy.kv_cache import KVBlockPool
 from sim.policy.requests import RequestStore
@@ -402,27 +403,31 @@ MAX_SPAN_STEPS = 4096
 
 
 def build_simulation(cfg: RunConfig, plan: ClusterPlan, table: workloads.RequestTable,
-                     steps_path: Path | None = None) -> Cluster:
+                     steps_path: Path | None = None, requests_path: Path | None = None) -> Cluster:
     """The SimPy side of a run, wired: environment, network, request store, router, batchers,
-    replicas and the recorder of ``steps.parquet`` (streamed to ``steps_path`` if given).
+    replicas, the recorder of ``steps.parquet`` (streamed to ``steps_path`` if given) and the
+    log of ``requests.parquet`` (streamed to ``requests_path`` if given, else kept in memory).
 
     Steady decode is fast-forwarded (``sim.fast_forward``) where a step's time depends on
     nothing but its own batch: collective fidelity, one pipeline stage, no speculation."""
     env = SimEnvironment()
     network = make_network(cfg.network.fidelity, env, plan.fabric)
-    requests = RequestStore.of(table.arrival_s, table.prompt_tokens, table.output_tokens)
-    n = len(requests)
+    arrivals = Arrivals(table.arrival_s, table.prompt_tokens, table.output_tokens)
+    requests = RequestStore()
+    n = len(arrivals)
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0x5bec]))  # "spec" stream
-    acceptance = request_acceptance(rng, cfg.speculative, n)
+    acceptance = request_acceptance(rng, cfg.speculative, n) if cfg.speculative.enabled else None
 
-    def accept(request: int, proposed: int) -> int:
-        return sample_accepted(rng, float(acceptance[request]), proposed)
+    def accept(slot: int, proposed: int) -> int:
+        assert acceptance is not None
+        return sample_accepted(rng, float(acceptance[requests.request_id[slot]]), proposed)
 
     admission = Admission(min(rp.capacity.tokens for rp in plan.replicas),
                           cfg.scheduler.context_limit(cfg.model.max_position_embeddings),
                           cfg.scheduler.max_tokens_per_step)
-    progress = Progress(env, float(requests.arrival_s[-1]) if n else 0.0, cfg.output.progress, n)
-    cluster = Cluster(env, requests, Router(cfg.parallel.router, len(plan.replicas)),
+    progress = Progress(env, float(arrivals.arrival_s[-1]) if n else 0.0, cfg.output.progress, n)
+    cluster = Cluster(env, arrivals, requests, RequestLog(n, requests_path),
+                      Router(cfg.parallel.router, len(plan.replicas)),
                       ColumnRecorder(schemas.STEPS, steps_path), progress, admission, plan.gpus)
     cluster.network = network
     spans = (cfg.sim.fast_forward and cfg.network.fidelity == "collective" and not cfg.speculative.enabled)

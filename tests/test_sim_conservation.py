@@ -91,7 +91,7 @@ def recording_batcher():
             last = super().advance_span(span, steps)
             self._check_pool("span")
             for w in span.plan.work:
-                self.samples[w.request] += steps - 1
+                self.samples[self.rid(w.request)] += steps - 1
             for w in last.work:
                 if self.pool.held.get(w.request, 0) * self.pool.block_size < w.context + w.new_tokens:
                     self.pool_violations.append(f"request {w.request} writes beyond its blocks (span)")
@@ -102,13 +102,17 @@ def recording_batcher():
             self._check_pool("complete")
             for w in plan.work:  # tokens emitted: one per sample, accepted drafts + 1 per verification
                 if w.samples:
-                    self.samples[w.request] += 1 + (min(w.proposed, (accepted or {}).get(w.request, 0)) if w.proposed else 0)
+                    self.samples[self.rid(w.request)] += 1 + (min(w.proposed, (accepted or {}).get(w.request, 0)) if w.proposed else 0)
             for r, first, finished in events:
                 if first:
-                    self.firsts[r] += 1
+                    self.firsts[self.rid(r)] += 1
                 if finished:
-                    self.finishes[r] += 1
+                    self.finishes[self.rid(r)] += 1
             return events
+
+        def rid(self, slot: int) -> int:
+            """The trace's id of the request in ``slot`` (slots are reused once a request is logged)."""
+            return self.requests.request_id[slot]
 
     return Recording, instances
 

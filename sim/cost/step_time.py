@@ -233,10 +233,8 @@ class StepTimePredictor:
         blocks = b.query_blocks * q_blocks_c
         if kv_blocks_c:  # split-KV kernels also parallelise over the context
             blocks = blocks + kv_tokens * kv_blocks_c
-        if isinstance(blocks, np.ndarray):
-            occupancy = np.minimum(1.0, blocks * occ_c)
-        else:
-            occupancy = min(1.0, blocks * occ_c)
+        occupancy: Any = (np.minimum(1.0, blocks * occ_c) if isinstance(blocks, np.ndarray)
+                          else min(1.0, blocks * occ_c))
         t_m = kv_tokens * kv_c / occupancy + b.new_tokens * qo_c
         return soft_roofline(t_c, t_m, self.engine.roofline_sharpness)
 
@@ -313,6 +311,7 @@ class StepTimePredictor:
         e = self.engine
         head_tokens = b.new_tokens if e.lm_head_all_prompt_tokens else b.sampled_tokens
         key: tuple | None = None
+        part: tuple | None = None
         if isinstance(b.new_tokens, np.ndarray) or isinstance(head_tokens, np.ndarray):
             part = self._stage_fixed(b.new_tokens, head_tokens, stage)
         else:

@@ -130,7 +130,10 @@ class Replica:
         work = self.predictor.stage_work(span.batch(k), 0)
         network = self.predictor.network_s(work, 0)
         local = work.local
-        compute, memory, fixed = local.compute_s, local.memory_s, local.fixed_s   # arrays, fixed may be one number
+        # arrays over the span's steps (fixed may be one number)
+        compute: Any = local.compute_s
+        memory: Any = local.memory_s
+        fixed: Any = local.fixed_s
         duration = compute + memory + (0.0 + network) + fixed
         bounds = np.empty(k + 1)
         bounds[0] = env.now

@@ -13,8 +13,10 @@ import gc
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 import simpy
 from simpy.core import EmptySchedule
@@ -23,7 +25,7 @@ from sim.errors import ConfigError
 from sim.network.interface import Network
 from sim.observe.progress import Progress
 from sim.observe.recorder import ColumnRecorder
-from sim.observe.tables import requests_table
+from sim.observe.tables import NAN, RequestLog, request_row
 from sim.policy.batching import StepPlan
 from sim.policy.requests import RequestStore
 from sim.policy.routing import Router
@@ -90,7 +92,7 @@ class RunStopped(Exception):
 
 @dataclass
 class SimResult:
-    requests: pa.Table
+    requests: pa.Table | Path       # requests.parquet: in memory, or where it was written
     step_sums: dict[str, float]     # column sums of steps.parquet (written as the run went)
     steps: int                      # its rows
     wall_s: float
@@ -104,6 +106,18 @@ class SimResult:
     complete: bool = True           # False: stopped early (see ``stop``)
     stop: StopRequest | None = None
     link_hops: int | None = None    # message fidelity: link traversals simulated
+
+
+@dataclass(frozen=True)
+class Arrivals:
+    """The trace the source replays, in arrival order."""
+
+    arrival_s: np.ndarray     # float64
+    prompt: np.ndarray        # int64 tokens
+    output: np.ndarray        # int64 tokens
+
+    def __len__(self) -> int:
+        return len(self.arrival_s)
 
 
 @dataclass(frozen=True)
@@ -128,12 +142,14 @@ class Cluster:
     after the replicas (which report back here) exist.
     """
 
-    def __init__(self, env: SimEnvironment, requests: RequestStore, router: Router, steps: ColumnRecorder,
-                 progress: Progress, admission: Admission, gpus: int) -> None:
-        self.env, self.requests, self.router, self.steps = env, requests, router, steps
+    def __init__(self, env: SimEnvironment, arrivals: Arrivals, requests: RequestStore, log: RequestLog,
+                 router: Router, steps: ColumnRecorder, progress: Progress, admission: Admission, gpus: int) -> None:
+        self.env, self.arrivals, self.requests, self.log = env, arrivals, requests, log
+        self.router, self.steps = router, steps
         self.progress, self.admission, self.gpus = progress, admission, gpus
         self.replicas: list[Replica] = []
         self.finished = 0
+        self.arrived = 0                      # requests the source has taken from the trace
         self.all_done = env.event()
         self.network: Network | None = None   # set by the builder
 
@@ -146,8 +162,16 @@ class Cluster:
         self.finished += 1
         self.progress.done = self.finished
         self.progress.tick()
-        if self.finished == len(self.requests) and not self.all_done.triggered:
+        if self.finished == len(self.arrivals) and not self.all_done.triggered:
             self.all_done.succeed()
+
+    def log_request(self, slot: int, status: str, finish_s: float = float("nan")) -> None:
+        """Write the row of the request in ``slot`` and free the slot."""
+        req = self.requests
+        self.log.log(request_row(req.request_id[slot], req.arrival_s[slot], req.prompt[slot], req.output[slot],
+                                 req.replica[slot], status, req.first_token_s[slot], finish_s,
+                                 req.preemptions[slot], req.decode_passes[slot]))
+        req.release(slot)
 
     def on_step(self, replica: Replica, plan: StepPlan, start: float, duration: float, parts: StepTime,
                 draft_s: float, accepted: dict[int, int]) -> None:
@@ -170,25 +194,36 @@ class Cluster:
             if is_first:
                 req.first_token_s[r] = now
             if finished:
-                req.finish_s[r] = now
                 self.router.done(replica.index, req.demand_tokens(r))
+                self.log_request(r, "completed", now)
                 self.finish_one()
 
     # ----- the request source -----------------------------------------------------------------
     def source(self):
         """Arrivals in trace order: reject what no replica can hold, route the rest."""
-        env, req = self.env, self.requests
-        for r in range(len(req)):
-            delay = req.arrival_s[r] - env.now
+        env, req, log = self.env, self.requests, self.log
+        arrival, prompt, output = self.arrivals.arrival_s, self.arrivals.prompt, self.arrivals.output
+        for r in range(len(self.arrivals)):
+            delay = arrival[r] - env.now
             if delay > 0:
                 yield env.timeout(delay)
-            if not self.admission.admits(req.prompt[r], req.output[r]):
-                req.rejected[r] = 1
+            self.arrived = r + 1
+            p, o = prompt[r], output[r]
+            if not self.admission.admits(p, o):
+                log.log(request_row(r, arrival[r], p, o, -1, "rejected", NAN, NAN, 0, 0))
                 self.finish_one()
                 continue
-            k = self.router.pick(req.demand_tokens(r))
-            req.replica[r] = k
-            self.replicas[k].submit(r)
+            slot = req.admit(r, arrival[r], p, o)
+            k = self.router.pick(p + o)
+            req.replica[slot] = k
+            self.replicas[k].submit(slot)
+
+    def log_unfinished(self) -> None:
+        """Rows for the requests a stopped run left: those in flight, then those not yet arrived."""
+        for slot in self.requests.occupied():
+            self.log_request(slot, "unfinished")
+        a = self.arrivals
+        self.log.log_unarrived(a.arrival_s, a.prompt, a.output)
 
 
 @contextmanager
@@ -211,8 +246,8 @@ def simulate(cluster: Cluster, stop: StopRequest | None = None) -> SimResult:
     so). The steps recorder is closed either way: its file is complete and readable."""
     wall0 = time.perf_counter()
     stop = stop or StopRequest()
-    env, req = cluster.env, cluster.requests
-    n = len(req)
+    env = cluster.env
+    n = len(cluster.arrivals)
     env.process(cluster.source())
     if n == 0:
         cluster.all_done.succeed()
@@ -222,6 +257,7 @@ def simulate(cluster: Cluster, stop: StopRequest | None = None) -> SimResult:
             env.run_until(cluster.all_done, stop)
     except EmptySchedule:
         cluster.steps.close()
+        cluster.log.discard()
         raise ConfigError(f"simulation stalled with {n - cluster.finished} of {n} requests unfinished: the "
                           f"scheduler could not place them (KV cache of {cluster.admission.capacity_tokens} "
                           f"tokens per replica, scheduler.max_tokens_per_step="
@@ -230,9 +266,12 @@ def simulate(cluster: Cluster, stop: StopRequest | None = None) -> SimResult:
         complete = False
     cluster.progress.close()
     cluster.steps.close()
+    if not complete:
+        cluster.log_unfinished()
+    requests = cluster.log.close()
     wall = time.perf_counter() - wall0
     busy = [sum(r.stage_busy_s) * r.predictor.tp for r in cluster.replicas]
-    return SimResult(requests_table(req), dict(cluster.steps.sums), cluster.steps.rows, wall, env.events_scheduled,
+    return SimResult(requests, dict(cluster.steps.sums), cluster.steps.rows, wall, env.events_scheduled,
                      float(env.now), cluster.gpus, sum(busy), cluster.admission.capacity_tokens,
                      int(sum(r.batcher.preemptions for r in cluster.replicas)), busy, complete, stop,
                      cluster.link_hops())

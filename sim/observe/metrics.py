@@ -10,10 +10,13 @@ section 5).
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from sim.cost.money import FleetUse
 
@@ -36,29 +39,39 @@ def time_breakdown(step_sums: Mapping[str, float]) -> dict[str, float]:
     return out
 
 
-def summarize(requests: pa.Table, step_sums: Mapping[str, float], steps: int, *, wall_s: float, events: int,
-              sim_time_s: float) -> dict[str, Any]:
+def summarize(requests: pa.Table | Path, step_sums: Mapping[str, float], steps: int, *, wall_s: float,
+              events: int, sim_time_s: float) -> dict[str, Any]:
     """Latency percentiles, throughput and the step-time breakdown of one run (the fleet's
-    cost and energy are added by :func:`sim.cost.money.fleet_cost`); ``step_sums`` are the
-    column sums of ``steps.parquet`` and ``steps`` its rows. Percentiles and throughput count
-    completed requests only."""
-    status = requests.column("status").to_numpy(zero_copy_only=False)
-    done = status == "completed"
-    arrival = requests.column("arrival_s").to_numpy()
-    finish = requests.column("finish_s").to_numpy()
-    out_tokens = requests.column("output_tokens").to_numpy()
-    tokens = int(out_tokens[done].sum())
-    makespan = float(np.nanmax(finish) - arrival.min()) if done.any() else 0.0
+    cost and energy are added by :func:`sim.cost.money.fleet_cost`); ``requests`` is the
+    requests table or the Parquet file it was written to (read a column at a time),
+    ``step_sums`` the column sums of ``steps.parquet`` and ``steps`` its rows. Percentiles and
+    throughput count completed requests only."""
+    def column(name: str) -> pa.ChunkedArray:
+        if isinstance(requests, pa.Table):
+            return requests.column(name)
+        return pq.read_table(requests, columns=[name]).column(name)
+
+    status = column("status")
+    done = pc.equal(status, "completed")
+    completed = int(pc.sum(done).as_py() or 0)
+
+    def of_completed(name: str) -> np.ndarray:
+        return pc.filter(column(name), done).to_numpy()
+
+    finish = of_completed("finish_s")
+    arrival = column("arrival_s").to_numpy()
+    tokens = int(of_completed("output_tokens").sum())
+    makespan = float(finish.max() - arrival.min()) if completed else 0.0
     return {
-        "requests": {"total": int(requests.num_rows), "completed": int(done.sum()),
-                     "rejected": int((status == "rejected").sum()),
-                     "unfinished": int((status == "unfinished").sum()),
-                     "preemptions": int(requests.column("preemptions").to_numpy().sum())},
-        "ttft_s": percentiles(requests.column("ttft_s").to_numpy()[done]),
-        "tpot_s": percentiles(requests.column("tpot_s").to_numpy()[done]),
-        "e2e_s": percentiles(requests.column("e2e_s").to_numpy()[done]),
+        "requests": {"total": len(status), "completed": completed,
+                     "rejected": int(pc.sum(pc.equal(status, "rejected")).as_py() or 0),
+                     "unfinished": int(pc.sum(pc.equal(status, "unfinished")).as_py() or 0),
+                     "preemptions": int(pc.sum(column("preemptions")).as_py() or 0)},
+        "ttft_s": percentiles(of_completed("ttft_s")),
+        "tpot_s": percentiles(of_completed("tpot_s")),
+        "e2e_s": percentiles(of_completed("e2e_s")),
         "throughput": {"output_tokens_per_s": tokens / makespan if makespan > 0 else None,
-                       "requests_per_s": float(done.sum()) / makespan if makespan > 0 else None,
+                       "requests_per_s": completed / makespan if makespan > 0 else None,
                        "output_tokens": tokens, "makespan_s": makespan},
         "time_breakdown": time_breakdown(step_sums),
         "steps": int(steps),

@@ -58,15 +58,19 @@ class ColumnRecorder:
 
     MAX_PENDING = 2
 
-    def __init__(self, schema: pa.Schema, path: Path | None = None, batch_rows: int = 65536) -> None:
+    def __init__(self, schema: pa.Schema, path: Path | None = None, batch_rows: int = 65536,
+                 keep: bool = False, summed: bool = True) -> None:
+        """``keep``: also keep the record batches (for :meth:`table`); ``summed``: sum the
+        floating-point columns."""
         self.schema = schema
+        self._kept: list[pa.RecordBatch] | None = [] if keep else None
         self.names = schema.names
         self.path, self.batch_rows = path, batch_rows
         # one preallocated numpy buffer per column; rows are written in place
         self._bufs = [np.empty(batch_rows, dtype=f.type.to_pandas_dtype()) for f in schema]
         self._pos = 0
         self.rows = 0
-        self.sums = {f.name: 0.0 for f in schema if pa.types.is_floating(f.type)}
+        self.sums = {f.name: 0.0 for f in schema if summed and pa.types.is_floating(f.type)}
         self._writer: pq.ParquetWriter | None = None
         self._thread: ThreadPoolExecutor | None = None
         self._pending: deque[Future] = deque()
@@ -111,6 +115,8 @@ class ColumnRecorder:
 
     def _emit(self, batch: pa.RecordBatch) -> None:
         self.rows += batch.num_rows
+        if self._kept is not None:
+            self._kept.append(batch)
         for name in self.sums:
             total = pc.sum(batch.column(name)).as_py()
             if total is not None:
@@ -136,6 +142,18 @@ class ColumnRecorder:
                 self._thread.shutdown(wait=True)
                 self._thread = None
 
+    def discard(self) -> None:
+        """Stop recording and remove the partial file (nothing under the final name)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._drain()
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+                _temporary(self.path).unlink(missing_ok=True)  # type: ignore[arg-type]
+
     def close(self) -> Path | None:
         """Flush what is buffered and give the file its final name (an empty table if no row
         was recorded). Safe to call twice."""
@@ -154,3 +172,9 @@ class ColumnRecorder:
             self._writer.close()
             os.replace(_temporary(self.path), self.path)
         return self.path
+
+    def table(self) -> pa.Table:
+        """Every row recorded, as one table (a recorder made with ``keep=True``, once closed)."""
+        if self._kept is None or not self._closed:
+            raise RuntimeError("table() needs a closed recorder made with keep=True")
+        return pa.Table.from_batches(self._kept, schema=self.schema)

@@ -1,60 +1,93 @@
-"""Per-request state of one run, in one place: one column per quantity, indexed by request id.
+"""Per-request state of the requests in flight, in one place: one column per quantity,
+indexed by *slot*.
+
+A request takes a slot when it arrives (:meth:`RequestStore.admit`) and gives it back when
+its row has been logged (finished, or at the end of a stopped run), so the store holds the
+requests in flight, not the whole trace: a million-request run needs as many slots as
+requests are ever in flight at once. The batching policy, the KV pool and the router know
+requests by slot; ``request_id[slot]`` says which request of the trace it is.
 
 What arrives (arrival time, prompt and output lengths) and everything the run learns about a
-request — where it was routed, whether it was rejected, how far its prefill and decode have
-got, when its first and last tokens came out, how often it was preempted and how many decode
-passes it took — live here and nowhere else. The batching policy advances ``computed`` and
-``generated``; the SimPy processes stamp the times; the observer turns the columns into
-``requests.parquet``. Columns are typed ``array.array``s: 8 bytes per value (a million
-requests take tens of megabytes, not the hundreds Python lists would), element access that
-returns plain Python numbers in the hot path, and zero-copy numpy views at the end.
+request — where it was routed, how far its prefill and decode have got, when its first token
+came out, how often it was preempted and how many decode passes it took — live here. The
+batching policy advances ``computed`` and ``generated``; the SimPy processes stamp the times.
+Columns are typed ``array.array``s (8 bytes per value, plain Python numbers on access in the
+hot path) that grow in place, so references to them stay valid.
 """
 from __future__ import annotations
 
 from array import array
-from dataclasses import dataclass
 
 import numpy as np
 
 
-@dataclass
 class RequestStore:
-    arrival_s: np.ndarray           # float64, seconds from the first arrival
-    prompt_tokens: np.ndarray       # int64
-    output_tokens: np.ndarray       # int64
-    prompt: array                   # the same lengths, for the hot path ('q': int64)
-    output: array
-    replica: array                  # -1 until routed ('i')
-    rejected: array                 # 0/1 ('b')
-    first_token_s: array            # NaN until the first token ('d')
-    finish_s: array                 # NaN until the last token ('d')
-    computed: array                 # positions whose KV is cached now ('q')
-    generated: array                # output tokens sampled so far ('q')
-    preemptions: array              # ('q')
-    decode_passes: array            # steps that sampled a token after the first one ('q')
+    """Columns of the requests in flight, by slot; free slots are reused, last freed first."""
+
+    COLUMNS = {"request_id": ("q", -1), "arrival_s": ("d", 0.0), "prompt": ("q", 0), "output": ("q", 0),
+               "replica": ("i", -1), "first_token_s": ("d", float("nan")), "computed": ("q", 0),
+               "generated": ("q", 0), "preemptions": ("q", 0), "decode_passes": ("q", 0)}
+
+    def __init__(self, capacity: int = 256) -> None:
+        self.request_id = array("q")
+        self.arrival_s = array("d")
+        self.prompt = array("q")            # prompt tokens
+        self.output = array("q")            # output tokens the request will produce
+        self.replica = array("i")           # where it was routed (-1: not yet)
+        self.first_token_s = array("d")     # NaN until the first token
+        self.computed = array("q")          # positions whose KV is cached now
+        self.generated = array("q")         # output tokens sampled so far
+        self.preemptions = array("q")
+        self.decode_passes = array("q")     # steps that sampled a token after the first one
+        self._free: list[int] = []
+        self._grow(max(1, capacity))
+
+    def _grow(self, more: int) -> None:
+        start = len(self.request_id)
+        for name, (code, value) in self.COLUMNS.items():
+            getattr(self, name).extend(array(code, [value]) * more)   # in place: references stay valid
+        self._free.extend(range(start + more - 1, start - 1, -1))
 
     @classmethod
     def of(cls, arrival_s, prompt_tokens, output_tokens) -> "RequestStore":
-        arrival = np.asarray(arrival_s, dtype=np.float64)
-        prompt = np.asarray(prompt_tokens, dtype=np.int64)
-        output = np.asarray(output_tokens, dtype=np.int64)
-        n = len(arrival)
+        """A store with every request of a table admitted in order (slot ``i`` = request ``i``)."""
+        store = cls(len(arrival_s))
+        for i, (a, p, o) in enumerate(zip(np.asarray(arrival_s, dtype=np.float64).tolist(),
+                                          np.asarray(prompt_tokens, dtype=np.int64).tolist(),
+                                          np.asarray(output_tokens, dtype=np.int64).tolist())):
+            store.admit(i, a, p, o)
+        return store
 
-        def filled(code: str, value) -> array:
-            return array(code, [value]) * n
+    def admit(self, request_id: int, arrival_s: float, prompt: int, output: int) -> int:
+        """A slot for an arriving request, its columns reset; more slots if none is free."""
+        if not self._free:
+            self._grow(len(self.request_id))
+        slot = self._free.pop()
+        self.request_id[slot] = request_id
+        self.arrival_s[slot] = arrival_s
+        self.prompt[slot] = prompt
+        self.output[slot] = output
+        self.replica[slot] = -1
+        self.first_token_s[slot] = float("nan")
+        self.computed[slot] = 0
+        self.generated[slot] = 0
+        self.preemptions[slot] = 0
+        self.decode_passes[slot] = 0
+        return slot
 
-        return cls(arrival, prompt, output, array("q", prompt.tobytes()), array("q", output.tobytes()),
-                   filled("i", -1), filled("b", 0), filled("d", float("nan")), filled("d", float("nan")),
-                   filled("q", 0), filled("q", 0), filled("q", 0), filled("q", 0))
+    def release(self, slot: int) -> None:
+        """Give ``slot`` back (its request has been logged)."""
+        self.request_id[slot] = -1
+        self._free.append(slot)
 
-    @staticmethod
-    def column(values: array, dtype) -> np.ndarray:
-        """A column as a numpy array (a view of the store's buffer, copied to ``dtype``)."""
-        return np.frombuffer(values, dtype=values.typecode).astype(dtype) if len(values) else np.zeros(0, dtype)
+    def occupied(self) -> list[int]:
+        """Slots holding a request, in request order."""
+        return sorted((s for s, r in enumerate(self.request_id) if r >= 0), key=self.request_id.__getitem__)
 
-    def __len__(self) -> int:
-        return len(self.prompt)
+    @property
+    def capacity(self) -> int:
+        return len(self.request_id)
 
-    def demand_tokens(self, request: int) -> int:
+    def demand_tokens(self, slot: int) -> int:
         """Prompt plus output tokens: what the request will occupy at most."""
-        return self.prompt[request] + self.output[request]
+        return self.prompt[slot] + self.output[slot]
