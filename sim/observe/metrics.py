@@ -39,6 +39,10 @@ def time_breakdown(step_sums: Mapping[str, float]) -> dict[str, float]:
     return out
 
 
+#: What the summary reads of ``requests.parquet``.
+SUMMARY_COLUMNS = ["status", "arrival_s", "finish_s", "output_tokens", "preemptions", "ttft_s", "tpot_s", "e2e_s"]
+
+
 def summarize(requests: pa.Table | Path, step_sums: Mapping[str, float], steps: int, *, wall_s: float,
               events: int, sim_time_s: float) -> dict[str, Any]:
     """Latency percentiles, throughput and the step-time breakdown of one run (the fleet's
@@ -46,27 +50,35 @@ def summarize(requests: pa.Table | Path, step_sums: Mapping[str, float], steps: 
     requests table or the Parquet file it was written to (read a column at a time),
     ``step_sums`` the column sums of ``steps.parquet`` and ``steps`` its rows. Percentiles and
     throughput count completed requests only."""
-    def column(name: str) -> pa.ChunkedArray:
-        if isinstance(requests, pa.Table):
-            return requests.column(name)
-        return pq.read_table(requests, columns=[name]).column(name)
-
-    status = column("status")
-    done = pc.equal(status, "completed")
-    completed = int(pc.sum(done).as_py() or 0)
+    batches = (requests.to_batches() if isinstance(requests, pa.Table)
+               else pq.ParquetFile(requests).iter_batches(columns=SUMMARY_COLUMNS))
+    total = completed = rejected = unfinished = preemptions = tokens = 0
+    first_arrival, last_finish = float("inf"), float("-inf")
+    latency: dict[str, list[np.ndarray]] = {"ttft_s": [], "tpot_s": [], "e2e_s": []}
+    for batch in batches:   # a row group at a time: memory stays flat however many requests
+        status = batch.column("status")
+        done = pc.equal(status, "completed")
+        total += batch.num_rows
+        completed += int(pc.sum(done).as_py() or 0)
+        rejected += int(pc.sum(pc.equal(status, "rejected")).as_py() or 0)
+        unfinished += int(pc.sum(pc.equal(status, "unfinished")).as_py() or 0)
+        preemptions += int(pc.sum(batch.column("preemptions")).as_py() or 0)
+        if batch.num_rows:
+            first_arrival = min(first_arrival, float(pc.min(batch.column("arrival_s")).as_py()))
+        kept = batch.filter(done)
+        if kept.num_rows:
+            tokens += int(pc.sum(kept.column("output_tokens")).as_py())
+            last_finish = max(last_finish, float(pc.max(kept.column("finish_s")).as_py()))
+            for name, parts in latency.items():
+                parts.append(kept.column(name).to_numpy())
+    makespan = last_finish - first_arrival if completed else 0.0
 
     def of_completed(name: str) -> np.ndarray:
-        return pc.filter(column(name), done).to_numpy()
+        return np.concatenate(latency[name]) if latency[name] else np.zeros(0)
 
-    finish = of_completed("finish_s")
-    arrival = column("arrival_s").to_numpy()
-    tokens = int(of_completed("output_tokens").sum())
-    makespan = float(finish.max() - arrival.min()) if completed else 0.0
     return {
-        "requests": {"total": len(status), "completed": completed,
-                     "rejected": int(pc.sum(pc.equal(status, "rejected")).as_py() or 0),
-                     "unfinished": int(pc.sum(pc.equal(status, "unfinished")).as_py() or 0),
-                     "preemptions": int(pc.sum(column("preemptions")).as_py() or 0)},
+        "requests": {"total": total, "completed": completed, "rejected": rejected, "unfinished": unfinished,
+                     "preemptions": preemptions},
         "ttft_s": percentiles(of_completed("ttft_s")),
         "tpot_s": percentiles(of_completed("tpot_s")),
         "e2e_s": percentiles(of_completed("e2e_s")),
