@@ -1,6 +1,6 @@
 """One run end to end: validate config, build, simulate, write outputs, summarize.
 
-``steps.parquet`` streams as the run goes; ``requests.parquet`` and ``summary.json`` follow.
+``steps.parquet`` and ``requests.parquet`` stream as the run goes; ``summary.json`` follows.
 Every file appears under its final name only when complete, so an interrupted run leaves
 readable outputs (:class:`StopRequest`: Ctrl-C, SIGTERM, ``sim.max_wall_s``).
 """
@@ -20,7 +20,7 @@ __all__ = ["StopRequest", "evaluate", "run"]
 
 
 def run(cfg_mapping: Mapping[str, Any], out_dir: str | Path, stop: StopRequest | None = None) -> dict[str, Any]:
-    """Simulate, stream ``steps.parquet``, then write ``requests.parquet`` and ``summary.json``.
+    """Simulate, streaming ``steps.parquet`` and ``requests.parquet``, then write ``summary.json``.
 
     Each file appears under its final name only when complete. A run stopped early (``stop``
     requested: Ctrl-C, SIGTERM, ``sim.max_wall_s``) still writes all three, with unfinished
@@ -50,7 +50,7 @@ def evaluate(cfg_mapping: Mapping[str, Any], out_dir: Path | None = None,
     del table                   # the simulation holds what it replays
     result = simulate(simulation, stop)
     del simulation
-    summary = summarize(result.requests, result.step_sums, result.steps, wall_s=result.wall_s, events=result.events,
+    summary = summarize(result.request_stats or result.requests, result.step_sums, result.steps, wall_s=result.wall_s, events=result.events,
                         sim_time_s=result.sim_time_s)
     summary["complete"] = result.complete
     if not result.complete and result.stop is not None:

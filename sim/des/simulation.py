@@ -23,6 +23,7 @@ from simpy.core import EmptySchedule
 
 from sim.errors import ConfigError
 from sim.network.interface import Network
+from sim.observe.metrics import RequestStats
 from sim.observe.progress import Progress
 from sim.observe.recorder import ColumnRecorder
 from sim.observe.tables import NAN, RequestLog, request_row
@@ -106,6 +107,7 @@ class SimResult:
     complete: bool = True           # False: stopped early (see ``stop``)
     stop: StopRequest | None = None
     link_hops: int | None = None    # message fidelity: link traversals simulated
+    request_stats: RequestStats | None = None   # what the summary needs of requests.parquet
 
 
 @dataclass(frozen=True)
@@ -274,4 +276,4 @@ def simulate(cluster: Cluster, stop: StopRequest | None = None) -> SimResult:
     return SimResult(requests, dict(cluster.steps.sums), cluster.steps.rows, wall, env.events_scheduled,
                      float(env.now), cluster.gpus, sum(busy), cluster.admission.capacity_tokens,
                      int(sum(r.batcher.preemptions for r in cluster.replicas)), busy, complete, stop,
-                     cluster.link_hops())
+                     cluster.link_hops(), cluster.log.stats)

@@ -10,13 +10,11 @@ section 5).
 """
 from __future__ import annotations
 
-from pathlib import Path
+from array import array
 from typing import Any, Mapping
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from sim.cost.money import FleetUse
 
@@ -39,46 +37,70 @@ def time_breakdown(step_sums: Mapping[str, float]) -> dict[str, float]:
     return out
 
 
-#: What the summary reads of ``requests.parquet``.
-SUMMARY_COLUMNS = ["status", "arrival_s", "finish_s", "output_tokens", "preemptions", "ttft_s", "tpot_s", "e2e_s"]
+class RequestStats:
+    """What the summary needs of ``requests.parquet``, gathered row by row as the rows are
+    written (in request order): counts by status, preemptions, the first arrival, and of the
+    completed requests their output tokens, last finish and latencies (24 bytes a request)."""
+
+    def __init__(self) -> None:
+        self.total = self.completed = self.rejected = self.unfinished = self.preemptions = self.tokens = 0
+        self.first_arrival, self.last_finish = float("inf"), float("-inf")
+        self.ttft_s, self.tpot_s, self.e2e_s = array("d"), array("d"), array("d")
+
+    def add(self, row: tuple) -> None:
+        """One row of ``requests.parquet`` in schema order."""
+        (_, arrival, _, output, _, status, _, finish, ttft, tpot, e2e, preemptions, _, _) = row
+        self.total += 1
+        self.preemptions += preemptions
+        if arrival < self.first_arrival:
+            self.first_arrival = arrival
+        if status == "completed":
+            self.completed += 1
+            self.tokens += output
+            if finish > self.last_finish:
+                self.last_finish = finish
+            self.ttft_s.append(ttft)
+            self.tpot_s.append(tpot)
+            self.e2e_s.append(e2e)
+        elif status == "rejected":
+            self.rejected += 1
+        else:
+            self.unfinished += 1
+
+    def add_unarrived(self, arrival_s: np.ndarray) -> None:
+        """Requests that never arrived (status ``unfinished``)."""
+        if len(arrival_s):
+            self.total += len(arrival_s)
+            self.unfinished += len(arrival_s)
+            self.first_arrival = min(self.first_arrival, float(arrival_s.min()))
+
+    @classmethod
+    def of(cls, requests: pa.Table) -> "RequestStats":
+        """The statistics of a whole requests table."""
+        stats = cls()
+        for row in zip(*(requests.column(name).to_pylist() for name in requests.column_names)):
+            stats.add(row)
+        return stats
 
 
-def summarize(requests: pa.Table | Path, step_sums: Mapping[str, float], steps: int, *, wall_s: float,
+def summarize(requests: RequestStats | pa.Table, step_sums: Mapping[str, float], steps: int, *, wall_s: float,
               events: int, sim_time_s: float) -> dict[str, Any]:
     """Latency percentiles, throughput and the step-time breakdown of one run (the fleet's
     cost and energy are added by :func:`sim.cost.money.fleet_cost`); ``requests`` is the
-    requests table or the Parquet file it was written to (read a column at a time),
-    ``step_sums`` the column sums of ``steps.parquet`` and ``steps`` its rows. Percentiles and
-    throughput count completed requests only."""
-    batches = (requests.to_batches() if isinstance(requests, pa.Table)
-               else pq.ParquetFile(requests).iter_batches(columns=SUMMARY_COLUMNS))
-    total = completed = rejected = unfinished = preemptions = tokens = 0
-    first_arrival, last_finish = float("inf"), float("-inf")
-    latency: dict[str, list[np.ndarray]] = {"ttft_s": [], "tpot_s": [], "e2e_s": []}
-    for batch in batches:   # a row group at a time: memory stays flat however many requests
-        status = batch.column("status")
-        done = pc.equal(status, "completed")
-        total += batch.num_rows
-        completed += int(pc.sum(done).as_py() or 0)
-        rejected += int(pc.sum(pc.equal(status, "rejected")).as_py() or 0)
-        unfinished += int(pc.sum(pc.equal(status, "unfinished")).as_py() or 0)
-        preemptions += int(pc.sum(batch.column("preemptions")).as_py() or 0)
-        if batch.num_rows:
-            first_arrival = min(first_arrival, float(pc.min(batch.column("arrival_s")).as_py()))
-        kept = batch.filter(done)
-        if kept.num_rows:
-            tokens += int(pc.sum(kept.column("output_tokens")).as_py())
-            last_finish = max(last_finish, float(pc.max(kept.column("finish_s")).as_py()))
-            for name, parts in latency.items():
-                parts.append(kept.column(name).to_numpy())
-    makespan = last_finish - first_arrival if completed else 0.0
+    requests table or its statistics gathered as it was written, ``step_sums`` the column
+    sums of ``steps.parquet`` and ``steps`` its rows. Percentiles and throughput count
+    completed requests only."""
+    r = requests if isinstance(requests, RequestStats) else RequestStats.of(requests)
+    completed, tokens = r.completed, r.tokens
+    makespan = r.last_finish - r.first_arrival if completed else 0.0
 
     def of_completed(name: str) -> np.ndarray:
-        return np.concatenate(latency[name]) if latency[name] else np.zeros(0)
+        values = getattr(r, name)
+        return np.frombuffer(values, dtype=np.float64) if len(values) else np.zeros(0)
 
     return {
-        "requests": {"total": total, "completed": completed, "rejected": rejected, "unfinished": unfinished,
-                     "preemptions": preemptions},
+        "requests": {"total": r.total, "completed": completed, "rejected": r.rejected,
+                     "unfinished": r.unfinished, "preemptions": r.preemptions},
         "ttft_s": percentiles(of_completed("ttft_s")),
         "tpot_s": percentiles(of_completed("tpot_s")),
         "e2e_s": percentiles(of_completed("e2e_s")),

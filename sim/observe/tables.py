@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from sim.observe import schemas
+from sim.observe.metrics import RequestStats
 from sim.observe.recorder import ColumnRecorder
 
 NAN = float("nan")
@@ -39,6 +40,7 @@ class RequestLog:
         self.path = path
         self._rows = ColumnRecorder(schemas.REQUESTS, path, batch_rows, keep=path is None)
         self._waiting: dict[int, tuple] = {}     # logged rows behind an earlier request not yet logged
+        self.stats = RequestStats()               # what the summary needs, gathered in request order
         self.next_id = 0                          # every request before it has been written
 
     def log(self, row: tuple) -> None:
@@ -47,11 +49,14 @@ class RequestLog:
         if rid != self.next_id:
             self._waiting[rid] = row
             return
-        append, waiting = self._rows.append, self._waiting
+        append, waiting, add = self._rows.append, self._waiting, self.stats.add
         append(*row)
+        add(row)
         rid += 1
         while rid in waiting:
-            append(*waiting.pop(rid))
+            row = waiting.pop(rid)
+            append(*row)
+            add(row)
             rid += 1
         self.next_id = rid
 
@@ -60,6 +65,7 @@ class RequestLog:
         if self._waiting:
             raise RuntimeError(f"requests {sorted(self._waiting)[:3]}... logged before request {self.next_id}")
         start, n = self.next_id, self.total
+        self.stats.add_unarrived(arrival_s[start:n])
         step = self._rows.batch_rows
         for a in range(start, n, step):
             b = min(n, a + step)
