@@ -1,11 +1,15 @@
 """Compose ``conf/`` with command-line overrides outside a Hydra run (tools, tests, notebooks)."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
+from sim.config.parse import group_fields, parse_config
 from sim.config.presets import CONF_DIR
 from sim.errors import ConfigError
 
@@ -16,19 +20,69 @@ def compose_config(overrides: list[str], config_name: str = "config") -> dict[st
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
             cfg = compose(config_name=config_name, overrides=overrides)
     except Exception as exc:  # Hydra's override/missing-preset errors, several lines: keep three
-        raise ConfigError(" ".join(line.strip() for line in str(exc).strip().splitlines()[:3])) from None
+        raise ConfigError(_one_line(str(exc), config_name)) from None
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
+def _one_line(message: str, config_name: str) -> str:
+    """Hydra's error as one line; an override of a key the config lacks names the keys allowed
+    at that level (instead of Hydra's advice to add it with ``+``)."""
+    unknown = re.match(r"Could not override '([^']+)'", message.strip())
+    if unknown:
+        key = unknown.group(1)
+        path = key.split(".")
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            level: Any = OmegaConf.to_container(compose(config_name=config_name), resolve=False)
+        depth = 0
+        while depth < len(path) - 1 and isinstance(level, dict) and isinstance(level.get(path[depth]), dict):
+            level = level[path[depth]]
+            depth += 1
+        keys = sorted(str(k) for k in level if k != "hydra") if isinstance(level, dict) else []
+        if depth == 1:
+            keys = group_fields(path[0]) or keys
+        where = ".".join(path[:depth]) or "the top level"
+        return f"{key} is not a config key; allowed at {where}: {keys}"
+    return " ".join(line.strip() for line in message.strip().splitlines()[:3])
+
+
 def check_overrides(argv: list[str], config_name: str = "config") -> None:
-    """Compose once before a Hydra app runs, so that a bad override (a key the config lacks,
-    a value of the wrong type) is one line instead of Hydra's multi-line report. Sweeps
-    (``-m``) and ``hydra.*`` settings are left to Hydra."""
-    if any(a in ("-m", "--multirun") for a in argv):
-        return
+    """Compose (and for a run, validate) before a Hydra app runs, so that a bad override (a
+    key the config lacks, a value of the wrong type) is one line instead of Hydra's multi-line
+    report, and before any output directory exists. A sweep (``-m``) is checked value by
+    value: every value of every swept key, the other keys at their first value, so a
+    malformed value fails before the first job. ``hydra.*`` settings are left to Hydra."""
     overrides = [a for a in argv if "=" in a and not a.lstrip("+~").startswith(("hydra.", "hydra/"))
                  and not a.startswith("-")]
-    compose_config(overrides, config_name)
+    if not any(a in ("-m", "--multirun") for a in argv):
+        _check(overrides, config_name)
+        return
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as exc:  # a sweep that does not parse
+        raise ConfigError(_one_line(str(exc), config_name)) from None
+    base: list[str] = []
+    swept: list[tuple[int, list[str]]] = []
+    for text, o in zip(overrides, parsed):
+        if not o.is_sweep_override():
+            base.append(text)
+            continue
+        try:
+            values = [str(v) for v in o.sweep_string_iterator()]
+        except HydraException:      # glob(...) over presets: Hydra expands and checks it
+            continue
+        swept.append((len(base), values))
+        base.append(f"{o.get_key_element()}={values[0]}" if values else text)
+    _check(base, config_name)
+    for i, values in swept:
+        key = base[i].split("=", 1)[0]
+        for v in values[1:]:
+            _check([*base[:i], f"{key}={v}", *base[i + 1:]], config_name)
+
+
+def _check(overrides: list[str], config_name: str) -> None:
+    cfg = compose_config(overrides, config_name)
+    if config_name == "config":
+        parse_config(cfg)       # unknown keys (also added with +) and bad values
 
 
 def resolved(cfg: DictConfig) -> dict[str, Any]:

@@ -33,9 +33,30 @@ from sim.spec.model import ModelSpec
 from sim.spec.precision import Precision
 
 
-def parse_config(cfg: Mapping[str, Any]) -> RunConfig:
-    """Validate a composed config mapping (e.g. ``OmegaConf.to_container(cfg)``)."""
+#: Top-level keys of a run's config (``conf/config.yaml``): its groups and settings.
+TOP_LEVEL_KEYS = ("cost", "engine", "fleet", "hardware", "model", "network", "output", "parallel",
+                  "precision", "scheduler", "seed", "sim", "speculative", "topology", "workload")
+
+
+def group_fields(group: str) -> list[str] | None:
+    """The keys a config group's schema allows (None: not a group with a fixed schema)."""
+    schemas = {"precision": Precision, "parallel": ParallelConfig, "network": NetworkConfig,
+               "topology": TopologyConfig, "workload": WorkloadConfig, "scheduler": SchedulerConfig,
+               "output": OutputConfig, "speculative": SpeculativeConfig, "sim": SimConfig, "cost": CostConfig,
+               "engine": EngineProfile, "hardware": HardwareSpec, "model": ModelSpec}
+    cls = schemas.get(group)
+    return sorted(f.name for f in fields(cls)) if cls is not None else None
+
+
+def parse_config(cfg: Mapping[str, Any], sections: tuple[str, ...] = ()) -> RunConfig:
+    """Validate a composed config mapping (e.g. ``OmegaConf.to_container(cfg)``). Top-level
+    keys other than a run's (and a tool's own ``sections``) are refused."""
     cfg = dict(cfg)
+    allowed = set(TOP_LEVEL_KEYS) | set(sections) | {"hydra"}
+    unknown = sorted(str(k) for k in cfg if k not in allowed)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}={cfg[unknown[0]]!r} is not a config key; allowed at the top level: "
+                          f"{sorted(allowed - {'hydra'})}")
     for group in ("hardware", "model", "engine"):
         require(isinstance(cfg.get(group), Mapping), f"config group {group!r} is missing")
     return RunConfig(
