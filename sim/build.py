@@ -358,6 +358,21 @@ def analytic_model(cfg: RunConfig, max_gpus: int | None = None) -> AnalyticModel
 # ------------------------------------------------------------------------------- workload
 
 
+#: The run's independent random streams, each derived from the root ``seed`` by its own key
+#: (numpy ``SeedSequence``): changing how one stream is used never moves another's draws.
+RANDOM_STREAMS: dict[str, tuple[int, ...]] = {
+    "workload": (),             # synthetic arrivals and lengths (the seed alone, as numpy.random.default_rng(seed))
+    "resample": (0x7e5a,),      # bootstrap of a trace's request lengths (workload.resample)
+    "speculative": (0x5bec,),   # per-request acceptance rates and accepted drafts
+}
+
+
+def random_stream(seed: int, name: str) -> np.random.Generator:
+    """The generator of stream ``name`` (one of :data:`RANDOM_STREAMS`) for root ``seed``."""
+    return np.random.default_rng(np.random.SeedSequence([seed, *RANDOM_STREAMS[name]]) if RANDOM_STREAMS[name]
+                                 else np.random.SeedSequence(seed))
+
+
 def load_workload(cfg: RunConfig) -> workloads.RequestTable:
     """The request table the run replays (trace or synthetic), after rate scaling and truncation."""
     w = cfg.workload
@@ -368,7 +383,7 @@ def load_workload(cfg: RunConfig) -> workloads.RequestTable:
             table = workloads.load_bundled(w.trace)
         elif w.source == "synthetic":
             n = w.max_requests or 1000
-            rng = np.random.default_rng(w.seed)
+            rng = random_stream(cfg.seed, "workload")
             table = workloads.synthetic_requests(rng, arrival=w.arrival, rate_per_s=w.rate_per_s, n=n,
                                                  prompt_tokens=w.prompt_tokens, output_tokens=w.output_tokens,
                                                  cv=w.cv)
@@ -377,7 +392,7 @@ def load_workload(cfg: RunConfig) -> workloads.RequestTable:
         if w.max_requests is not None and w.max_requests < len(table):
             table = table.take(w.max_requests)
         if w.resample:
-            table = table.resampled(np.random.default_rng(w.seed))
+            table = table.resampled(random_stream(cfg.seed, "resample"))
         if w.rate_scale != 1.0:
             table = table.scaled_rate(w.rate_scale)
     except workloads.WorkloadError as exc:
@@ -415,7 +430,7 @@ def build_simulation(cfg: RunConfig, plan: ClusterPlan, table: workloads.Request
     arrivals = Arrivals(table.arrival_s, table.prompt_tokens, table.output_tokens)
     requests = RequestStore()
     n = len(arrivals)
-    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0x5bec]))  # "spec" stream
+    rng = random_stream(cfg.seed, "speculative")
     acceptance = request_acceptance(rng, cfg.speculative, n) if cfg.speculative.enabled else None
 
     def accept(slot: int, proposed: int) -> int:

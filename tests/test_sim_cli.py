@@ -193,8 +193,8 @@ def test_full_default_run_completes_every_request(tmp_path):
 # Bad values that currently escape as Python exceptions (a traceback) instead of one line.
 TRACEBACK_BUGS = {
     "seed-not-int": ["seed=abc"],                                       # int() in parse_config
-    "workload-seed-negative": ["workload=synthetic", "workload.seed=-1"],  # numpy SeedSequence
-    "workload-seed-not-int": ["workload=synthetic", "workload.seed=abc"],
+    "seed-negative": ["workload=synthetic", "seed=-1"],                 # numpy SeedSequence
+    "workload-seed-gone": ["workload=synthetic", "workload.seed=3"],    # one root seed
     "hardware-field-not-number": ["hardware.sm_count=abc"],
     "engine-field-not-number": ["engine.kernels_per_layer=abc"],
 }

@@ -284,7 +284,8 @@ def scenarios(draw):
 def config_for(s: dict) -> dict:
     cfg = base_config("hgx" if s["tp"] * s["dp"] <= 8 else "multi_node_ib")
     w = cfg["workload"]
-    w.update(seed=s["seed"], max_requests=s["n"], rate_per_s=s["rate"], arrival=s["arrival"],
+    cfg["seed"] = s["seed"]
+    w.update(max_requests=s["n"], rate_per_s=s["rate"], arrival=s["arrival"],
              prompt_tokens=s["prompt"], output_tokens=s["output"])
     cfg["parallel"].update(tp=s["tp"], dp=s["dp"], pp=1, router=s["router"])
     cfg["scheduler"].update(chunked_prefill=s["chunked"], max_batch_size=s["max_batch_size"],
@@ -338,7 +339,8 @@ def test_random_kv_pressure_runs_conserve(seed, util, block, chunked, budget, ma
     """Random tight KV caches: preemption, recomputation and rejection keep every invariant."""
     cfg = base_config("hgx")
     cfg["engine"]["gpu_memory_utilization"] = util
-    cfg["workload"].update(seed=seed, max_requests=25, rate_per_s=100.0,
+    cfg["seed"] = seed
+    cfg["workload"].update(max_requests=25, rate_per_s=100.0,
                            prompt_tokens={"dist": "uniform", "low": 1, "high": high},
                            output_tokens={"dist": "uniform", "low": 1, "high": 120})
     cfg["parallel"].update(tp=1, dp=1, pp=1)

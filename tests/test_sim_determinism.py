@@ -2,8 +2,8 @@
 
 Rule: a run is a pure function of its composed config. Two runs of one config (in one
 process, or in two processes with different hash seeds) write equal ``requests.parquet`` and
-``steps.parquet`` tables (``pyarrow.Table.equals``); a different ``workload.seed`` of a
-synthetic workload gives different tables.
+``steps.parquet`` tables (``pyarrow.Table.equals``); a different root ``seed`` of a
+synthetic workload gives different tables, and ``workload.seed`` is not a key (one seed drives every stream).
 """
 from __future__ import annotations
 
@@ -62,8 +62,8 @@ def test_kv_pressure_config_really_preempts(tmp_path):
 def test_different_seed_different_tables(tmp_path, arrival):
     base = ["workload=synthetic", "workload.max_requests=40", "model=llama3_8b", "parallel.tp=1",
             f"workload.arrival={arrival}"]
-    r1, s1, _ = tables([*base, "workload.seed=1"], tmp_path / "a")
-    r2, s2, _ = tables([*base, "workload.seed=2"], tmp_path / "b")
+    r1, s1, _ = tables([*base, "seed=1"], tmp_path / "a")
+    r2, s2, _ = tables([*base, "seed=2"], tmp_path / "b")
     assert not r1.equals(r2)
     assert not s1.equals(s2)
     assert r1.column("arrival_s").to_pylist() != r2.column("arrival_s").to_pylist()
@@ -73,9 +73,9 @@ def test_different_seed_different_tables(tmp_path, arrival):
 def test_seed_is_what_matters_not_the_run_dir(tmp_path):
     """Reusing a seed after another run gives the first run's tables back."""
     base = ["workload=synthetic", "workload.max_requests=30", "model=llama3_8b", "parallel.tp=1"]
-    r1, s1, _ = tables([*base, "workload.seed=7"], tmp_path / "a")
-    tables([*base, "workload.seed=8"], tmp_path / "b")
-    r3, s3, _ = tables([*base, "workload.seed=7"], tmp_path / "c")
+    r1, s1, _ = tables([*base, "seed=7"], tmp_path / "a")
+    tables([*base, "seed=8"], tmp_path / "b")
+    r3, s3, _ = tables([*base, "seed=7"], tmp_path / "c")
     assert r1.equals(r3) and s1.equals(s3)
 
 
@@ -96,3 +96,21 @@ def test_identical_across_processes_and_hash_seeds(tmp_path):
     a = json.loads((tmp_path / "0" / "summary.json").read_text())
     b = json.loads((tmp_path / "1" / "summary.json").read_text())
     assert a["requests"] == b["requests"] and a["ttft_s"] == b["ttft_s"]
+
+
+def test_one_root_seed_drives_every_stream(tmp_path):
+    """``seed`` alone moves the acceptance draws of speculative decoding and the bootstrap of a
+    trace (the bundled trace itself has no randomness); the same seed gives the same tables."""
+    spec = ["workload.max_requests=30", "model=llama3_8b", "parallel.tp=2", "speculative=self",
+            "speculative.acceptance_dist=beta"]
+    a, _, _ = tables([*spec, "seed=1"], tmp_path / "a")
+    b, _, _ = tables([*spec, "seed=2"], tmp_path / "b")
+    c, _, _ = tables([*spec, "seed=1"], tmp_path / "c")
+    assert a.equals(c)
+    assert a.column("prompt_tokens").equals(b.column("prompt_tokens"))        # the trace is the trace
+    assert a.column("decode_passes").to_pylist() != b.column("decode_passes").to_pylist()
+    boot = ["workload.max_requests=30", "model=llama3_8b", "parallel.tp=1", "workload.resample=true"]
+    d, _, _ = tables([*boot, "seed=1"], tmp_path / "d")
+    e, _, _ = tables([*boot, "seed=2"], tmp_path / "e")
+    assert d.column("arrival_s").equals(e.column("arrival_s"))                # arrival times kept
+    assert d.column("prompt_tokens").to_pylist() != e.column("prompt_tokens").to_pylist()

@@ -136,7 +136,7 @@ def test_output_tokens_exact_under_speculation(tmp_path_factory, seed, gamma, a,
                                                chunked, dist):
     out = tmp_path_factory.mktemp("spec")
     cfg = compose_config(["model=llama3_8b", "parallel.tp=2", "workload=synthetic", "workload.max_requests=12",
-                          f"workload.seed={seed}", f"seed={seed}", "workload.rate_per_s=20",
+                          f"seed={seed}", "workload.rate_per_s=20",
                           f"workload.output_tokens={out_len}", f"workload.prompt_tokens={prompt_len}",
                           f"speculative={method}", f"speculative.num_tokens={gamma}", f"speculative.acceptance={a}",
                           f"speculative.acceptance_dist={dist}", f"scheduler.chunked_prefill={str(chunked).lower()}",

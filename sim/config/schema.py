@@ -100,13 +100,12 @@ class WorkloadConfig:
     format: str = "auto"
     rate_scale: float = 1.0
     max_requests: int | None = None
-    seed: int = 0
     arrival: str = "poisson"
     rate_per_s: float = 1.0
     cv: float = 2.0
     prompt_tokens: Any = 512
     output_tokens: Any = 128
-    # Bootstrap the request lengths with ``seed`` (arrival times kept): one draw of the same
+    # Bootstrap the request lengths with the root ``seed`` (arrival times kept): one draw of the same
     # traffic, for the spread of results over replays.
     resample: bool = False
 
@@ -115,7 +114,6 @@ class WorkloadConfig:
                 f"workload.source={self.source!r} is not one of ['bundled', 'file', 'synthetic']")
         require(isinstance(self.rate_scale, (int, float)) and self.rate_scale > 0,
                 f"workload.rate_scale={self.rate_scale!r} must be a number > 0")
-        require(self.seed >= 0, f"workload.seed={self.seed!r} must be an integer >= 0")
         require(self.max_requests is None or (isinstance(self.max_requests, int) and self.max_requests >= 1),
                 f"workload.max_requests={self.max_requests!r} must be an integer >= 1 or null")
 

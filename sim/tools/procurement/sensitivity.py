@@ -61,7 +61,8 @@ def sensitivity(cfg: dict[str, Any], evaluate: Callable[[dict[str, Any]], dict[s
         rows.append(_row("price", label, base, price_scale(base["cost"], f)))
     for seed in range(1, seeds + 1):
         def draw(c: dict[str, Any], seed: int = seed) -> None:
-            c["workload"] = {**c["workload"], "resample": True, "seed": seed}
+            c["workload"] = {**c["workload"], "resample": True}
+            c["seed"] = seed
         rows.append(_row("trace replay", f"seed {seed}", evaluate(_scaled(cfg, draw))))
     return rows
 

@@ -154,7 +154,7 @@ def _server(ev: Evaluator, cfg: list[str], p: dict, row: dict) -> float:
         overrides = list(cfg) + [
             "workload=synthetic", f"workload.rate_per_s={p['rate_per_s']}", "workload.arrival=poisson",
             f"workload.prompt_tokens={int(p['isl'])}", f"workload.output_tokens={int(p['osl'])}",
-            f"workload.max_requests={int(p['requests'])}", f"workload.seed={int(p.get('seed', 0))}",
+            f"workload.max_requests={int(p['requests'])}", f"seed={int(p.get('seed', 0))}",
             "output.progress=never", "output.write_parquet=false"]
         with tempfile.TemporaryDirectory() as tmp:
             ev._runs[key] = run(ev.config(overrides), tmp)
