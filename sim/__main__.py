@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from sim.app import StopRequest, run
+from sim.app import StopRequest, claim_run_dir, run
 from sim.config.compose import check_overrides, resolved
 from sim.config.presets import check_group_choices
 from sim.errors import ConfigError
@@ -49,6 +49,7 @@ def main(cfg: DictConfig) -> None:
 
 def _run(cfg: DictConfig, out: Path) -> None:
     container = resolved(cfg)
+    claim_run_dir(out, bool(container["output"].get("overwrite", False)))
     write_text(OmegaConf.to_yaml(cfg, resolve=True), out / "config.yaml")
     stop = StopRequest()
     with stop_on_signals(stop):

@@ -13,10 +13,30 @@ from sim.build import build_cluster, build_simulation, load_workload
 from sim.config.parse import parse_config
 from sim.cost.money import mixed_fleet_cost
 from sim.des.simulation import SimResult, StopRequest, simulate
+from sim.errors import ConfigError
 from sim.observe.metrics import fleet_parts, summarize
 from sim.observe.recorder import write_json
 
 __all__ = ["StopRequest", "evaluate", "run"]
+
+
+#: What a run writes into its directory.
+RUN_OUTPUTS = ("config.yaml", "summary.json", "requests.parquet", "steps.parquet", "timeline.json", "error.txt")
+
+
+def claim_run_dir(out: Path, overwrite: bool, own_config: bool = False) -> None:
+    """Make ``out`` this run's directory: refuse one holding another run's outputs (a
+    ConfigError naming them) unless ``overwrite``, which removes them first so that runs never
+    mix. ``own_config``: a ``config.yaml`` there is this run's own (written just before)."""
+    out.mkdir(parents=True, exist_ok=True)
+    found = [name for name in RUN_OUTPUTS if (out / name).exists() and not (own_config and name == "config.yaml")]
+    if not found:
+        return
+    if not overwrite:
+        raise ConfigError(f"hydra.run.dir={out} holds another run's outputs ({', '.join(found)}); "
+                          "choose another directory or set output.overwrite=true")
+    for name in found:
+        (out / name).unlink()
 
 
 def run(cfg_mapping: Mapping[str, Any], out_dir: str | Path, stop: StopRequest | None = None) -> dict[str, Any]:
@@ -27,7 +47,7 @@ def run(cfg_mapping: Mapping[str, Any], out_dir: str | Path, stop: StopRequest |
     requests marked and ``"complete": false`` in the summary.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_run_dir(out, bool((cfg_mapping.get("output") or {}).get("overwrite", False)), own_config=True)
     summary, _ = evaluate(cfg_mapping, out, stop)
     write_json(summary, out / "summary.json")
     return summary

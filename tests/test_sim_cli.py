@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -222,3 +223,39 @@ def test_sweep_records_an_infeasible_point_and_goes_on(tmp_path):
     summary = json.loads((sweep / "1" / "summary.json").read_text())
     assert summary["config"]["tp"] == 8 and summary["requests"]["completed"] == 5
     assert any(ln.startswith("error: ") and "does not fit" in ln for ln in res.stderr.splitlines())
+
+
+def test_a_run_directory_never_mixes_two_runs(tmp_path):
+    """A second run into a directory holding a run's outputs is refused with one line; with
+    output.overwrite=true it replaces them (no stale table left beside the new config)."""
+    run_dir = tmp_path / "run"
+    args = (f"hydra.run.dir={run_dir}", "workload.max_requests=3", "output.progress=never")
+    assert sim(*args).returncode == 0
+    first = (run_dir / "summary.json").read_text()
+    res = sim(*args)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "holds another run's outputs" in lines[0] and "output.overwrite=true" in lines[0]
+    assert (run_dir / "summary.json").read_text() == first           # untouched
+    res = sim(*args, "output.overwrite=true", "output.write_parquet=false")
+    assert res.returncode == 0, res.stderr[-500:]
+    assert not (run_dir / "steps.parquet").exists() and not (run_dir / "requests.parquet").exists()
+    assert (run_dir / "summary.json").exists()
+
+
+def test_runs_started_together_get_their_own_default_directories():
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    cmd = [sys.executable, "-m", "sim", "workload.max_requests=2", "output.progress=never"]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    dirs = []
+    for p in procs:
+        out, err = p.communicate(timeout=180)
+        assert p.returncode == 0, err[-500:]
+        dirs.append(Path(json_lines(out)[-1]["run_dir"]))
+    try:
+        assert dirs[0] != dirs[1]
+        assert all((d / "summary.json").exists() for d in dirs)
+    finally:
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)

@@ -122,6 +122,7 @@ class WorkloadConfig:
 class OutputConfig:
     progress: str = "auto"
     write_parquet: bool = True
+    overwrite: bool = False     # true: a run may replace another run's outputs in its directory
 
     def __post_init__(self) -> None:
         require(self.progress in ("auto", "always", "never"),
