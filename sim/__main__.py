@@ -20,10 +20,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from sim.app import StopRequest, claim_run_dir, run
+from sim.observe.recorder import use_returning_allocator, write_text
+from sim.observe.report import human_summary
 from sim.config.compose import check_overrides, resolved
 from sim.config.presets import check_group_choices
 from sim.errors import ConfigError
-from sim.observe.recorder import write_text
 from sim.tools.cli import guarded
 from sim.tools.sweep import check_launcher
 from topologies import TopologyError
@@ -66,7 +67,12 @@ def _run(cfg: DictConfig, out: Path) -> None:
                         "joules_per_output_token": c["energy"]["joules_per_output_token"]}
     headline["run_dir"] = str(out)
     headline["sim"] = summary["sim"]
-    print(json.dumps(headline))
+    if container["output"].get("format", "json") == "table":
+        sys.stdout.write(human_summary(summary, str(out)))
+    else:
+        print(json.dumps(headline))
+        sys.stdout.flush()
+        sys.stderr.write(human_summary(summary, str(out)))
 
 
 @contextmanager
@@ -93,6 +99,7 @@ def stop_on_signals(stop: StopRequest):
 
 
 if __name__ == "__main__":
+    use_returning_allocator()
     guarded(check_group_choices)(sys.argv[1:])
     guarded(check_launcher)(sys.argv[1:], os.environ)
     guarded(check_overrides)(sys.argv[1:])

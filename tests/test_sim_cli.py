@@ -259,3 +259,24 @@ def test_runs_started_together_get_their_own_default_directories():
     finally:
         for d in dirs:
             shutil.rmtree(d, ignore_errors=True)
+
+
+def test_a_run_reads_as_text_and_its_progress_stops_at_100_percent(tmp_path):
+    """Default: the JSON line on stdout, a readable summary on stderr, and (stderr not a
+    terminal) one progress line per tenth of the requests, the last at 100 %;
+    output.format=table: only the summary, on stdout."""
+    res = sim(f"hydra.run.dir={tmp_path / 'a'}", "workload.max_requests=40", "output.progress=auto")
+    assert res.returncode == 0, res.stderr[-500:]
+    assert json_lines(res.stdout)[-1]["requests"]["completed"] == 40
+    progress = [ln for ln in res.stderr.splitlines() if ln.startswith("[sim]")]
+    assert len(progress) == 10 and "100% of 40 requests done" in progress[-1]
+    shares = [int(ln.split("%")[0].split()[-1]) for ln in progress]
+    assert shares == sorted(shares) and max(shares) == 100
+    for label in ("requests  40 completed", "TTFT ", "TPOT ", "E2E ", "tokens/s", "per million output tokens",
+                  "J per output token", "wall "):
+        assert label in res.stderr, label
+    res = sim(f"hydra.run.dir={tmp_path / 'b'}", "workload.max_requests=40", "output.progress=never",
+              "output.format=table")
+    assert res.returncode == 0 and not json_lines(res.stdout)
+    assert "TTFT " in res.stdout and " ms" in res.stdout and str(tmp_path / "b") in res.stdout
+    assert sim(f"hydra.run.dir={tmp_path / 'c'}", "output.format=xml").returncode == 2

@@ -123,10 +123,12 @@ class OutputConfig:
     progress: str = "auto"
     write_parquet: bool = True
     overwrite: bool = False     # true: a run may replace another run's outputs in its directory
+    format: str = "json"        # json: the JSON line on stdout, a readable summary on stderr; table: only the summary
 
     def __post_init__(self) -> None:
         require(self.progress in ("auto", "always", "never"),
                 f"output.progress={self.progress!r} is not one of ['auto', 'always', 'never']")
+        require(self.format in ("json", "table"), f"output.format={self.format!r} is not one of ['json', 'table']")
 
 
 @dataclass(frozen=True)

@@ -1,29 +1,47 @@
-"""The progress line of a run: simulated time against the trace's end (``output.progress``)."""
+"""The progress line of a run (``output.progress``): requests done of the trace's, and the
+simulated time against the trace's last arrival."""
 from __future__ import annotations
 
 import sys
 import time
+from typing import TextIO
 
 
 class Progress:
-    """Written to stderr every half second on a terminal (``auto``), always, or never."""
+    """On a terminal, one line rewritten every half second; otherwise (a log file, a pipe)
+    one line at every tenth of the requests done. ``never`` turns it off; ``always`` is the
+    same as ``auto``. The fraction is of requests done, so it reaches 100 % exactly when the
+    run ends and never passes it."""
 
-    def __init__(self, clock, end_s: float, mode: str, total: int) -> None:
+    def __init__(self, clock, end_s: float, mode: str, total: int, stream: TextIO | None = None) -> None:
         """``clock``: anything with a ``now`` in simulated seconds (the SimPy environment)."""
-        self.enabled = mode == "always" or (mode == "auto" and sys.stderr.isatty())
+        self.stream = stream or sys.stderr
+        self.enabled = mode in ("auto", "always") and total > 0
+        self.terminal = self.stream.isatty()
         self.clock, self.end_s, self.total, self.done = clock, max(end_s, 1e-9), total, 0
         self.last = 0.0
+        self.next_tenth = 1
+
+    def _line(self) -> str:
+        return (f"[sim] {self.done / self.total:4.0%} of {self.total:,} requests done, "
+                f"{self.clock.now:,.1f} s simulated (last arrival at {self.end_s:,.1f} s)")
 
     def tick(self, force: bool = False) -> None:
-        now = time.perf_counter()
-        if self.enabled and (force or now - self.last > 0.5):
-            self.last = now
-            frac = min(1.0, self.clock.now / self.end_s)
-            sys.stderr.write(f"\r[sim] {frac:6.1%} of trace ({self.clock.now:9.1f}/{self.end_s:.1f} s simulated), "
-                             f"{self.done}/{self.total} requests done")
-            sys.stderr.flush()
+        if not self.enabled:
+            return
+        if self.terminal:
+            now = time.perf_counter()
+            if force or now - self.last > 0.5:
+                self.last = now
+                self.stream.write("\r" + self._line())
+                self.stream.flush()
+        elif self.done * 10 >= self.next_tenth * self.total:
+            while self.done * 10 >= self.next_tenth * self.total:
+                self.next_tenth += 1
+            self.stream.write(self._line() + "\n")
+            self.stream.flush()
 
     def close(self) -> None:
-        if self.enabled:
+        if self.enabled and self.terminal:
             self.tick(force=True)
-            sys.stderr.write("\n")
+            self.stream.write("\n")
