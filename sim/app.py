@@ -82,7 +82,10 @@ def evaluate(cfg_mapping: Mapping[str, Any], out_dir: Path | None = None,
     cap = min((r.capacity for r in plan.replicas), key=lambda c: c.tokens)
     summary["config"] = {
         "hardware": "+".join(f"{g.parallel.dp}x{g.hardware.name}" for g in cfg.groups()) if cfg.fleet else cfg.hardware.name, "model": cfg.model.name, "engine": cfg.engine.name,
-        "tp": cfg.parallel.tp, "pp": cfg.parallel.pp, "dp": cfg.parallel.dp,
+        # a mixed fleet: one value per group, in fleet order
+        **({"tp": [g.parallel.tp for g in cfg.groups()], "pp": [g.parallel.pp for g in cfg.groups()],
+            "dp": [g.parallel.dp for g in cfg.groups()]} if cfg.fleet else
+           {"tp": cfg.parallel.tp, "pp": cfg.parallel.pp, "dp": cfg.parallel.dp}),
         "fidelity": cfg.network.fidelity, "latency_scale": cfg.network.latency_scale,
         "bandwidth_scale": cfg.network.bandwidth_scale,
         "workload": cfg.workload.path or ("synthetic" if cfg.workload.source == "synthetic" else cfg.workload.trace),

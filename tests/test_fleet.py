@@ -35,6 +35,7 @@ def test_mixed_fleet_runs_each_replica_on_its_hardware_and_prices_the_mix(tmp_pa
     assert s["cost"]["usd_per_hour"] == pytest.approx(2 * h100.usd_per_hour + 4 * a100.usd_per_hour)
     assert [g["hardware"] for g in s["cost"]["groups"]] == ["h100", "a100"]
     assert s["config"]["hardware"] == "2xh100+2xa100"
+    assert (s["config"]["tp"], s["config"]["pp"], s["config"]["dp"]) == ([1, 2], [1, 1], [2, 2])  # per group
     assert s["requests"]["completed"] == 120
     plan = build_cluster(parse_config(compose_config(BASE + [MIX])))
     assert [r.predictor.hardware.name for r in plan.replicas] == ["h100", "h100", "a100", "a100"]
