@@ -55,6 +55,10 @@ def _run(cfg: DictConfig, out: Path) -> None:
     stop = StopRequest()
     with stop_on_signals(stop):
         summary = run(container, out, stop)
+    w = summary["workload"]
+    if w["clamped_rows"]:
+        sys.stderr.write(f"warning: {w['clamped_rows']} rows of {w['source']} had 0 prompt or output tokens and were "
+                         f"read as 1 (summary.json workload.clamped_rows)\n")
     if not summary["complete"]:
         sys.stderr.write(f"stopped: {stop.message} at {summary['sim']['sim_time_s']:.1f} s simulated; "
                          f"{summary['requests']['completed']} of {summary['requests']['total']} requests completed; "

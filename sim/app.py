@@ -67,11 +67,14 @@ def evaluate(cfg_mapping: Mapping[str, Any], out_dir: Path | None = None,
         stop = StopRequest()
     stop.arm(cfg.sim.max_wall_s)
     simulation = build_simulation(cfg, plan, table, steps_path, requests_path)
+    workload = {"source": table.source, "requests": len(table), "clamped_rows": table.clamped_rows,
+                "rebased_s": table.rebased_s}
     del table                   # the simulation holds what it replays
     result = simulate(simulation, stop)
     del simulation
     summary = summarize(result.request_stats or result.requests, result.step_sums, result.steps, wall_s=result.wall_s, events=result.events,
                         sim_time_s=result.sim_time_s)
+    summary["workload"] = workload
     summary["complete"] = result.complete
     if not result.complete and result.stop is not None:
         summary["stopped"] = {"reason": result.stop.reason, "message": result.stop.message}

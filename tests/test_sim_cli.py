@@ -280,3 +280,21 @@ def test_a_run_reads_as_text_and_its_progress_stops_at_100_percent(tmp_path):
     assert res.returncode == 0 and not json_lines(res.stdout)
     assert "TTFT " in res.stdout and " ms" in res.stdout and str(tmp_path / "b") in res.stdout
     assert sim(f"hydra.run.dir={tmp_path / 'c'}", "output.format=xml").returncode == 2
+
+
+def test_rows_a_reader_changes_are_counted_and_named(tmp_path):
+    """Zero lengths read as 1 and absolute times rebased to the first arrival are counted in
+    summary.json (workload.clamped_rows, workload.rebased_s) and named in one warning line."""
+    trace = tmp_path / "t.csv"
+    trace.write_text("arrival_s,prompt_tokens,output_tokens\n1700000000.5,100,0\n1700000001.0,0,20\n"
+                     "1700000002.0,50,10\n")
+    res = sim(f"hydra.run.dir={tmp_path / 'run'}", f"workload.path={trace}", "output.progress=never",
+              "output.format=table")
+    assert res.returncode == 0, res.stderr[-500:]
+    assert [ln for ln in res.stderr.splitlines() if ln.strip()] == [
+        "warning: 2 rows of t.csv had 0 prompt or output tokens and were read as 1 (summary.json "
+        "workload.clamped_rows)"]
+    w = json.loads((tmp_path / "run" / "summary.json").read_text())["workload"]
+    assert w == {"source": "t.csv", "requests": 3, "clamped_rows": 2, "rebased_s": 1700000000.5}
+    arrivals = pq.read_table(tmp_path / "run" / "requests.parquet").column("arrival_s").to_pylist()
+    assert arrivals == [0.0, 0.5, 1.5]

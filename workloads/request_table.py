@@ -79,6 +79,9 @@ class RequestTable:
     clamped_rows:
         How many rows of the source trace had a zero prompt or output length that the
         reader clamped up to 1.
+    rebased_s:
+        Seconds subtracted from the source's arrival times so that the first is 0.0 (the
+        first arrival's absolute time, e.g. a Unix timestamp; 0.0 if it already was 0).
     """
 
     arrival_s: np.ndarray
@@ -88,6 +91,7 @@ class RequestTable:
     prefix_block_ids: tuple[np.ndarray, ...] | None = None
     prefix_block_tokens: int = 512
     clamped_rows: int = field(default=0)
+    rebased_s: float = field(default=0.0)
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, str) or not self.source:
@@ -152,8 +156,11 @@ class RequestTable:
                 checked.append(_frozen(ids.astype(np.int64)))
             blocks = tuple(checked)
 
+        rebased = float(self.rebased_s)
         if arrival[0] != 0.0:
+            rebased += float(arrival[0])
             arrival = arrival - arrival[0]
+        object.__setattr__(self, "rebased_s", rebased)
         object.__setattr__(self, "arrival_s", _frozen(arrival))
         object.__setattr__(self, "prompt_tokens", _frozen(prompt))
         object.__setattr__(self, "output_tokens", _frozen(output))

@@ -125,6 +125,7 @@ def _build(
         source=name,
         prefix_block_ids=ordered_blocks,
         clamped_rows=clamped,
+        rebased_s=float(arrival_s(key[:1])[0]),   # the first arrival in the trace's own clock
     )
 
 
