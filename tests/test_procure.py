@@ -60,10 +60,31 @@ def test_best_meets_the_slos_when_simulated_on_its_own(procured, tmp_path):
     assert set(best) >= {"hardware", "gpus", "tp", "pp", "replicas", "usd_per_million_output_tokens",
                          "ttft_p99_s", "tpot_p99_s"}
     assert best["gpus"] == best["tp"] * best["pp"] * best["replicas"]
-    summary = resimulate(best, tmp_path)
+    summary = resimulate(best, tmp_path / "by_hand")
     assert meets(summary)
     assert summary["ttft_s"]["p99"] == pytest.approx(best["ttft_p99_s"], rel=1e-9)
     assert summary["cost"]["usd_per_million_output_tokens"] == pytest.approx(best["usd_per_million_output_tokens"])
+
+
+def test_rerun_overrides_reproduce_every_simulated_point(procured, tmp_path):
+    """``rerun`` (best JSON, procure.parquet, procure.md) given to ``python -m sim`` reproduces
+    the point's numbers exactly: topology, batch limits and chunk size included."""
+    out, result = procured
+    best = result["best"]
+    assert any(o.startswith("topology=") or o.startswith("hardware=") for o in best["rerun"])
+    assert f"scheduler.max_tokens_per_step={best['max_tokens_per_step']}" in best["rerun"]
+    assert "python -m sim " + " ".join(best["rerun"]) in (out / "procure.md").read_text()
+    rows = [r for r in pq.read_table(out / "procure.parquet").to_pylist() if r["rerun"] and r["error"] is None]
+    assert rows and any(r["rerun"] == " ".join(best["rerun"]) for r in rows)
+    for i, row in enumerate([next(r for r in rows if r["rerun"] == " ".join(best["rerun"])), rows[-1]]):
+        r = sim_cli(["-m", "sim", *row["rerun"].split(" "), "output.progress=never", "output.format=json",
+                     f"hydra.run.dir={tmp_path / str(i)}"], REPO)
+        assert r.returncode == 0, r.stderr[-2000:]
+        s = json.loads((tmp_path / str(i) / "summary.json").read_text())
+        assert s["ttft_s"]["p99"] == pytest.approx(row["ttft_p99_s"], rel=1e-12)
+        assert s["tpot_s"]["p99"] == pytest.approx(row["tpot_p99_s"], rel=1e-12)
+        assert s["cost"]["usd_per_million_output_tokens"] == pytest.approx(row["usd_per_million_output_tokens"],
+                                                                          rel=1e-12)
 
 
 def test_one_step_cheaper_misses_and_the_report_shows_both(procured, tmp_path):

@@ -5,6 +5,7 @@ import re
 from typing import Any
 
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
@@ -14,11 +15,19 @@ from sim.config.presets import CONF_DIR
 from sim.errors import ConfigError
 
 
+def _compose(config_name: str, overrides: list[str]) -> DictConfig:
+    """Hydra's compose over ``conf/``; inside a running Hydra app (whose search path is
+    ``conf/`` too) without initializing it again."""
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name=config_name, overrides=overrides)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        return compose(config_name=config_name, overrides=overrides)
+
+
 def compose_config(overrides: list[str], config_name: str = "config") -> dict[str, Any]:
     """Compose ``conf/CONFIG_NAME.yaml`` with overrides, without a Hydra run directory."""
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-            cfg = compose(config_name=config_name, overrides=overrides)
+        cfg = _compose(config_name, overrides)
     except Exception as exc:  # Hydra's override/missing-preset errors, several lines: keep three
         raise ConfigError(_one_line(str(exc), config_name)) from None
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
@@ -31,8 +40,7 @@ def _one_line(message: str, config_name: str) -> str:
     if unknown:
         key = unknown.group(1)
         path = key.split(".")
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-            level: Any = OmegaConf.to_container(compose(config_name=config_name), resolve=False)
+        level: Any = OmegaConf.to_container(_compose(config_name, []), resolve=False)
         depth = 0
         while depth < len(path) - 1 and isinstance(level, dict) and isinstance(level.get(path[depth]), dict):
             level = level[path[depth]]
@@ -93,3 +101,52 @@ def resolved(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"config could not be resolved: {str(exc).splitlines()[0]}") from None
     assert isinstance(container, dict)
     return {str(k): v for k, v in container.items()}
+
+
+#: Config groups whose preset a run can be told by name, and the field that names it.
+_PRESET_KEYS = {"hardware": "name", "model": "name", "engine": "name", "topology": "kind"}
+
+
+def override_value(value: Any) -> str:
+    """``value`` in Hydra's override grammar (YAML flow style for lists and mappings)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(override_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {override_value(v)}" for k, v in value.items()) + "}"
+    text = str(value)
+    return text if re.fullmatch(r"[A-Za-z0-9_./-]+", text) else "'" + text.replace("'", "\\'") + "'"
+
+
+def overrides_for(target: dict[str, Any], skip: tuple[str, ...] = ("output", "hydra")) -> list[str]:
+    """The command-line overrides that make ``python -m sim`` compose ``target`` (a composed
+    run config): a preset by name where a group's name field differs from the default
+    (``hardware=h200``), then every value that differs from what that composes to."""
+    base = compose_config([])
+    choices: list[str] = []
+    for group, key in _PRESET_KEYS.items():
+        name = (target.get(group) or {}).get(key)
+        if name is not None and name != (base.get(group) or {}).get(key) and (CONF_DIR / group / f"{name}.yaml").is_file():
+            choices.append(f"{group}={name}")
+    reference = compose_config(choices) if choices else base
+    out = list(choices)
+
+    def walk(prefix: str, ref: Any, tgt: Any) -> None:
+        if isinstance(tgt, dict) and isinstance(ref, dict):
+            for k, v in tgt.items():
+                path = f"{prefix}.{k}" if prefix else str(k)
+                if k not in ref:
+                    out.append(f"+{path}={override_value(v)}")
+                else:
+                    walk(path, ref[k], v)
+        elif tgt != ref:
+            out.append(f"{prefix}={override_value(tgt)}")
+
+    walk("", {k: v for k, v in reference.items() if k not in skip},
+         {k: v for k, v in target.items() if k not in skip})
+    return out

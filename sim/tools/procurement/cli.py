@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sim.app import evaluate
 from sim.build import build_step_model, load_workload
-from sim.config.compose import check_overrides, resolved
+from sim.config.compose import check_overrides, overrides_for, resolved
 from sim.config.parse import load_hardware, parse_config
 from sim.config.presets import CONF_DIR, check_group_choices
 from sim.cost.analytic import pareto_mask, steady_step_s
@@ -122,14 +122,15 @@ def candidate_row(c: Candidate, bound) -> dict[str, Any]:
             "usd_per_hour": cost.get("usd_per_hour"),
             "usd_per_million_output_tokens": cost.get("usd_per_million_output_tokens"),
             "joules_per_output_token": cost.get("energy", {}).get("joules_per_output_token"),
-            "gpu_utilization": cost.get("energy", {}).get("gpu_utilization")}
+            "gpu_utilization": cost.get("energy", {}).get("gpu_utilization"),
+            "rerun": " ".join(c.extra["rerun"]) if "rerun" in c.extra else None}
 
 
 def infeasible_row(bound) -> dict[str, Any]:
     lay = bound.layout
     return {"hardware": lay.hardware, "tp": lay.tp, "pp": lay.pp, "max_batch_size": lay.max_batch_size,
             "max_tokens_per_step": lay.max_tokens_per_step, "replicas": None, "gpus": None, "pruned": True, "simulated": False, "meets_slo": False,
-            "error": bound.reason}
+            "error": bound.reason, "rerun": None}
 
 
 def best_json(c: Candidate) -> dict[str, Any]:
@@ -140,7 +141,8 @@ def best_json(c: Candidate) -> dict[str, Any]:
             "max_tokens_per_step": c.layout.max_tokens_per_step,
             "usd_per_million_output_tokens": s["cost"]["usd_per_million_output_tokens"],
             "usd_per_hour": s["cost"]["usd_per_hour"],
-            "ttft_p99_s": s["ttft_s"]["p99"], "tpot_p99_s": s["tpot_s"]["p99"]}
+            "ttft_p99_s": s["ttft_s"]["p99"], "tpot_p99_s": s["tpot_s"]["p99"],
+            "rerun": c.extra.get("rerun", [])}
 
 
 def plot_frontier(table: pa.Table, path: Path, slo: Slo) -> None:
@@ -183,7 +185,8 @@ def report(rows: list[dict[str, Any]], best: Candidate, cheaper: Candidate | Non
     lines += ["## Best", "", f"**{b['replicas']} x {best.layout.hardware} TP{b['tp']} PP{b['pp']}** "
               f"(max batch {b['max_batch_size']}, {b['max_tokens_per_step']} tokens/step, {b['gpus']} GPUs): ${b['usd_per_million_output_tokens']:.3f} per "
               f"million output tokens, ${b['usd_per_hour']:.2f}/h, TTFT p99 {b['ttft_p99_s']:.3f} s, "
-              f"TPOT p99 {b['tpot_p99_s'] * 1e3:.1f} ms.", ""]
+              f"TPOT p99 {b['tpot_p99_s'] * 1e3:.1f} ms.", "",
+              "Reproduce it: `python -m sim " + " ".join(b["rerun"]) + "`", ""]
     if cheaper is not None:
         s = cheaper.summary or {}
         why = cheaper.error or (f"TTFT p99 {s['ttft_s']['p99']:.3f} s, TPOT p99 {s['tpot_s']['p99'] * 1e3:.1f} ms, "
@@ -256,7 +259,9 @@ def procure(cfg_map: dict[str, Any], out: Path) -> dict[str, Any]:
     cands = candidates(bounds, stats, cost_cfg, lambda n: load_hardware(n), max_gpus, max_replicas, gpn)
 
     def simulate(c: Candidate) -> dict[str, Any]:
-        summary, result = evaluate(deployment(base, c.layout, c.replicas))
+        run_cfg = deployment(base, c.layout, c.replicas)
+        c.extra["rerun"] = overrides_for(run_cfg)       # python -m sim with these reproduces the point
+        summary, result = evaluate(run_cfg)
         c.extra["goodput"] = goodput(result.requests, slo, summary["throughput"]["makespan_s"])
         return summary
 
