@@ -25,7 +25,7 @@ from sim.observe.report import human_summary
 from sim.config.compose import check_overrides, resolved
 from sim.config.presets import check_group_choices
 from sim.errors import ConfigError
-from sim.tools.cli import guarded
+from sim.tools.cli import check_output_dirs, guarded
 from sim.tools.sweep import check_launcher
 from topologies import TopologyError
 from workloads import WorkloadError
@@ -106,5 +106,6 @@ if __name__ == "__main__":
     use_returning_allocator()
     guarded(check_group_choices)(sys.argv[1:])
     guarded(check_launcher)(sys.argv[1:], os.environ)
+    guarded(check_output_dirs)(sys.argv[1:])
     guarded(check_overrides)(sys.argv[1:])
     main()

@@ -79,7 +79,17 @@ def _parse_count(text: str, field: str, where: str) -> int:
     s = text.strip()
     if not _COUNT_RE.fullmatch(s):
         raise WorkloadError(f"{where}: {field}={text!r} is not a non-negative integer")
-    return int(s)
+    return _bounded(int(s), field, where, text)
+
+
+#: The largest token count a trace may give (anything above is a corrupt row, not a request).
+MAX_TOKENS = 10**9
+
+
+def _bounded(value: int, field: str, where: str, text: object) -> int:
+    if value > MAX_TOKENS:
+        raise WorkloadError(f"{where}: {field}={text!r} is too large; must be an integer between 0 and {MAX_TOKENS:,}")
+    return value
 
 
 def _json_count(value: object, field: str, where: str) -> int:
@@ -89,7 +99,7 @@ def _json_count(value: object, field: str, where: str) -> int:
         raise WorkloadError(f"{where}: {field}={value!r} is not a non-negative integer")
     if value < 0:
         raise WorkloadError(f"{where}: {field}={value!r} is not a non-negative integer")
-    return int(value)
+    return _bounded(int(value), field, where, value)
 
 
 def _clamp_zero_lengths(prompt: np.ndarray, output: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -282,13 +292,13 @@ def _read_plain_csv(p: Path) -> RequestTable:
 def _parse_plain_count(text: str, field: str, where: str) -> int:
     s = text.strip()
     if _COUNT_RE.fullmatch(s):
-        return int(s)
+        return _bounded(int(s), field, where, text)
     try:  # accept integral floats such as "512.0" written by dataframe libraries
         value = float(s)
     except ValueError:
         value = math.nan
     if math.isfinite(value) and value.is_integer() and value >= 0:
-        return int(value)
+        return _bounded(int(value), field, where, text)
     raise WorkloadError(f"{where}: {field}={text!r} is not a non-negative integer")
 
 
@@ -409,5 +419,9 @@ def read_trace(path: str | Path, format: str = "auto") -> RequestTable:  # noqa:
     if format not in TRACE_FORMATS:
         raise WorkloadError(f"format={format!r} is not a trace format; allowed: {list(TRACE_FORMATS)}")
     p = _existing_file(path)
-    chosen = _sniff_format(p) if format == "auto" else format
-    return _READERS[chosen](p)
+    try:
+        chosen = _sniff_format(p) if format == "auto" else format
+        return _READERS[chosen](p)
+    except UnicodeDecodeError as exc:
+        raise WorkloadError(f"{p}: not a text trace: byte {exc.object[exc.start]:#04x} at offset {exc.start} is not "
+                            f"UTF-8 (a CSV, JSON-lines or Parquet trace was expected)") from None

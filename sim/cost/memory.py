@@ -66,7 +66,13 @@ def kv_capacity(predictor: ShardMemory, hardware: HardwareSpec, engine: EnginePr
         weights, kv_per_token = stage_bytes(predictor, stage, draft)
         worst_weights = max(worst_weights, weights)
         free = usable - weights
-        if free <= kv_per_token * block_size:
+        if free > 0 and free <= kv_per_token * block_size:
+            raise ConfigError(
+                f"scheduler.block_size={block_size} tokens is more than the KV cache holds: "
+                f"{int(free // kv_per_token):,} tokens per replica ({free / 1e9:.1f} GB free per GPU after "
+                f"{weights / 1e9:.1f} GB of weights, stage {stage}); use a block size of at most that "
+                "(engines use 16 or 32)")
+        if free <= 0:
             raise ConfigError(
                 f"model {model_name} does not fit: {weights / 1e9:.1f} GB of weights per GPU (stage {stage}, "
                 f"tp={predictor.tp}, pp={predictor.pp}) on {hardware.name} with {usable / 1e9:.1f} GB usable "

@@ -47,3 +47,23 @@ def json_value(value: str):
         return json.loads(value)
     except json.JSONDecodeError:
         return value
+
+
+def check_output_dirs(argv: list[str]) -> None:
+    """``hydra.run.dir=DIR`` / ``hydra.sweep.dir=DIR`` must be a directory this process can
+    write (created if missing): one line before Hydra starts, not a traceback from inside it."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    for a in argv:
+        key, _, value = a.partition("=")
+        if key not in ("hydra.run.dir", "hydra.sweep.dir") or not value or "${" in value:
+            continue
+        try:
+            Path(value).mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=value, prefix=".write-test-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise ConfigError(f"{key}={value} cannot be written: {exc.strerror or exc}; choose a writable directory") from None

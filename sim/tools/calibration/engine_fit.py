@@ -87,14 +87,24 @@ def read_measurements(path: str | Path) -> list[Measurement]:
         raise ConfigError(f"data={str(path)!r}: no such file")
     models: dict[str, ModelSpec] = {}
     rows: list[Measurement] = []
-    for lineno, line in enumerate(p.read_text().splitlines(), start=1):
+    try:
+        text = p.read_text()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"data={str(path)!r}: not a text file (byte {exc.object[exc.start]:#04x} at offset "
+                          f"{exc.start}); a JSON-lines file from kit/ was expected") from None
+    for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             r = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{p.name} line {lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(r, dict):
+            raise ConfigError(f"{p.name} line {lineno}: {line.strip()[:40]!r} is not a JSON object")
         kind = r.get("kind")
+        ms = r.get("ms")
+        if ms is not None and (isinstance(ms, bool) or not isinstance(ms, (int, float)) or not ms > 0):
+            raise ConfigError(f"{p.name} line {lineno}: ms={ms!r} must be a time > 0 (milliseconds)")
         try:
             if kind == "model":
                 untied = r["L"] * 0 + r["vocab"] * r["h"]

@@ -37,7 +37,7 @@ from sim.config.parse import load_hardware, parse_config
 from sim.config.presets import CONF_DIR, check_group_choices
 from sim.cost.analytic import pareto_mask, steady_step_s
 from sim.errors import ConfigError
-from sim.tools.cli import guarded
+from sim.tools.cli import check_output_dirs, guarded
 from sim.tools.procurement.search import (
     Candidate,
     Layout,
@@ -318,5 +318,6 @@ def main(cfg: DictConfig) -> None:
 def entry() -> None:
     """``python -m sim.procure``: one-line errors for bad overrides, then the Hydra app."""
     guarded(check_group_choices)(sys.argv[1:])
+    guarded(check_output_dirs)(sys.argv[1:])
     guarded(check_overrides)(sys.argv[1:], "procure")
     main()
