@@ -159,6 +159,8 @@ def check_launcher(overrides: list[str], environ: Mapping[str, str]) -> None:
         if not sep or key != "hydra/launcher":
             continue
         plugin = LAUNCHER_PLUGINS.get(value)
+        if value != "basic" and plugin is None:
+            raise ConfigError(f"hydra/launcher={value} is not a launcher; allowed: {['basic', *LAUNCHER_PLUGINS]}")
         if plugin and find_spec(f"hydra_plugins.{plugin}") is None:
             raise ConfigError(f"hydra/launcher={value} needs the {plugin.replace('_', '-')} plugin: "
                               "pip install -e '.[sweeps]'")
