@@ -28,6 +28,7 @@ from sim.cost.fabric import Fabric
 from sim.cost.memory import KVCapacity, kv_capacity
 from sim.cost.placement import draft_gpus, placement, shardable, tp_groups
 from sim.cost.step_time import StepTimePredictor
+from sim.des.invariants import InvariantChecker
 from sim.des.replica import Replica
 from sim.des.simulation import Admission, Arrivals, Cluster, SimEnvironment
 from sim.errors import ConfigError, require
@@ -445,6 +446,9 @@ def build_simulation(cfg: RunConfig, plan: ClusterPlan, table: workloads.Request
                       Router(cfg.parallel.router, len(plan.replicas)),
                       ColumnRecorder(schemas.STEPS, steps_path), progress, admission, plan.gpus)
     cluster.network = network
+    if cfg.debug.check_invariants:
+        cluster.checker = InvariantChecker(env, cfg.scheduler)
+        cluster.log.check = cluster.checker.on_row
     spans = (cfg.sim.fast_forward and cfg.network.fidelity == "collective" and not cfg.speculative.enabled)
     for i, rp in enumerate(plan.replicas):
         pool = KVBlockPool(rp.capacity.tokens // cfg.scheduler.block_size, cfg.scheduler.block_size)

@@ -12,6 +12,10 @@ class ConfigError(ValueError):
     """A configuration that cannot describe a working cluster (one-line message)."""
 
 
+class InvariantViolation(RuntimeError):
+    """A run-time invariant failed (``debug.check_invariants``): a simulator bug, not bad input."""
+
+
 def require(condition: bool, message: str) -> None:
     """Raise :class:`ConfigError` with ``message`` unless ``condition`` holds."""
     if not condition:

@@ -27,7 +27,7 @@ LAYOUTS = ("tp1", "tp2", "pp2", "dp", "tp2d", "fleet", "spec", "tight")
 
 
 def random_config(rng: random.Random, layout: str) -> list[str]:
-    o = ["workload=synthetic", "model=llama3_8b", "output.progress=never",
+    o = ["workload=synthetic", "model=llama3_8b", "output.progress=never", "debug.check_invariants=true",
          f"seed={rng.randrange(1000)}", f"workload.max_requests={rng.choice([40, 80, 120])}",
          f"workload.rate_per_s={rng.choice([2, 10, 40])}",
          f"workload.output_tokens={{dist: lognormal, median: {rng.choice([8, 40, 120])}, sigma: 0.8, min: 1, max: 600}}",

@@ -24,6 +24,8 @@ Rules checked, for random small synthetic workloads and random parallel/schedule
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -53,7 +55,8 @@ def base_config(topology: str) -> dict:
     """A composed config (llama3_8b on h100) for ``topology``, composed once per module."""
     if topology not in _BASES:
         _BASES[topology] = compose_config([
-            "workload=synthetic", "model=llama3_8b", f"topology={topology}", "output.progress=never"])
+            "workload=synthetic", "model=llama3_8b", f"topology={topology}", "output.progress=never",
+            "debug.check_invariants=true"])
     return copy.deepcopy(_BASES[topology])
 
 
@@ -521,3 +524,27 @@ def test_pipeline_busy_time_never_exceeds_makespan(tmp_path):
     assert cost["busy_gpu_hours"] <= cost["gpus"] * makespan / 3600.0 * (1 + 1e-9), \
         f"{cost['busy_gpu_hours'] * 3600 / cost['gpus']:.2f} busy s per GPU in a {makespan:.2f} s makespan"
     assert cost["usd_per_million_output_tokens_busy"] <= cost["usd_per_million_output_tokens"] * (1 + 1e-9)
+
+
+def test_a_broken_invariant_stops_the_run_with_one_line(tmp_path):
+    """A batcher that loses a KV block (a simulated bug) is caught at the step it happens,
+    naming the invariant, the replica and step, and the simulated time; the CLI exits 4."""
+    from sim.errors import InvariantViolation
+
+    class Leaky(ContinuousBatcher):
+        def complete(self, plan, accepted=None):
+            events = super().complete(plan, accepted)
+            if self.pool.free_blocks > 0:
+                self.pool.free_blocks -= 1           # a block vanishes
+            return events
+
+    cfg = base_config("hgx")
+    cfg["workload"].update(max_requests=5)
+    with mock.patch.object(sim.build, "ContinuousBatcher", Leaky), pytest.raises(InvariantViolation) as err:
+        run(cfg, tmp_path / "run")
+    message = str(err.value)
+    assert "invariant 'KV conservation' violated" in message and "replica 0 step" in message and "t=" in message
+    res = subprocess.run([sys.executable, "-m", "sim", f"hydra.run.dir={tmp_path / 'cli'}", "debug.check_invariants=true",
+                          "workload.max_requests=20", "output.progress=never"], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-500:]                 # the real batcher keeps every invariant

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from sim.config.presets import load_preset
 from sim.config.schema import (
+    DebugConfig,
     FleetGroup,
     NetworkConfig,
     OutputConfig,
@@ -34,7 +35,7 @@ from sim.spec.precision import Precision
 
 
 #: Top-level keys of a run's config (``conf/config.yaml``): its groups and settings.
-TOP_LEVEL_KEYS = ("cost", "engine", "fleet", "hardware", "model", "network", "output", "parallel",
+TOP_LEVEL_KEYS = ("cost", "debug", "engine", "fleet", "hardware", "model", "network", "output", "parallel",
                   "precision", "scheduler", "seed", "sim", "speculative", "topology", "workload")
 
 
@@ -42,7 +43,7 @@ def group_fields(group: str) -> list[str] | None:
     """The keys a config group's schema allows (None: not a group with a fixed schema)."""
     schemas = {"precision": Precision, "parallel": ParallelConfig, "network": NetworkConfig,
                "topology": TopologyConfig, "workload": WorkloadConfig, "scheduler": SchedulerConfig,
-               "output": OutputConfig, "speculative": SpeculativeConfig, "sim": SimConfig, "cost": CostConfig,
+               "output": OutputConfig, "speculative": SpeculativeConfig, "sim": SimConfig, "debug": DebugConfig, "cost": CostConfig,
                "engine": EngineProfile, "hardware": HardwareSpec, "model": ModelSpec}
     cls = schemas.get(group)
     return sorted(f.name for f in fields(cls)) if cls is not None else None
@@ -75,6 +76,7 @@ def parse_config(cfg: Mapping[str, Any], sections: tuple[str, ...] = ()) -> RunC
         fleet=_fleet(cfg.get("fleet"), cfg.get("parallel") or {}),
         seed=_seed(cfg.get("seed", 0)),
         sim=_dataclass(SimConfig, cfg.get("sim"), "sim"),
+        debug=_dataclass(DebugConfig, cfg.get("debug"), "debug"),
     )
 
 

@@ -132,6 +132,17 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class DebugConfig:
+    """Checks that cost time and catch simulator bugs, not user errors."""
+
+    check_invariants: bool = False  # conservation and ordering checked at every step (sim/des/invariants.py)
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.check_invariants, bool),
+                f"debug.check_invariants={self.check_invariants!r} must be true or false")
+
+
+@dataclass(frozen=True)
 class SimConfig:
     """How the simulation itself runs (not what it models)."""
 
@@ -172,6 +183,7 @@ class RunConfig:
     fleet: tuple[FleetGroup, ...] = ()
     seed: int = 0
     sim: SimConfig = SimConfig()
+    debug: DebugConfig = DebugConfig()
 
     @property
     def gpus_per_replica(self) -> int:

@@ -34,6 +34,10 @@ class StepSink(Protocol):
 
     def record_steps(self, replica: Replica, rows: int, *values: Any) -> None: ...
 
+    def check_steps(self, replica: Replica, plan: StepPlan, steps: int) -> None: ...
+
+    checker: Any
+
     def on_tokens(self, replica: Replica, events: list[tuple[int, bool, bool]]) -> None: ...
 
 
@@ -166,6 +170,8 @@ class Replica:
             fixed[:k] if isinstance(fixed, np.ndarray) else fixed, wait, span.kv_blocks_used(k), waiting, 0, 0.0, 0, 0)
         self.steps += k
         last = self.batcher.advance_span(span, k)
+        if self.cluster.checker is not None:
+            self.cluster.check_steps(self, last, k)
         self.cluster.on_tokens(self, self.batcher.complete(last, {}))
 
     # ----- several stages: micro-batches in flight --------------------------------------------

@@ -23,6 +23,7 @@ import pyarrow as pa
 import simpy
 from simpy.core import EmptySchedule
 
+from sim.des.invariants import InvariantChecker
 from sim.errors import ConfigError
 from sim.network.interface import Network
 from sim.observe.metrics import RequestStats
@@ -156,6 +157,7 @@ class Cluster:
         self.arrived = 0                      # requests the source has taken from the trace
         self.all_done = env.event()
         self.network: Network | None = None   # set by the builder
+        self.checker: InvariantChecker | None = None   # debug.check_invariants (set by the builder)
 
     def link_hops(self) -> int | None:
         """Link traversals the network simulated (message fidelity), or None."""
@@ -180,11 +182,21 @@ class Cluster:
     def on_step(self, replica: Replica, plan: StepPlan, start: float, duration: float, parts: StepTime,
                 draft_s: float, accepted: dict[int, int]) -> None:
         """One finished step (micro-batch) of ``replica``: a row of ``steps.parquet``."""
+        if self.checker is not None:
+            self.check_steps(replica, plan, 1)
         self.steps.append(replica.index, replica.steps - 1, start, duration, plan.batch.num_seqs,
                           plan.prefill_tokens, plan.decode_tokens, parts.compute_s, parts.memory_s,
                           parts.network_s, parts.fixed_s, max(0.0, duration - parts.total_s),
                           replica.batcher.pool.used_blocks, len(replica.batcher.waiting), len(plan.preempted),
                           draft_s, sum(w.proposed for w in plan.work), sum(accepted.values()))
+
+    def check_steps(self, replica: Replica, plan: StepPlan, steps: int) -> None:
+        """Invariants after ``steps`` steps of ``plan`` (a step, or a span's last step)."""
+        assert self.checker is not None
+        self.checker.on_step(replica, plan, steps)
+        for w in plan.work:
+            if w.context == 0:
+                self.checker.on_admit(replica, self.requests.request_id[w.request])
 
     def record_steps(self, replica: Replica, rows: int, *values: Any) -> None:
         """``rows`` rows of ``steps.parquet`` for a fast-forwarded span: the columns after

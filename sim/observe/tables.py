@@ -13,6 +13,7 @@ not with the trace. The latency columns are derived from each row's timestamps:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -35,8 +36,11 @@ def request_row(request_id: int, arrival: float, prompt: int, output: int, repli
 class RequestLog:
     """Rows of ``requests.parquet`` in request order, whatever order they are logged in."""
 
-    def __init__(self, total: int, path: Path | None = None, batch_rows: int = 65536) -> None:
+    def __init__(self, total: int, path: Path | None = None, batch_rows: int = 65536,
+                 check: Callable[[tuple], None] | None = None) -> None:
+        """``check``: called with every row as it is logged (run-time invariants)."""
         self.total = total
+        self.check = check
         self.path = path
         self._rows = ColumnRecorder(schemas.REQUESTS, path, batch_rows, keep=path is None)
         self._waiting: dict[int, tuple] = {}     # logged rows behind an earlier request not yet logged
@@ -46,6 +50,8 @@ class RequestLog:
     def log(self, row: tuple) -> None:
         """A request's row (from :func:`request_row`)."""
         rid = row[0]
+        if self.check is not None:
+            self.check(row)
         if rid != self.next_id:
             self._waiting[rid] = row
             return

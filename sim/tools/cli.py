@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from typing import Callable, NoReturn
 
-from sim.errors import ConfigError
+from sim.errors import ConfigError, InvariantViolation
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -25,6 +25,8 @@ def guarded(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except (ConfigError, TopologyError, WorkloadError) as exc:
             fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        except InvariantViolation as exc:
+            fail(str(exc).splitlines()[0], code=4)
     return wrapper
 
 

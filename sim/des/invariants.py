@@ -1,0 +1,78 @@
+"""Run-time invariants (``debug.check_invariants=true``; on in the conservation and property
+tests). Each is checked where the state it constrains changes; a violation stops the run
+with one line naming the invariant, the request or step, and the simulated time.
+
+* **Once**: every request is logged exactly once (completed, rejected or unfinished).
+* **Monotonic times**: arrival <= first token <= finish for every completed request.
+* **KV conservation**: after every step, each replica's free blocks plus the blocks held by
+  its requests equal its pool, and no request holds fewer blocks than its cached positions need.
+* **Budgets**: no step holds more sequences than ``scheduler.max_batch_size`` or more new
+  tokens than ``scheduler.max_tokens_per_step`` (but for a whole prompt longer than the budget,
+  which runs alone when prefill is not chunked).
+* **FIFO admission**: a replica admits requests it has never run in the order they were routed
+  to it (one priority class: all requests).
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from sim.errors import InvariantViolation
+
+if TYPE_CHECKING:
+    from sim.config.schema import SchedulerConfig
+    from sim.des.replica import Replica
+    from sim.policy.batching import StepPlan
+
+
+class InvariantChecker:
+    """The checks; the cluster calls them when enabled (None otherwise: no cost)."""
+
+    def __init__(self, env, scheduler: SchedulerConfig) -> None:
+        self.env, self.scheduler = env, scheduler
+        self.logged: set[int] = set()
+        self.last_admitted: dict[int, int] = {}       # replica -> request id of its last first admission
+        self.admitted: set[int] = set()
+
+    def fail(self, invariant: str, detail: str) -> None:
+        raise InvariantViolation(f"invariant '{invariant}' violated: {detail} at t={self.env.now:.6f} s simulated")
+
+    def on_row(self, row: tuple) -> None:
+        rid, arrival, status, first, finish = row[0], row[1], row[5], row[6], row[7]
+        if rid in self.logged:
+            self.fail("once", f"request {rid} logged twice (status {status})")
+        self.logged.add(rid)
+        if status == "completed" and not (arrival <= first <= finish):
+            self.fail("monotonic times", f"request {rid}: arrival {arrival}, first token {first}, finish {finish}")
+        if status == "completed" and (math.isnan(first) or math.isnan(finish)):
+            self.fail("monotonic times", f"request {rid} completed without a first or last token time")
+
+    def on_step(self, replica: Replica, plan: StepPlan, steps: int = 1) -> None:
+        cfg = self.scheduler
+        b = plan.batch
+        where = f"replica {replica.index} step {replica.steps - steps}"
+        if b.num_seqs > cfg.max_batch_size:
+            self.fail("budgets", f"{where} holds {b.num_seqs} sequences > scheduler.max_batch_size={cfg.max_batch_size}")
+        alone = b.num_seqs == 1 and not cfg.chunked_prefill    # an unchunked prompt over budget runs alone
+        if plan.prefill_tokens + plan.decode_tokens > cfg.max_tokens_per_step and not alone:
+            self.fail("budgets", f"{where} computes {plan.prefill_tokens + plan.decode_tokens} tokens > "
+                                 f"scheduler.max_tokens_per_step={cfg.max_tokens_per_step}")
+        pool = replica.batcher.pool
+        held = sum(pool.held.values())
+        if pool.free_blocks + held != pool.total_blocks or pool.free_blocks < 0:
+            self.fail("KV conservation", f"{where}: {pool.free_blocks} free + {held} held != {pool.total_blocks} blocks")
+        computed = replica.batcher.computed
+        for r in replica.batcher.running:
+            if pool.held.get(r, 0) < pool.blocks_for(computed[r]):
+                self.fail("KV conservation", f"{where}: a request holds {pool.held.get(r, 0)} blocks for "
+                                             f"{computed[r]} cached positions")
+
+    def on_admit(self, replica: Replica, request_id: int) -> None:
+        """``request_id`` enters ``replica``'s batch for the first time."""
+        if request_id in self.admitted:
+            return
+        self.admitted.add(request_id)
+        last = self.last_admitted.get(replica.index, -1)
+        if request_id < last:
+            self.fail("FIFO admission", f"replica {replica.index} admitted request {request_id} after request {last}")
+        self.last_admitted[replica.index] = request_id
