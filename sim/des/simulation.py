@@ -9,11 +9,7 @@ one replica's KV cache (or exceed ``scheduler.max_model_len``) are rejected at a
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import gc
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +24,7 @@ from sim.errors import ConfigError
 from sim.network.interface import Network
 from sim.observe.metrics import RequestStats
 from sim.observe.progress import Progress
+from sim.observe.runtime import fewer_collections, return_free_memory
 from sim.observe.recorder import ColumnRecorder
 from sim.observe.tables import NAN, RequestLog, request_row
 from sim.policy.batching import StepPlan
@@ -240,32 +237,6 @@ class Cluster:
             self.log_request(slot, "unfinished")
         a = self.arrivals
         self.log.log_unarrived(a.arrival_s, a.prompt, a.output)
-
-
-@contextmanager
-def fewer_collections(gen0_objects: int = 20000):
-    """Run the event loop with the cyclic garbage collector's youngest generation collected
-    every ``gen0_objects`` allocations instead of 700: the loop allocates many short-lived
-    objects that reference counting frees, and collecting them that often costs ~4 % of a
-    run. The previous thresholds are restored afterwards."""
-    previous = gc.get_threshold()
-    gc.set_threshold(gen0_objects, *previous[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*previous)
-
-
-def return_free_memory() -> None:
-    """Hand the C heap's free pages back to the operating system (glibc ``malloc_trim``; a
-    no-op elsewhere). Building a large trace leaves tens of megabytes of freed temporaries
-    that glibc would otherwise keep for the whole run."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
-        return
-    trim(0)
 
 
 def simulate(cluster: Cluster, stop: StopRequest | None = None) -> SimResult:

@@ -26,6 +26,7 @@ from sim.config.parse import parse_config
 from sim.config.presets import check_group_choices
 from sim.cost.analytic import pareto_mask, valid_splits
 from sim.errors import ConfigError
+from sim.observe.runtime import fewer_collections
 from sim.tools.cli import fail, guarded, json_value, key_values
 
 SEARCH_DEFAULTS = {"max_gpus": 256, "max_batch": 4096, "batch_points": 400, "context_len": 0}
@@ -101,7 +102,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             overrides.append(f"{key}={value}")
     check_group_choices(overrides)
     t0 = time.perf_counter()
-    table, headline = search(compose_config(overrides), search_cfg)
+    with fewer_collections():   # the search allocates many small route and cost objects
+        table, headline = search(compose_config(overrides), search_cfg)
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, out / "frontier.parquet")
     headline["wall_s"] = time.perf_counter() - t0

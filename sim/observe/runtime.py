@@ -1,0 +1,36 @@
+"""How the process runs a simulation or a search: the cyclic garbage collector's pace and
+the C heap's free pages. Process-wide settings, changed only for the duration of a ``with``
+block or at a point where nothing is lost by them."""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+from contextlib import contextmanager
+
+
+@contextmanager
+def fewer_collections(gen0_objects: int = 20000):
+    """Run the block with the cyclic garbage collector's youngest generation collected every
+    ``gen0_objects`` allocations instead of 700: the event loop and the frontier's search
+    allocate many short-lived objects that reference counting frees, and collecting that
+    often costs ~4 % of a run and ~17 % of the frontier search. The previous thresholds are
+    restored afterwards."""
+    previous = gc.get_threshold()
+    gc.set_threshold(gen0_objects, *previous[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*previous)
+
+
+def return_free_memory() -> None:
+    """Hand the C heap's free pages back to the operating system (glibc ``malloc_trim``; a
+    no-op elsewhere). Building a large trace leaves tens of megabytes of freed temporaries
+    that glibc would otherwise keep for the whole run."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
