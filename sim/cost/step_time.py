@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from sim.cost.vec import vmax, vmin, vwhere
+from sim.cost.vec import vmax, vwhere
 from sim.errors import require
 from sim.spec.batch import BatchShape
 from sim.spec.engine import EngineProfile
