@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from sim.app import StopRequest, claim_run_dir, run
 from sim.observe.recorder import use_returning_allocator, write_text
 from sim.observe.report import human_summary
+from sim.observe.runtime import keep_large_blocks_mapped
 from sim.config.compose import check_overrides, resolved
 from sim.config.presets import check_group_choices
 from sim.errors import ConfigError
@@ -104,6 +105,7 @@ def stop_on_signals(stop: StopRequest):
 
 if __name__ == "__main__":
     use_returning_allocator()
+    keep_large_blocks_mapped()
     guarded(check_group_choices)(sys.argv[1:])
     guarded(check_launcher)(sys.argv[1:], os.environ)
     guarded(check_output_dirs)(sys.argv[1:])

@@ -6,6 +6,8 @@ readable outputs (:class:`StopRequest`: Ctrl-C, SIGTERM, ``sim.max_wall_s``).
 """
 from __future__ import annotations
 
+import gc
+
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -72,6 +74,7 @@ def evaluate(cfg_mapping: Mapping[str, Any], out_dir: Path | None = None,
     del table                   # the simulation holds what it replays
     result = simulate(simulation, stop)
     del simulation
+    gc.collect()                # its processes and environment form cycles: free the trace before the summary
     summary = summarize(result.request_stats or result.requests, result.step_sums, result.steps, wall_s=result.wall_s, events=result.events,
                         sim_time_s=result.sim_time_s)
     summary["workload"] = workload

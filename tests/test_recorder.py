@@ -44,3 +44,36 @@ def test_without_a_path_rows_are_counted_and_summed_only():
 def test_json_is_written_whole(tmp_path):
     write_json({"a": 1}, tmp_path / "summary.json")
     assert (tmp_path / "summary.json").read_text() == '{\n  "a": 1\n}\n'
+
+
+def test_latencies_read_back_from_the_file_equal_the_kept_ones(tmp_path):
+    """A requests log written to a file keeps no latencies: the summary reads them back a
+    column at a time, completed rows only, in request order -- the same numbers as kept."""
+    from sim.observe.metrics import summarize
+    from sim.observe.tables import NAN, RequestLog, request_row
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for r in range(23):
+        arrival = float(r)
+        status = ("completed", "completed", "rejected", "unfinished")[r % 4]
+        if status == "completed":
+            first = arrival + rng.uniform(0.1, 1.0)
+            rows.append(request_row(r, arrival, 10, 1 + r % 3, 0, status, arrival + 0.05, first, first + r % 3, 0, r % 3))
+        elif status == "unfinished":       # got its first token, never finished: not a completed latency
+            rows.append(request_row(r, arrival, 10, 5, 0, status, arrival + 0.05, arrival + 0.5, NAN, 0, 1))
+        else:
+            rows.append(request_row(r, arrival, 10, 5, -1, status, NAN, NAN, NAN, 0, 0))
+    order = rng.permutation(len(rows))
+    logs = [RequestLog(len(rows), tmp_path / "requests.parquet", batch_rows=4), RequestLog(len(rows))]
+    for log in logs:
+        for i in order:
+            log.log(rows[i])
+        log.close()
+    on_file, kept = (log.stats for log in logs)
+    assert on_file.path is not None and kept.path is None
+    for name in ("ttft_s", "tpot_s", "e2e_s"):
+        np.testing.assert_array_equal(on_file.latencies(name), kept.latencies(name))
+    assert len(kept.latencies("e2e_s")) == on_file.completed == 12
+    assert (summarize(on_file, {}, 0, wall_s=1.0, events=1, sim_time_s=1.0)
+            == summarize(kept, {}, 0, wall_s=1.0, events=1, sim_time_s=1.0))

@@ -199,6 +199,13 @@ def check_run(cfg: dict, summary, req, steps, batchers, *, expect_no_rejections:
             j = np.searchsorted(ends, t)
             near = [abs(ends[i] - t) for i in (j - 1, j) if 0 <= i < len(ends)]
             assert near and min(near) <= 1e-9 * max(1.0, t), f"token at {t} is not at a step end"
+        # first scheduled at the start of one of the replica's steps that computed prompt tokens
+        prefill_starts = np.sort(steps["start_s"][m & (steps["prefill_tokens"] > 0)])
+        sched = req["scheduled_s"][mine]
+        j = np.clip(np.searchsorted(prefill_starts, sched), 0, max(0, len(prefill_starts) - 1))
+        assert len(sched) == 0 or np.all(np.abs(prefill_starts[j] - sched) <= 1e-12 * np.maximum(1.0, sched))
+    assert np.all(a <= req["scheduled_s"][completed]) and np.all(req["scheduled_s"][completed] < f1)
+    assert np.all(np.isnan(req["scheduled_s"][req["status"] == "rejected"]))
 
     # --- token accounting of the steps -------------------------------------------------------
     preemptions = summary["requests"]["preemptions"]
@@ -548,3 +555,14 @@ def test_a_broken_invariant_stops_the_run_with_one_line(tmp_path):
                           "workload.max_requests=20", "output.progress=never"], capture_output=True, text=True,
                          timeout=300)
     assert res.returncode == 0, res.stderr[-500:]                 # the real batcher keeps every invariant
+
+
+def test_arrivals_hold_token_counts_as_int32_only_when_they_fit():
+    from sim.des.simulation import Arrivals
+
+    a = Arrivals.of(np.zeros(2), np.array([5, 2**31 - 1]), np.array([1, 2]))
+    assert a.prompt.dtype == np.int32 and a.output.dtype == np.int32
+    assert a.prompt.tolist() == [5, 2**31 - 1]
+    big = Arrivals.of(np.zeros(2), np.array([5, 2**31]), np.array([1, 2]))
+    assert big.prompt.dtype == np.int64 and big.prompt.tolist() == [5, 2**31]
+    assert len(Arrivals.of(np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))) == 0

@@ -38,12 +38,13 @@ class InvariantChecker:
         raise InvariantViolation(f"invariant '{invariant}' violated: {detail} at t={self.env.now:.6f} s simulated")
 
     def on_row(self, row: tuple) -> None:
-        rid, arrival, status, first, finish = row[0], row[1], row[5], row[6], row[7]
+        rid, arrival, status, scheduled, first, finish = row[0], row[1], row[5], row[6], row[7], row[8]
         if rid in self.logged:
             self.fail("once", f"request {rid} logged twice (status {status})")
         self.logged.add(rid)
-        if status == "completed" and not (arrival <= first <= finish):
-            self.fail("monotonic times", f"request {rid}: arrival {arrival}, first token {first}, finish {finish}")
+        if status == "completed" and not (arrival <= scheduled <= first <= finish):
+            self.fail("monotonic times", f"request {rid}: arrival {arrival}, scheduled {scheduled}, first token "
+                                         f"{first}, finish {finish}")
         if status == "completed" and (math.isnan(first) or math.isnan(finish)):
             self.fail("monotonic times", f"request {rid} completed without a first or last token time")
 

@@ -11,23 +11,33 @@ section 5).
 from __future__ import annotations
 
 from array import array
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from sim.cost.money import FleetUse
 
 PARTS = ("compute_s", "memory_s", "network_s", "fixed_s")
 
 
-def percentiles(values) -> dict[str, float | None]:
+def percentiles(values, owned: bool = False) -> dict[str, float | None]:
+    """Mean and p50/p90/p99 of the finite ``values`` (linear interpolation). ``owned``: the
+    caller gives up ``values`` (a float64 array), which is then partitioned in place instead
+    of copied -- one copy fewer of a million-request column."""
     v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
+    finite = np.isfinite(v)
+    if not finite.all():
+        v = v[finite]
+    elif not owned:
+        v = v.copy()
     if v.size == 0:
         return {"mean": None, "p50": None, "p90": None, "p99": None}
-    return {"mean": float(v.mean()), "p50": float(np.percentile(v, 50)), "p90": float(np.percentile(v, 90)),
-            "p99": float(np.percentile(v, 99))}
+    mean = float(v.mean())                     # before the partition reorders v
+    p50, p90, p99 = np.percentile(v, [50, 90, 99], overwrite_input=True)
+    return {"mean": mean, "p50": float(p50), "p90": float(p90), "p99": float(p99)}
 
 
 def time_breakdown(step_sums: Mapping[str, float]) -> dict[str, float]:
@@ -40,16 +50,23 @@ def time_breakdown(step_sums: Mapping[str, float]) -> dict[str, float]:
 class RequestStats:
     """What the summary needs of ``requests.parquet``, gathered row by row as the rows are
     written (in request order): counts by status, preemptions, the first arrival, and of the
-    completed requests their output tokens, last finish and latencies (24 bytes a request)."""
+    completed requests their output tokens and last finish. Their latencies are either kept
+    (24 bytes a request) or, when the table is being written to ``path``, read back from the
+    finished file one column at a time (:meth:`latencies`), so that memory does not grow
+    with the trace."""
 
-    def __init__(self) -> None:
+    LATENCIES = ("ttft_s", "tpot_s", "e2e_s")
+
+    def __init__(self, path: Path | None = None) -> None:
         self.total = self.completed = self.rejected = self.unfinished = self.preemptions = self.tokens = 0
         self.first_arrival, self.last_finish = float("inf"), float("-inf")
-        self.ttft_s, self.tpot_s, self.e2e_s = array("d"), array("d"), array("d")
+        self.path = path
+        self._kept = None if path is not None else {name: array("d") for name in self.LATENCIES}
+        self._completed: np.ndarray | None = None     # mask of the completed rows of the file
 
     def add(self, row: tuple) -> None:
         """One row of ``requests.parquet`` in schema order."""
-        (_, arrival, _, output, _, status, _, finish, ttft, tpot, e2e, preemptions, _, _) = row
+        (_, arrival, _, output, _, status, _, _, finish, ttft, tpot, e2e, preemptions, _, _) = row
         self.total += 1
         self.preemptions += preemptions
         if arrival < self.first_arrival:
@@ -59,9 +76,10 @@ class RequestStats:
             self.tokens += output
             if finish > self.last_finish:
                 self.last_finish = finish
-            self.ttft_s.append(ttft)
-            self.tpot_s.append(tpot)
-            self.e2e_s.append(e2e)
+            if self._kept is not None:
+                self._kept["ttft_s"].append(ttft)
+                self._kept["tpot_s"].append(tpot)
+                self._kept["e2e_s"].append(e2e)
         elif status == "rejected":
             self.rejected += 1
         else:
@@ -73,6 +91,33 @@ class RequestStats:
             self.total += len(arrival_s)
             self.unfinished += len(arrival_s)
             self.first_arrival = min(self.first_arrival, float(arrival_s.min()))
+
+    def latencies(self, name: str) -> np.ndarray:
+        """``ttft_s``, ``tpot_s`` or ``e2e_s`` of the completed requests, in request order, as
+        a new float64 array the caller owns. From the file: read row group by row group into
+        one array; a row is a completed request exactly when its ``e2e_s`` is finite (the
+        others have no finish time)."""
+        if self._kept is not None:
+            return np.array(self._kept[name], dtype=np.float64)
+        assert self.path is not None
+        file = pq.ParquetFile(self.path)
+        if self._completed is None:                 # one column in memory at a time
+            self._completed = np.isfinite(self._column(file, "e2e_s"))
+            if int(self._completed.sum()) != self.completed:
+                raise RuntimeError(f"{self.path}: {int(self._completed.sum())} rows with a finish time, "
+                                   f"{self.completed} completed requests")
+        values = self._column(file, name)
+        return values if self._completed.all() else values[self._completed]
+
+    @staticmethod
+    def _column(file: pq.ParquetFile, name: str) -> np.ndarray:
+        out = np.empty(file.metadata.num_rows, dtype=np.float64)
+        at = 0
+        for g in range(file.num_row_groups):
+            chunk = file.read_row_group(g, columns=[name]).column(0).to_numpy()
+            out[at:at + len(chunk)] = chunk
+            at += len(chunk)
+        return out
 
     @classmethod
     def of(cls, requests: pa.Table) -> "RequestStats":
@@ -94,16 +139,10 @@ def summarize(requests: RequestStats | pa.Table, step_sums: Mapping[str, float],
     completed, tokens = r.completed, r.tokens
     makespan = r.last_finish - r.first_arrival if completed else 0.0
 
-    def of_completed(name: str) -> np.ndarray:
-        values = getattr(r, name)
-        return np.frombuffer(values, dtype=np.float64) if len(values) else np.zeros(0)
-
     return {
         "requests": {"total": r.total, "completed": completed, "rejected": r.rejected,
                      "unfinished": r.unfinished, "preemptions": r.preemptions},
-        "ttft_s": percentiles(of_completed("ttft_s")),
-        "tpot_s": percentiles(of_completed("tpot_s")),
-        "e2e_s": percentiles(of_completed("e2e_s")),
+        **{name: percentiles(r.latencies(name), owned=True) for name in r.LATENCIES},
         "throughput": {"output_tokens_per_s": tokens / makespan if makespan > 0 else None,
                        "requests_per_s": completed / makespan if makespan > 0 else None,
                        "output_tokens": tokens, "makespan_s": makespan},

@@ -10,6 +10,7 @@ REQUESTS = pa.schema([
     ("output_tokens", pa.int64()),
     ("replica", pa.int32()),
     ("status", pa.string()),            # completed | rejected | unfinished (a run stopped early)
+    ("scheduled_s", pa.float64()),      # start of the first step that computed any of its prompt
     ("first_token_s", pa.float64()),
     ("finish_s", pa.float64()),
     ("ttft_s", pa.float64()),           # first_token_s - arrival_s

@@ -26,9 +26,9 @@ NAN = float("nan")
 
 
 def request_row(request_id: int, arrival: float, prompt: int, output: int, replica: int, status: str,
-                first: float, finish: float, preemptions: int, passes: int) -> tuple:
+                scheduled: float, first: float, finish: float, preemptions: int, passes: int) -> tuple:
     """One row of ``requests.parquet`` in schema order, latencies derived."""
-    return (request_id, arrival, prompt, output, replica, status, first, finish, first - arrival,
+    return (request_id, arrival, prompt, output, replica, status, scheduled, first, finish, first - arrival,
             (finish - first) / (output - 1) if output > 1 else NAN, finish - arrival, preemptions, passes,
             (output - 1) / passes if passes > 0 else NAN)
 
@@ -44,7 +44,7 @@ class RequestLog:
         self.path = path
         self._rows = ColumnRecorder(schemas.REQUESTS, path, batch_rows, keep=path is None)
         self._waiting: dict[int, tuple] = {}     # logged rows behind an earlier request not yet logged
-        self.stats = RequestStats()               # what the summary needs, gathered in request order
+        self.stats = RequestStats(path)           # what the summary needs, gathered in request order
         self.next_id = 0                          # every request before it has been written
 
     def log(self, row: tuple) -> None:
@@ -77,7 +77,7 @@ class RequestLog:
             b = min(n, a + step)
             out = output[a:b]
             self._rows.extend(b - a, np.arange(a, b, dtype=np.int64), arrival_s[a:b], prompt[a:b], out, -1,
-                              "unfinished", NAN, NAN, NAN, NAN, NAN, 0, 0, NAN)
+                              "unfinished", NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NAN)
         self.next_id = n
 
     def discard(self) -> None:

@@ -9,7 +9,7 @@ requests by slot; ``request_id[slot]`` says which request of the trace it is.
 
 What arrives (arrival time, prompt and output lengths) and everything the run learns about a
 request — where it was routed, how far its prefill and decode have got, when its first token
-came out, how often it was preempted and how many decode passes it took — live here. The
+came out (and when it was first scheduled), how often it was preempted and how many decode passes it took — live here. The
 batching policy advances ``computed`` and ``generated``; the SimPy processes stamp the times.
 Columns are typed ``array.array``s (8 bytes per value, plain Python numbers on access in the
 hot path) that grow in place, so references to them stay valid.
@@ -25,7 +25,7 @@ class RequestStore:
     """Columns of the requests in flight, by slot; free slots are reused, last freed first."""
 
     COLUMNS = {"request_id": ("q", -1), "arrival_s": ("d", 0.0), "prompt": ("q", 0), "output": ("q", 0),
-               "replica": ("i", -1), "first_token_s": ("d", float("nan")), "computed": ("q", 0),
+               "replica": ("i", -1), "scheduled_s": ("d", float("nan")), "first_token_s": ("d", float("nan")), "computed": ("q", 0),
                "generated": ("q", 0), "preemptions": ("q", 0), "decode_passes": ("q", 0)}
 
     def __init__(self, capacity: int = 256) -> None:
@@ -34,6 +34,7 @@ class RequestStore:
         self.prompt = array("q")            # prompt tokens
         self.output = array("q")            # output tokens the request will produce
         self.replica = array("i")           # where it was routed (-1: not yet)
+        self.scheduled_s = array("d")       # NaN until a step first computes part of its prompt
         self.first_token_s = array("d")     # NaN until the first token
         self.computed = array("q")          # positions whose KV is cached now
         self.generated = array("q")         # output tokens sampled so far
@@ -68,6 +69,7 @@ class RequestStore:
         self.prompt[slot] = prompt
         self.output[slot] = output
         self.replica[slot] = -1
+        self.scheduled_s[slot] = float("nan")
         self.first_token_s[slot] = float("nan")
         self.computed[slot] = 0
         self.generated[slot] = 0
