@@ -23,7 +23,7 @@ from sim.app import StopRequest, claim_run_dir, run
 from sim.observe.recorder import use_returning_allocator, write_text
 from sim.observe.report import human_summary
 from sim.observe.runtime import keep_large_blocks_mapped
-from sim.config.compose import check_overrides, resolved
+from sim.config.compose import check_overrides, replacing_mappings, resolved
 from sim.config.presets import check_group_choices
 from sim.errors import ConfigError
 from sim.tools.cli import check_output_dirs, guarded
@@ -109,5 +109,6 @@ if __name__ == "__main__":
     guarded(check_group_choices)(sys.argv[1:])
     guarded(check_launcher)(sys.argv[1:], os.environ)
     guarded(check_output_dirs)(sys.argv[1:])
+    sys.argv[1:] = replacing_mappings(sys.argv[1:])      # key={...} sets exactly that mapping
     guarded(check_overrides)(sys.argv[1:])
     main()

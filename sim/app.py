@@ -42,7 +42,8 @@ def claim_run_dir(out: Path, overwrite: bool, own_config: bool = False) -> None:
 
 
 def run(cfg_mapping: Mapping[str, Any], out_dir: str | Path, stop: StopRequest | None = None) -> dict[str, Any]:
-    """Simulate, streaming ``steps.parquet`` and ``requests.parquet``, then write ``summary.json``.
+    """Simulate, streaming ``steps.parquet`` and ``requests.parquet`` (and ``timeline.json``
+    with ``output.timeline``), then write ``summary.json``.
 
     Each file appears under its final name only when complete. A run stopped early (``stop``
     requested: Ctrl-C, SIGTERM, ``sim.max_wall_s``) still writes all three, with unfinished
@@ -68,7 +69,8 @@ def evaluate(cfg_mapping: Mapping[str, Any], out_dir: Path | None = None,
     if stop is None:
         stop = StopRequest()
     stop.arm(cfg.sim.max_wall_s)
-    simulation = build_simulation(cfg, plan, table, steps_path, requests_path)
+    timeline_path = out_dir / "timeline.json" if cfg.output.timeline and out_dir is not None else None
+    simulation = build_simulation(cfg, plan, table, steps_path, requests_path, timeline_path)
     workload = {"source": table.source, "requests": len(table), "clamped_rows": table.clamped_rows,
                 "rebased_s": table.rebased_s}
     del table                   # the simulation holds what it replays

@@ -39,6 +39,7 @@ from sim.observe import schemas
 from sim.observe.progress import Progress
 from sim.observe.recorder import ColumnRecorder
 from sim.observe.tables import RequestLog
+from sim.observe.timeline import Timeline
 from sim.policy.batching import ContinuousBatcher
 from sim.policy.kv_cache import KVBlockPool
 from sim.policy.requests import RequestStore
@@ -419,10 +420,12 @@ MAX_SPAN_STEPS = 4096
 
 
 def build_simulation(cfg: RunConfig, plan: ClusterPlan, table: workloads.RequestTable,
-                     steps_path: Path | None = None, requests_path: Path | None = None) -> Cluster:
+                     steps_path: Path | None = None, requests_path: Path | None = None,
+                     timeline_path: Path | None = None) -> Cluster:
     """The SimPy side of a run, wired: environment, network, request store, router, batchers,
-    replicas, the recorder of ``steps.parquet`` (streamed to ``steps_path`` if given) and the
-    log of ``requests.parquet`` (streamed to ``requests_path`` if given, else kept in memory).
+    replicas, the recorder of ``steps.parquet`` (streamed to ``steps_path`` if given), the
+    log of ``requests.parquet`` (streamed to ``requests_path`` if given, else kept in memory)
+    and, given ``timeline_path``, the timeline (``output.timeline``).
 
     Steady decode is fast-forwarded (``sim.fast_forward``) where a step's time depends on
     nothing but its own batch: collective fidelity, one pipeline stage, no speculation."""
@@ -449,6 +452,12 @@ def build_simulation(cfg: RunConfig, plan: ClusterPlan, table: workloads.Request
     if cfg.debug.check_invariants:
         cluster.checker = InvariantChecker(env, cfg.scheduler)
         cluster.log.check = cluster.checker.on_row
+        network.observe(cluster.checker)
+    if timeline_path is not None:
+        names = [f"replica {i} (tp={rp.predictor.tp}, pp={len(rp.stage_gpus)}, {rp.stage_gpus[0][0]}..{rp.stage_gpus[-1][-1]})"
+                 for i, rp in enumerate(plan.replicas)]
+        cluster.timeline = Timeline(timeline_path, cfg.output.timeline_window_s, names)
+        network.observe(cluster.timeline)
     spans = (cfg.sim.fast_forward and cfg.network.fidelity == "collective" and not cfg.speculative.enabled)
     for i, rp in enumerate(plan.replicas):
         pool = KVBlockPool(rp.capacity.tokens // cfg.scheduler.block_size, cfg.scheduler.block_size)

@@ -70,7 +70,10 @@ def test_wall_limit_stops_the_run_with_exit_3(tmp_path):
     out = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     res = subprocess.run([sys.executable, "-m", "sim", "sim.fast_forward=false", "sim.max_wall_s=0.3",
-                          "output.progress=never", f"hydra.run.dir={out}"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=300, env=env)
+                          "output.progress=never", "output.timeline=true", "output.timeline_window_s=[0,5]",
+                          f"hydra.run.dir={out}"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     _check_outputs(out, res.stderr, 3, res.returncode)
     assert "sim.max_wall_s=0.3" in res.stderr
+    # the timeline is complete JSON too, unfinished requests ending where the run stopped
+    trace = json.loads((out / "timeline.json").read_text())
+    assert any(e["ph"] == "X" for e in trace["traceEvents"])

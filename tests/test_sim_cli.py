@@ -298,3 +298,14 @@ def test_rows_a_reader_changes_are_counted_and_named(tmp_path):
     assert w == {"source": "t.csv", "requests": 3, "clamped_rows": 2, "rebased_s": 1700000000.5}
     arrivals = pq.read_table(tmp_path / "run" / "requests.parquet").column("arrival_s").to_pylist()
     assert arrivals == [0.0, 0.5, 1.5]
+
+
+def test_a_mapping_override_replaces_the_mapping_it_names():
+    """``key={...}`` sets exactly that mapping (Hydra alone would merge it into the default's
+    keys and refuse a distribution with other parameters)."""
+    from sim.config.compose import compose_config
+
+    cfg = compose_config(["workload=synthetic", "workload.prompt_tokens={dist: uniform, low: 1, high: 900}"])
+    assert cfg["workload"]["prompt_tokens"] == {"dist": "uniform", "low": 1, "high": 900}
+    cfg = compose_config(["workload=synthetic", "workload.output_tokens=7", "workload.prompt_tokens.median=50"])
+    assert cfg["workload"]["output_tokens"] == 7 and cfg["workload"]["prompt_tokens"]["median"] == 50

@@ -566,3 +566,54 @@ def test_arrivals_hold_token_counts_as_int32_only_when_they_fit():
     big = Arrivals.of(np.zeros(2), np.array([5, 2**31]), np.array([1, 2]))
     assert big.prompt.dtype == np.int64 and big.prompt.tolist() == [5, 2**31]
     assert len(Arrivals.of(np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))) == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# random pipelines, speculative decoding, fleets and preemption, invariants checked at run time
+# ----------------------------------------------------------------------------------------------
+
+LAYOUTS = {
+    "pp2": {"parallel": {"tp": 1, "pp": 2, "dp": 1}},
+    "pp4_dp2": {"parallel": {"tp": 1, "pp": 4, "dp": 2}},
+    "speculative": {"parallel": {"tp": 2, "pp": 1, "dp": 1}, "speculative": "self"},
+    "fleet": {"fleet": [{"hardware": "h100", "replicas": 2, "tp": 1}, {"hardware": "a100", "replicas": 1, "tp": 2}]},
+    "preemption": {"parallel": {"tp": 1, "pp": 1, "dp": 1}, "engine": {"gpu_memory_utilization": 0.23}},
+}
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(layout=st.sampled_from(sorted(LAYOUTS)), seed=st.integers(0, 2**31 - 1), n=st.integers(1, 40),
+       rate=st.sampled_from([1.0, 20.0, 200.0]), chunked=st.booleans(), block=st.sampled_from([1, 16]),
+       prompt=st.integers(1, 1200), output=st.integers(1, 300))
+def test_random_pipeline_speculative_fleet_and_preemption_runs_hold_the_invariants(
+        layout, seed, n, rate, chunked, block, prompt, output):
+    """With ``debug.check_invariants=true`` every step and request of these runs is checked as
+    it happens (once, monotonic times, KV conservation, budgets, FIFO admission); afterwards
+    every request has completed exactly once with its exact output."""
+    over = [f"seed={seed}", f"workload.max_requests={n}", f"workload.rate_per_s={rate}",
+            f"workload.prompt_tokens={{dist: uniform, low: 1, high: {prompt}}}",
+            f"workload.output_tokens={{dist: lognormal, median: {max(1, output // 4)}, sigma: 1.0, min: 1, max: {output}}}",
+            f"scheduler.chunked_prefill={str(chunked).lower()}", f"scheduler.block_size={block}"]
+    spec = LAYOUTS[layout]
+    if "parallel" in spec:
+        over += [f"parallel.{k}={v}" for k, v in spec["parallel"].items()]
+    if "speculative" in spec:
+        over += [f"speculative={spec['speculative']}"]
+    if "engine" in spec:
+        over += [f"engine.{k}={v}" for k, v in spec["engine"].items()]
+    if "fleet" in spec:
+        over += ["fleet=[" + ", ".join("{" + ", ".join(f"{k}: {v}" for k, v in g.items()) + "}" for g in spec["fleet"]) + "]"]
+    cfg = compose_config(["workload=synthetic", "model=llama3_8b", "output.progress=never",
+                          "debug.check_invariants=true", *over])
+    with tempfile.TemporaryDirectory() as d:
+        summary = run(cfg, Path(d))
+        req = pq.read_table(Path(d) / "requests.parquet").to_pydict()
+    done = [s == "completed" for s in req["status"]]
+    assert summary["complete"] and req["request_id"] == list(range(n))
+    assert summary["requests"]["completed"] + summary["requests"]["rejected"] == n
+    assert all(s in ("completed", "rejected") for s in req["status"])
+    for i in range(n):
+        if done[i]:
+            assert req["arrival_s"][i] <= req["scheduled_s"][i] < req["first_token_s"][i] <= req["finish_s"][i]
+    if layout == "preemption" and summary["requests"]["preemptions"]:
+        assert sum(req["preemptions"]) == summary["requests"]["preemptions"]

@@ -7,6 +7,7 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import OverrideType
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
@@ -24,10 +25,32 @@ def _compose(config_name: str, overrides: list[str]) -> DictConfig:
         return compose(config_name=config_name, overrides=overrides)
 
 
+def replacing_mappings(overrides: list[str]) -> list[str]:
+    """``key={...}`` sets ``key`` to exactly that mapping: Hydra would merge it into the
+    mapping already there (and refuse keys that mapping lacks, so that
+    ``workload.prompt_tokens={dist: uniform, low: 1, high: 900}`` could not replace the
+    default lognormal). Each such override becomes ``~key +key={...}``; sweeps and the rest
+    are kept as given."""
+    parser = OverridesParser.create()
+    out: list[str] = []
+    for text in overrides:
+        try:
+            o = parser.parse_override(text)
+        except Exception:             # reported when the overrides are composed
+            out.append(text)
+            continue
+        if o.type == OverrideType.CHANGE and not o.is_sweep_override() and isinstance(o.value(), dict):
+            out += [f"~{o.key_or_group}", f"+{o.key_or_group}={o.get_value_element_as_str()}"]
+        else:
+            out.append(text)
+    return out
+
+
 def compose_config(overrides: list[str], config_name: str = "config") -> dict[str, Any]:
-    """Compose ``conf/CONFIG_NAME.yaml`` with overrides, without a Hydra run directory."""
+    """Compose ``conf/CONFIG_NAME.yaml`` with overrides (a mapping value replaces the mapping:
+    :func:`replacing_mappings`), without a Hydra run directory."""
     try:
-        cfg = _compose(config_name, overrides)
+        cfg = _compose(config_name, replacing_mappings(overrides))
     except Exception as exc:  # Hydra's override/missing-preset errors, several lines: keep three
         raise ConfigError(_one_line(str(exc), config_name)) from None
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
@@ -36,7 +59,8 @@ def compose_config(overrides: list[str], config_name: str = "config") -> dict[st
 def _one_line(message: str, config_name: str) -> str:
     """Hydra's error as one line; an override of a key the config lacks names the keys allowed
     at that level (instead of Hydra's advice to add it with ``+``)."""
-    unknown = re.match(r"Could not override '([^']+)'", message.strip())
+    unknown = (re.match(r"Could not override '([^']+)'", message.strip())
+               or re.match(r"Could not delete from config\. '([^']+)' does not exist", message.strip()))
     if unknown:
         key = unknown.group(1)
         path = key.split(".")

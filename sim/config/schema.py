@@ -6,6 +6,7 @@ reads as one sentence a user can act on (field, value, what is allowed).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -124,11 +125,21 @@ class OutputConfig:
     write_parquet: bool = True
     overwrite: bool = False     # true: a run may replace another run's outputs in its directory
     format: str = "json"        # json: the JSON line on stdout, a readable summary on stderr; table: only the summary
+    timeline: bool = False      # true: timeline.json, a Chrome trace of steps, requests and messages (Perfetto)
+    timeline_window_s: tuple[float, float] | None = None   # [start, end] simulated seconds kept in the timeline
 
     def __post_init__(self) -> None:
         require(self.progress in ("auto", "always", "never"),
                 f"output.progress={self.progress!r} is not one of ['auto', 'always', 'never']")
         require(self.format in ("json", "table"), f"output.format={self.format!r} is not one of ['json', 'table']")
+        require(isinstance(self.timeline, bool), f"output.timeline={self.timeline!r} must be true or false")
+        w = self.timeline_window_s
+        if w is not None:
+            numbers = isinstance(w, (list, tuple)) and len(w) == 2 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in w)
+            require(numbers and 0 <= w[0] < w[1],
+                    f"output.timeline_window_s={w!r} must be [start, end] in simulated seconds with 0 <= start < end")
+            object.__setattr__(self, "timeline_window_s", (float(w[0]), float(w[1])))
 
 
 @dataclass(frozen=True)

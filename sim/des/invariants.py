@@ -3,7 +3,8 @@ tests). Each is checked where the state it constrains changes; a violation stops
 with one line naming the invariant, the request or step, and the simulated time.
 
 * **Once**: every request is logged exactly once (completed, rejected or unfinished).
-* **Monotonic times**: arrival <= first token <= finish for every completed request.
+* **Monotonic times**: arrival <= first scheduled <= first token <= finish for every completed
+  request; no collective ends before it begins.
 * **KV conservation**: after every step, each replica's free blocks plus the blocks held by
   its requests equal its pool, and no request holds fewer blocks than its cached positions need.
 * **Budgets**: no step holds more sequences than ``scheduler.max_batch_size`` or more new
@@ -11,6 +12,9 @@ with one line naming the invariant, the request or step, and the simulated time.
   which runs alone when prefill is not chunked).
 * **FIFO admission**: a replica admits requests it has never run in the order they were routed
   to it (one priority class: all requests).
+* **Link FIFO** (message fidelity): every hop reserves its link from the later of now and the
+  end of the link's previous reservation: no overlap, no overtaking, no idle link while a
+  message waits for it.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ class InvariantChecker:
         self.logged: set[int] = set()
         self.last_admitted: dict[int, int] = {}       # replica -> request id of its last first admission
         self.admitted: set[int] = set()
+        self.link_free_at: dict[tuple[str, str], float] = {}   # message fidelity: when each link is next free
 
     def fail(self, invariant: str, detail: str) -> None:
         raise InvariantViolation(f"invariant '{invariant}' violated: {detail} at t={self.env.now:.6f} s simulated")
@@ -67,6 +72,20 @@ class InvariantChecker:
             if pool.held.get(r, 0) < pool.blocks_for(computed[r]):
                 self.fail("KV conservation", f"{where}: a request holds {pool.held.get(r, 0)} blocks for "
                                              f"{computed[r]} cached positions")
+
+    def hop(self, link: tuple[str, str], start_s: float, end_s: float, nbytes: float) -> None:
+        """Link queues are FIFO: a message reserves a link from the later of now and the end of
+        the reservation before it (no overlap, no overtaking, no idle link while one waits)."""
+        now = self.env.now
+        free_at = self.link_free_at.get(link, 0.0)
+        if start_s != max(now, free_at) or end_s < start_s:
+            self.fail("link FIFO", f"link {link[0]} -> {link[1]}: a {nbytes:.0f}-byte message reserved "
+                                   f"[{start_s}, {end_s}] s, the link is free from {max(now, free_at)} s")
+        self.link_free_at[link] = end_s
+
+    def collective(self, kind: str, ranks, nbytes: float, start_s: float, end_s: float) -> None:
+        if end_s < start_s:
+            self.fail("monotonic times", f"{kind} over {len(ranks)} ranks ended at {end_s} before it began at {start_s}")
 
     def on_admit(self, replica: Replica, request_id: int) -> None:
         """``request_id`` enters ``replica``'s batch for the first time."""

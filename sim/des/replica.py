@@ -34,6 +34,8 @@ class StepSink(Protocol):
 
     def record_steps(self, replica: Replica, rows: int, *values: Any) -> None: ...
 
+    def on_stage(self, replica: Replica, stage: int, start: float, end: float, plan: StepPlan) -> None: ...
+
     def check_steps(self, replica: Replica, plan: StepPlan, steps: int) -> None: ...
 
     checker: Any
@@ -225,6 +227,7 @@ class Replica:
                 t0 = env.now
                 t = yield env.process(self._stage(s, plan))
                 self.stage_busy_s[s] += env.now - t0
+                self.cluster.on_stage(self, s, t0, env.now, plan)
                 total = total + t
             if s + 1 < self.pp:
                 t0 = env.now

@@ -27,6 +27,7 @@ from sim.observe.progress import Progress
 from sim.observe.runtime import fewer_collections, return_free_memory
 from sim.observe.recorder import ColumnRecorder
 from sim.observe.tables import NAN, RequestLog, request_row
+from sim.observe.timeline import Timeline
 from sim.policy.batching import StepPlan
 from sim.policy.requests import RequestStore
 from sim.policy.routing import Router
@@ -164,6 +165,7 @@ class Cluster:
         self.all_done = env.event()
         self.network: Network | None = None   # set by the builder
         self.checker: InvariantChecker | None = None   # debug.check_invariants (set by the builder)
+        self.timeline: Timeline | None = None          # output.timeline (set by the builder)
 
     def link_hops(self) -> int | None:
         """Link traversals the network simulated (message fidelity), or None."""
@@ -180,10 +182,15 @@ class Cluster:
     def log_request(self, slot: int, status: str, finish_s: float = float("nan")) -> None:
         """Write the row of the request in ``slot`` and free the slot."""
         req = self.requests
-        self.log.log(request_row(req.request_id[slot], req.arrival_s[slot], req.prompt[slot], req.output[slot],
+        self.log_row(request_row(req.request_id[slot], req.arrival_s[slot], req.prompt[slot], req.output[slot],
                                  req.replica[slot], status, req.scheduled_s[slot], req.first_token_s[slot], finish_s,
                                  req.preemptions[slot], req.decode_passes[slot]))
         req.release(slot)
+
+    def log_row(self, row: tuple) -> None:
+        self.log.log(row)
+        if self.timeline is not None:
+            self.timeline.request(row, self.env.now)
 
     def on_step(self, replica: Replica, plan: StepPlan, start: float, duration: float, parts: StepTime,
                 draft_s: float, accepted: dict[int, int]) -> None:
@@ -195,11 +202,19 @@ class Cluster:
             for w in plan.work:
                 if w.context == 0 and scheduled[w.request] != scheduled[w.request]:   # NaN: first time
                     scheduled[w.request] = start
-        self.steps.append(replica.index, replica.steps - 1, start, duration, plan.batch.num_seqs,
-                          plan.prefill_tokens, plan.decode_tokens, parts.compute_s, parts.memory_s,
-                          parts.network_s, parts.fixed_s, max(0.0, duration - parts.total_s),
-                          replica.batcher.pool.used_blocks, len(replica.batcher.waiting), len(plan.preempted),
-                          draft_s, sum(w.proposed for w in plan.work), sum(accepted.values()))
+        row = (replica.index, replica.steps - 1, start, duration, plan.batch.num_seqs,
+               plan.prefill_tokens, plan.decode_tokens, parts.compute_s, parts.memory_s,
+               parts.network_s, parts.fixed_s, max(0.0, duration - parts.total_s),
+               replica.batcher.pool.used_blocks, len(replica.batcher.waiting), len(plan.preempted),
+               draft_s, sum(w.proposed for w in plan.work), sum(accepted.values()))
+        self.steps.append(*row)
+        if self.timeline is not None:
+            self.timeline.step(*row)
+
+    def on_stage(self, replica: Replica, stage: int, start: float, end: float, plan: StepPlan) -> None:
+        """A micro-batch held pipeline stage ``stage`` of ``replica`` from ``start`` to ``end``."""
+        if self.timeline is not None:
+            self.timeline.stage(replica.index, stage, start, end, plan.batch.num_seqs)
 
     def check_steps(self, replica: Replica, plan: StepPlan, steps: int) -> None:
         """Invariants after ``steps`` steps of ``plan`` (a step, or a span's last step)."""
@@ -213,6 +228,8 @@ class Cluster:
         """``rows`` rows of ``steps.parquet`` for a fast-forwarded span: the columns after
         ``replica`` in schema order, each an array of ``rows`` values or one value repeated."""
         self.steps.extend(rows, replica.index, *values)
+        if self.timeline is not None:
+            self.timeline.steps(rows, replica.index, *values)
 
     def on_tokens(self, replica: Replica, events: list[tuple[int, bool, bool]]) -> None:
         """Stamp first and last tokens of the requests a step sampled."""
@@ -228,7 +245,7 @@ class Cluster:
     # ----- the request source -----------------------------------------------------------------
     def source(self):
         """Arrivals in trace order: reject what no replica can hold, route the rest."""
-        env, req, log = self.env, self.requests, self.log
+        env, req = self.env, self.requests
         arrival, prompt, output = self.arrivals.arrival_s, self.arrivals.prompt, self.arrivals.output
         for r in range(len(self.arrivals)):
             delay = arrival[r] - env.now
@@ -237,7 +254,7 @@ class Cluster:
             self.arrived = r + 1
             p, o = int(prompt[r]), int(output[r])
             if not self.admission.admits(p, o):
-                log.log(request_row(r, arrival[r], p, o, -1, "rejected", NAN, NAN, NAN, 0, 0))
+                self.log_row(request_row(r, arrival[r], p, o, -1, "rejected", NAN, NAN, NAN, 0, 0))
                 self.finish_one()
                 continue
             slot = req.admit(r, arrival[r], p, o)
@@ -269,20 +286,26 @@ def simulate(cluster: Cluster, stop: StopRequest | None = None) -> SimResult:
     try:
         with fewer_collections():
             env.run_until(cluster.all_done, stop)
-    except EmptySchedule:
+    except RunStopped:
+        complete = False
+    except BaseException as exc:
+        if cluster.timeline is not None:
+            cluster.timeline.discard()
+        if not isinstance(exc, EmptySchedule):
+            raise
         cluster.steps.close()
         cluster.log.discard()
         raise ConfigError(f"simulation stalled with {n - cluster.finished} of {n} requests unfinished: the "
                           f"scheduler could not place them (KV cache of {cluster.admission.capacity_tokens} "
                           f"tokens per replica, scheduler.max_tokens_per_step="
                           f"{cluster.admission.max_tokens_per_step})") from None
-    except RunStopped:
-        complete = False
     cluster.progress.close()
     cluster.steps.close()
     if not complete:
         cluster.log_unfinished()
     requests = cluster.log.close()
+    if cluster.timeline is not None:
+        cluster.timeline.close()
     wall = time.perf_counter() - wall0
     busy = [sum(r.stage_busy_s) * r.predictor.tp for r in cluster.replicas]
     return SimResult(requests, dict(cluster.steps.sums), cluster.steps.rows, wall, env.events_scheduled,

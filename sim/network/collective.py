@@ -13,7 +13,7 @@ import simpy
 
 from sim.cost.fabric import Fabric
 from sim.cost.step_time import StepTime
-from sim.network.interface import StageProgram
+from sim.network.interface import NetworkObserver, StageProgram
 
 
 class CollectiveNetwork:
@@ -24,6 +24,9 @@ class CollectiveNetwork:
 
     def __init__(self, env: simpy.Environment, fabric: Fabric) -> None:
         self.env, self.fabric = env, fabric
+
+    def observe(self, observer: NetworkObserver) -> None:
+        """Nothing finer than a step's network part is simulated: nothing to tell."""
 
     def duration_s(self, kind: str, ranks: Sequence[str], nbytes: float) -> float:
         group = self.fabric.group(ranks)

@@ -61,10 +61,28 @@ def event_at(env: simpy.Environment, when: float, value: object = None) -> simpy
     return event
 
 
+class NetworkObserver(Protocol):
+    """Told of every hop and collective a message-fidelity network simulates (the timeline,
+    the run-time invariant checks)."""
+
+    def hop(self, link: tuple[str, str], start_s: float, end_s: float, nbytes: float) -> None:
+        """A message reserved ``link`` (one direction) from ``start_s`` to ``end_s``."""
+        ...
+
+    def collective(self, kind: str, ranks: Sequence[str], nbytes: float, start_s: float, end_s: float) -> None:
+        """A collective over ``ranks`` ran from ``start_s`` to ``end_s``."""
+        ...
+
+
 class Network(Protocol):
     """What the simulator may ask of a network; implemented by every fidelity."""
 
     fidelity: str
+
+    def observe(self, observer: NetworkObserver) -> None:
+        """Tell ``observer`` of every hop and collective simulated from now on (fidelities
+        that simulate no hop have nothing to tell)."""
+        ...
 
     @property
     def link_hops(self) -> int | None:

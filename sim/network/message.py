@@ -17,7 +17,7 @@ import simpy
 
 from sim.cost.fabric import Fabric
 from sim.cost.step_time import StepTime
-from sim.network.interface import StageProgram, event_at
+from sim.network.interface import NetworkObserver, StageProgram, event_at
 
 
 class Link:
@@ -51,6 +51,10 @@ class MessageNetwork:
             self.links[(u, v)] = Link(lat, bw)
         self.messages = 0
         self.link_hops = 0
+        self.observers: list[NetworkObserver] = []
+
+    def observe(self, observer: NetworkObserver) -> None:
+        self.observers.append(observer)
 
     # ----- point to point -------------------------------------------------------------
     def _message(self, src: str, dst: str, nbytes: float):
@@ -59,6 +63,7 @@ class MessageNetwork:
         tail_in = env.now
         edges = self.fabric.edges(src, dst)
         self.link_hops += len(edges)
+        observers = self.observers
         for edge in edges:
             link = self.links[edge]
             now = env.now
@@ -67,6 +72,8 @@ class MessageNetwork:
             link.free_at = end
             link.bytes_sent += nbytes
             link.busy_s += end - start
+            for o in observers:
+                o.hop(edge, start, end, nbytes)
             tail_in = end + link.latency_s
             # the head reaches the next hop one hop latency after it starts on this link
             yield env.timeout(link.latency_s) if start == now else event_at(env, start + link.latency_s)
@@ -135,7 +142,15 @@ class MessageNetwork:
                 yield self.env.all_of([self.env.process(self._ring(o, nbytes / k, n - 1)) for o in orders])
             else:
                 raise ValueError(f"unknown collective kind {kind!r}")
-        return self.env.process(proc())
+        done = self.env.process(proc())
+        if self.observers and n > 1:
+            start = self.env.now
+
+            def tell(_) -> None:
+                for o in self.observers:
+                    o.collective(kind, ranks, nbytes, start, self.env.now)
+            done.callbacks.append(tell)
+        return done
 
     def run_stage(self, program: StageProgram) -> Generator[simpy.Event, object, StepTime]:
         """Layer by layer: the local work of a layer, then each of its collectives message by

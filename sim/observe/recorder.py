@@ -20,14 +20,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 
-def _temporary(path: Path) -> Path:
+def temporary_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 def write_table(table: pa.Table, path: Path) -> Path:
     """``table`` to Parquet at ``path``, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(path)
+    tmp = temporary_path(path)
     pq.write_table(table, tmp)
     os.replace(tmp, path)
     return path
@@ -36,7 +36,7 @@ def write_table(table: pa.Table, path: Path) -> Path:
 def write_text(text: str, path: Path) -> Path:
     """``text`` to ``path``, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(path)
+    tmp = temporary_path(path)
     tmp.write_text(text)
     os.replace(tmp, path)
     return path
@@ -137,7 +137,7 @@ class ColumnRecorder:
             if self._writer is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 # no dictionary pages: step columns are numbers that rarely repeat (2.6x faster)
-                self._writer = pq.ParquetWriter(_temporary(self.path), self.schema, use_dictionary=False)
+                self._writer = pq.ParquetWriter(temporary_path(self.path), self.schema, use_dictionary=False)
                 self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet")
             assert self._thread is not None
             self._pending.append(self._thread.submit(self._writer.write_batch, batch))
@@ -164,7 +164,7 @@ class ColumnRecorder:
         finally:
             if self._writer is not None:
                 self._writer.close()
-                _temporary(self.path).unlink(missing_ok=True)  # type: ignore[arg-type]
+                temporary_path(self.path).unlink(missing_ok=True)  # type: ignore[arg-type]
 
     def close(self) -> Path | None:
         """Flush what is buffered and give the file its final name (an empty table if no row
@@ -182,7 +182,7 @@ class ColumnRecorder:
             write_table(self.schema.empty_table(), self.path)
         else:
             self._writer.close()
-            os.replace(_temporary(self.path), self.path)
+            os.replace(temporary_path(self.path), self.path)
         return self.path
 
     def table(self) -> pa.Table:
