@@ -40,7 +40,7 @@ from sim.observe.progress import Progress
 from sim.observe.recorder import ColumnRecorder
 from sim.observe.tables import RequestLog
 from sim.observe.timeline import Timeline
-from sim.policy.batching import ContinuousBatcher
+from sim.policy.batching import ContinuousBatcher, SchedulerConfig
 from sim.policy.kv_cache import KVBlockPool
 from sim.policy.requests import RequestStore
 from sim.policy.routing import Router
@@ -419,6 +419,23 @@ def make_network(fidelity: str, env: simpy.Environment, fabric: Fabric) -> Netwo
 MAX_SPAN_STEPS = 4096
 
 
+def prefix_unit_tokens(scheduler: SchedulerConfig, table: workloads.RequestTable) -> int | None:
+    """Tokens per cached prefix unit with ``scheduler.prefix_caching`` (the trace's prefix
+    block size), None without; a one-line error if the trace has no prefix ids or its blocks
+    are not whole KV blocks."""
+    if not scheduler.prefix_caching:
+        return None
+    if table.prefix_block_ids is None:
+        raise ConfigError(f"scheduler.prefix_caching=true needs a trace with prefix block ids (e.g. "
+                          f"workload=mooncake_synthetic, whose hash_ids name its 512-token blocks); "
+                          f"{table.source} has none")
+    unit = table.prefix_block_tokens
+    if unit % scheduler.block_size:
+        raise ConfigError(f"scheduler.block_size={scheduler.block_size} must divide the trace's prefix blocks "
+                          f"of {unit} tokens when scheduler.prefix_caching=true")
+    return unit
+
+
 def build_simulation(cfg: RunConfig, plan: ClusterPlan, table: workloads.RequestTable,
                      steps_path: Path | None = None, requests_path: Path | None = None,
                      timeline_path: Path | None = None) -> Cluster:
@@ -459,9 +476,10 @@ def build_simulation(cfg: RunConfig, plan: ClusterPlan, table: workloads.Request
         cluster.timeline = Timeline(timeline_path, cfg.output.timeline_window_s, names)
         network.observe(cluster.timeline)
     spans = (cfg.sim.fast_forward and cfg.network.fidelity == "collective" and not cfg.speculative.enabled)
+    unit_tokens = prefix_unit_tokens(cfg.scheduler, table)
     for i, rp in enumerate(plan.replicas):
-        pool = KVBlockPool(rp.capacity.tokens // cfg.scheduler.block_size, cfg.scheduler.block_size)
-        batcher = ContinuousBatcher(cfg.scheduler, pool, requests)
+        pool = KVBlockPool(rp.capacity.tokens // cfg.scheduler.block_size, cfg.scheduler.block_size, unit_tokens)
+        batcher = ContinuousBatcher(cfg.scheduler, pool, requests, table.prefix_block_ids)
         single_stage = len(rp.stage_gpus) == 1
         cluster.replicas.append(Replica(env, i, rp.predictor, batcher, network, rp.stage_gpus, cluster,
                                         cfg.parallel.tp_cols, rp.speculative if cfg.speculative.enabled else None,

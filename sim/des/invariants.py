@@ -6,7 +6,9 @@ with one line naming the invariant, the request or step, and the simulated time.
 * **Monotonic times**: arrival <= first scheduled <= first token <= finish for every completed
   request; no collective ends before it begins.
 * **KV conservation**: after every step, each replica's free blocks plus the blocks held by
-  its requests equal its pool, and no request holds fewer blocks than its cached positions need.
+  its requests plus those of the cached prefixes some request references equal its pool (an
+  evictable prefix's blocks count as free, so a block is reclaimed only when no request
+  references it), and no request holds fewer blocks than its cached positions need.
 * **Budgets**: no step holds more sequences than ``scheduler.max_batch_size`` or more new
   tokens than ``scheduler.max_tokens_per_step`` (but for a whole prompt longer than the budget,
   which runs alone when prefill is not chunked).
@@ -65,12 +67,15 @@ class InvariantChecker:
                                  f"scheduler.max_tokens_per_step={cfg.max_tokens_per_step}")
         pool = replica.batcher.pool
         held = sum(pool.held.values())
-        if pool.free_blocks + held != pool.total_blocks or pool.free_blocks < 0:
-            self.fail("KV conservation", f"{where}: {pool.free_blocks} free + {held} held != {pool.total_blocks} blocks")
+        shared = pool.referenced_blocks()
+        if (pool.free_blocks + held + shared != pool.total_blocks or pool.free_blocks < 0
+                or min(pool.held.values(), default=0) < 0 or pool.evictable_blocks > pool.free_blocks):
+            self.fail("KV conservation", f"{where}: {pool.free_blocks} free + {held} held + {shared} in referenced "
+                                         f"cached prefixes != {pool.total_blocks} blocks")
         computed = replica.batcher.computed
         for r in replica.batcher.running:
-            if pool.held.get(r, 0) < pool.blocks_for(computed[r]):
-                self.fail("KV conservation", f"{where}: a request holds {pool.held.get(r, 0)} blocks for "
+            if pool.blocks_held(r) < pool.blocks_for(computed[r]):
+                self.fail("KV conservation", f"{where}: a request holds {pool.blocks_held(r)} blocks for "
                                              f"{computed[r]} cached positions")
 
     def hop(self, link: tuple[str, str], start_s: float, end_s: float, nbytes: float) -> None:

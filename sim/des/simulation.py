@@ -109,6 +109,7 @@ class SimResult:
     stop: StopRequest | None = None
     link_hops: int | None = None    # message fidelity: link traversals simulated
     request_stats: RequestStats | None = None   # what the summary needs of requests.parquet
+    prefix_cache: dict[str, float] | None = None   # scheduler.prefix_caching: hits, lookups, evictions
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,7 @@ class Cluster:
         req = self.requests
         self.log_row(request_row(req.request_id[slot], req.arrival_s[slot], req.prompt[slot], req.output[slot],
                                  req.replica[slot], status, req.scheduled_s[slot], req.first_token_s[slot], finish_s,
-                                 req.preemptions[slot], req.decode_passes[slot]))
+                                 req.preemptions[slot], req.decode_passes[slot], req.cached[slot]))
         req.release(slot)
 
     def log_row(self, row: tuple) -> None:
@@ -200,7 +201,7 @@ class Cluster:
         if plan.prefill_tokens:
             scheduled = self.requests.scheduled_s
             for w in plan.work:
-                if w.context == 0 and scheduled[w.request] != scheduled[w.request]:   # NaN: first time
+                if scheduled[w.request] != scheduled[w.request]:   # NaN: its first step
                     scheduled[w.request] = start
         row = (replica.index, replica.steps - 1, start, duration, plan.batch.num_seqs,
                plan.prefill_tokens, plan.decode_tokens, parts.compute_s, parts.memory_s,
@@ -221,8 +222,7 @@ class Cluster:
         assert self.checker is not None
         self.checker.on_step(replica, plan, steps)
         for w in plan.work:
-            if w.context == 0:
-                self.checker.on_admit(replica, self.requests.request_id[w.request])
+            self.checker.on_admit(replica, self.requests.request_id[w.request])   # its first step: FIFO
 
     def record_steps(self, replica: Replica, rows: int, *values: Any) -> None:
         """``rows`` rows of ``steps.parquet`` for a fast-forwarded span: the columns after
@@ -311,4 +311,18 @@ def simulate(cluster: Cluster, stop: StopRequest | None = None) -> SimResult:
     return SimResult(requests, dict(cluster.steps.sums), cluster.steps.rows, wall, env.events_scheduled,
                      float(env.now), cluster.gpus, sum(busy), cluster.admission.capacity_tokens,
                      int(sum(r.batcher.preemptions for r in cluster.replicas)), busy, complete, stop,
-                     cluster.link_hops(), cluster.log.stats)
+                     cluster.link_hops(), cluster.log.stats, prefix_cache_stats(cluster))
+
+
+def prefix_cache_stats(cluster: Cluster) -> dict[str, float] | None:
+    """The replicas' prefix caches together (None without prefix caching): prompt tokens looked
+    up at admissions (re-admissions after preemption included, as vLLM counts queries), of which
+    found cached, the hit rate, units evicted, units cached at the end."""
+    pools = [r.batcher.pool for r in cluster.replicas if r.batcher.pool.unit_tokens]
+    if not pools:
+        return None
+    looked = sum(p.lookup_tokens for p in pools)
+    hits = sum(p.hit_tokens for p in pools)
+    return {"hit_rate": hits / looked if looked else 0.0, "hit_tokens": hits, "lookup_tokens": looked,
+            "evictions": sum(p.evictions for p in pools), "cached_units_at_end": sum(p.cached_units for p in pools),
+            "unit_tokens": pools[0].unit_tokens or 0}

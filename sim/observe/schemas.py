@@ -19,6 +19,7 @@ REQUESTS = pa.schema([
     ("preemptions", pa.int32()),
     ("decode_passes", pa.int32()),      # forward passes that produced this request's tokens after the first
     ("tokens_per_pass", pa.float64()),  # (output_tokens - 1) / decode_passes: > 1 with speculative decoding
+    ("cached_tokens", pa.int64()),      # prompt tokens served from the prefix cache when first scheduled
 ])
 
 STEPS = pa.schema([

@@ -26,11 +26,12 @@ NAN = float("nan")
 
 
 def request_row(request_id: int, arrival: float, prompt: int, output: int, replica: int, status: str,
-                scheduled: float, first: float, finish: float, preemptions: int, passes: int) -> tuple:
+                scheduled: float, first: float, finish: float, preemptions: int, passes: int,
+                cached: int = 0) -> tuple:
     """One row of ``requests.parquet`` in schema order, latencies derived."""
     return (request_id, arrival, prompt, output, replica, status, scheduled, first, finish, first - arrival,
             (finish - first) / (output - 1) if output > 1 else NAN, finish - arrival, preemptions, passes,
-            (output - 1) / passes if passes > 0 else NAN)
+            (output - 1) / passes if passes > 0 else NAN, cached)
 
 
 class RequestLog:
@@ -77,7 +78,7 @@ class RequestLog:
             b = min(n, a + step)
             out = output[a:b]
             self._rows.extend(b - a, np.arange(a, b, dtype=np.int64), arrival_s[a:b], prompt[a:b], out, -1,
-                              "unfinished", NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NAN)
+                              "unfinished", NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NAN, 0)
         self.next_id = n
 
     def discard(self) -> None:

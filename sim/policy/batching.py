@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -37,6 +38,7 @@ class SchedulerConfig:
     chunked_prefill: bool = True
     block_size: int = 16
     max_model_len: int | str | None = None
+    prefix_caching: bool = False     # reuse cached prompt prefixes (the trace's prefix block ids) across requests
 
     def context_limit(self, model_max_positions: int) -> int | None:
         """Longest prompt + output a request may have (None: only the KV cache limits it)."""
@@ -49,6 +51,8 @@ class SchedulerConfig:
         require(self.max_batch_size >= 1, f"scheduler.max_batch_size={self.max_batch_size!r} must be >= 1")
         require(self.max_tokens_per_step >= 1, f"scheduler.max_tokens_per_step={self.max_tokens_per_step!r} must be >= 1")
         require(self.block_size >= 1, f"scheduler.block_size={self.block_size!r} must be >= 1")
+        require(isinstance(self.prefix_caching, bool),
+                f"scheduler.prefix_caching={self.prefix_caching!r} must be true or false")
         require(self.max_model_len is None or self.max_model_len == "model"
                 or (isinstance(self.max_model_len, int) and self.max_model_len >= 2),
                 f"scheduler.max_model_len={self.max_model_len!r} must be null, 'model' or an integer >= 2")
@@ -115,10 +119,13 @@ class DecodeSpan:
 class ContinuousBatcher:
     """Queues and per-request progress of one replica; :meth:`plan` decides the next step."""
 
-    def __init__(self, config: SchedulerConfig, pool: KVBlockPool, requests: RequestStore) -> None:
+    def __init__(self, config: SchedulerConfig, pool: KVBlockPool, requests: RequestStore,
+                 prefix_ids: Sequence[np.ndarray] | None = None) -> None:
+        """``prefix_ids``: with prefix caching, each request's prompt unit ids, by request id."""
         self.config = config
         self.pool = pool
         self.requests = requests
+        self.prefix_ids = prefix_ids if pool.unit_tokens else None
         self.prompt = requests.prompt        # the store's columns, indexed by request id
         self.output = requests.output
         self.computed = requests.computed
@@ -212,17 +219,28 @@ class ContinuousBatcher:
             r = self.waiting[0]
             if r in preempted:
                 break  # just made room by leaving: not back in the same step
-            pending = self.pending(r)
+            hits: list[int] = []
+            if self.prefix_ids is not None:
+                hits = pool.cached_prefix(self.prefix_ids[self.requests.request_id[r]], prompt[r])
+            cached = len(hits) * pool.unit_tokens if hits else 0     # type: ignore[operator]
+            pending = prompt[r] + generated[r] - cached
             n = min(pending, budget) if cfg.chunked_prefill else pending
             if not cfg.chunked_prefill and n > budget and work:
                 break
             reserve = max(1, pool.total_blocks // 100) if self.running else 0
-            if pool.extra_blocks(r, n) + reserve > pool.free_blocks:
+            need = pool.blocks_for(cached + n) - len(hits) * pool.unit_blocks
+            if hits:
+                need += pool.evictable_among(hits)
+            if need + reserve > pool.free_blocks:
                 break
-            pool.grow(r, n)
+            if self.prefix_ids is not None:
+                computed[r] = pool.reference(r, hits, prompt[r])
+                if self.requests.preemptions[r] == 0:
+                    self.requests.cached[r] = cached
+            pool.grow(r, cached + n)
             self.waiting.popleft()
             self.running.append(r)
-            work.append(SeqWork(r, 0, n, n == pending))
+            work.append(SeqWork(r, cached, n, n == pending))
             self.busy.add(r)
             budget -= n
         if not work:
@@ -251,14 +269,15 @@ class ContinuousBatcher:
             r = w.request
             if w.new_tokens != 1 or not w.samples or w.proposed or gen[r] < 1:
                 return None
-            if pool.held.get(r, 0) != pool.blocks_for(w.context + 1):
+            if pool.blocks_held(r) != pool.blocks_for(w.context + 1):
                 return None
             remaining = min(remaining, out[r] - gen[r])
         if remaining < 2:
             return None
         # A sequence with c cached tokens needs a new block at step j >= 1 when (c + j) is a
         # multiple of the block size: at f = (-c) mod bs (bs if 0), then every bs steps.
-        bs, free = pool.block_size, pool.free_blocks
+        # no eviction inside a span (a waiting request's cached prefix stays as it was)
+        bs, free = pool.block_size, pool.free_blocks - pool.evictable_blocks
         firsts = [(-w.context) % bs or bs for w in work]
         last = remaining - 1
         need = 0
@@ -313,6 +332,8 @@ class ContinuousBatcher:
             else:
                 self.computed[r] = w.context + w.new_tokens
                 gained = 1 if w.samples else 0
+                if self.prefix_ids is not None and w.context < self.prompt[r] <= self.computed[r]:
+                    self.pool.insert(r, self.prefix_ids[self.requests.request_id[r]], self.prompt[r])
             if gained:
                 self.generated[r] += gained
                 g = self.generated[r]
