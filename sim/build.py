@@ -477,6 +477,8 @@ def build_simulation(cfg: RunConfig, plan: ClusterPlan, table: workloads.Request
         network.observe(cluster.timeline)
     spans = (cfg.sim.fast_forward and cfg.network.fidelity == "collective" and not cfg.speculative.enabled)
     unit_tokens = prefix_unit_tokens(cfg.scheduler, table)
+    require(cfg.parallel.router != "prefix_aware" or unit_tokens is not None,
+            "parallel.router=prefix_aware routes by cached prefixes: it needs scheduler.prefix_caching=true")
     for i, rp in enumerate(plan.replicas):
         pool = KVBlockPool(rp.capacity.tokens // cfg.scheduler.block_size, cfg.scheduler.block_size, unit_tokens)
         batcher = ContinuousBatcher(cfg.scheduler, pool, requests, table.prefix_block_ids)

@@ -23,7 +23,7 @@ from sim.config.compose import compose_config
 FLOAT_RTOL = 1e-9
 
 
-LAYOUTS = ("tp1", "tp2", "pp2", "dp", "tp2d", "fleet", "spec", "tight")
+LAYOUTS = ("tp1", "tp2", "pp2", "dp", "lot", "tp2d", "fleet", "spec", "tight")
 
 
 def random_config(rng: random.Random, layout: str) -> list[str]:
@@ -43,7 +43,9 @@ def random_config(rng: random.Random, layout: str) -> list[str]:
     elif layout == "pp2":
         o += ["parallel.tp=1", "parallel.pp=2"]
     elif layout == "dp":
-        o += ["parallel.tp=2", "parallel.dp=3", f"parallel.router={rng.choice(['round_robin', 'least_outstanding_tokens'])}"]
+        o += ["parallel.tp=2", "parallel.dp=3", f"parallel.router={rng.choice(['round_robin', 'least_outstanding_tokens', 'least_outstanding_tokens_oracle'])}"]
+    elif layout == "lot":   # the causal router reads tokens generated so far, mid-span too
+        o += ["parallel.tp=1", "parallel.dp=4", "parallel.router=least_outstanding_tokens", "workload.rate_per_s=40"]
     elif layout == "tp2d":
         o += ["parallel.tp=4", "parallel.tp_cols=2"]
     elif layout == "fleet":
@@ -80,6 +82,10 @@ def _close(a, b, path=""):
             if path == "" and k == "sim":
                 continue  # wall time and event counts differ by design
             _close(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list) and isinstance(b, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _close(x, y, f"{path}[{i}]")
     elif isinstance(a, float) and isinstance(b, float):
         assert a == pytest.approx(b, rel=FLOAT_RTOL, abs=1e-12), path
     else:

@@ -157,3 +157,32 @@ def test_pool_conserves_blocks_and_never_reclaims_a_referenced_prefix(total, uni
         pool.free(r)
     check()
     assert pool.free_blocks == total and pool.evictable_blocks == pool.cached_units * unit_blocks
+
+
+# ----- routing ------------------------------------------------------------------------------
+
+def test_prefix_aware_routing_over_four_replicas_hits_more_than_round_robin(tmp_path):
+    common = ["parallel.dp=4", "topology=multi_node_ib", "scheduler.prefix_caching=true"]
+    _, rr = _run(tmp_path, "rr", *common, "parallel.router=round_robin")
+    _, pa = _run(tmp_path, "pa", *common, "parallel.router=prefix_aware")
+    assert pa["prefix_cache"]["hit_rate"] > 2 * rr["prefix_cache"]["hit_rate"] > 0
+    assert pa["ttft_s"]["p50"] < rr["ttft_s"]["p50"]
+
+
+def test_prefix_aware_routing_fast_forwards_exactly(tmp_path):
+    common = ["workload.max_requests=300", "model=llama3_8b", "parallel.tp=1", "parallel.dp=3",
+              "scheduler.prefix_caching=true", "parallel.router=prefix_aware", "engine.gpu_memory_utilization=0.5"]
+    a, sa = _run(tmp_path, "ff", *common)
+    b, sb = _run(tmp_path, "step", *common, "sim.fast_forward=false")
+    assert sa["prefix_cache"] == sb["prefix_cache"]
+    ra, rb = pq.read_table(a / "requests.parquet"), pq.read_table(b / "requests.parquet")
+    assert ra.column("replica").equals(rb.column("replica")) and ra.column("cached_tokens").equals(rb.column("cached_tokens"))
+    assert len(set(ra.column("replica").to_pylist())) == 3
+    np.testing.assert_allclose(ra.column("finish_s").to_numpy(), rb.column("finish_s").to_numpy(), rtol=1e-9)
+
+
+def test_prefix_aware_without_prefix_caching_is_one_line(tmp_path):
+    proc = run_sim("-m", "sim", f"hydra.run.dir={tmp_path / 'x'}", "workload=mooncake_synthetic",
+                   "parallel.router=prefix_aware")
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
+    assert "parallel.router=prefix_aware" in proc.stderr and "scheduler.prefix_caching=true" in proc.stderr

@@ -327,3 +327,29 @@ def test_summary_label_with_synthetic_preset_and_a_path(tmp_path):
 def test_every_assumptions_bundle_runs(tmp_path, assumptions):
     summary, req, _ = run_tables([f"assumptions={assumptions}", "model=llama3_8b", "parallel.tp=2", *TINY], tmp_path)
     assert_all_completed(summary, req)
+
+
+def test_routers_count_only_what_a_router_can_know():
+    """The causal router counts prompts plus tokens generated so far; the oracle counts whole
+    outputs from the start; prefix_aware follows the longest cached prefix while the load is
+    balanced and falls back to the least loaded replica otherwise."""
+    from sim.policy.routing import CACHE_THRESHOLD, IMBALANCE_REQUESTS, Router
+
+    causal, oracle = Router("least_outstanding_tokens", 2), Router("least_outstanding_tokens_oracle", 2)
+    assert causal.pick(100, 1000, generated=[0, 0]) == 0 and oracle.pick(100, 1000) == 0
+    # a short prompt with a long output on replica 0: the oracle sees 1,100 tokens, a router 100 (+ generated)
+    assert oracle.pick(500, 10) == 1
+    assert causal.pick(500, 10, generated=[0, 0]) == 1
+    assert causal.pick(50, 10, generated=[0, 0]) == 0            # 100 < 500: replica 0 is less loaded
+    assert causal.pick(50, 10, generated=[600, 0]) == 1          # 150 + 600 generated > 500
+    causal.done(0, 100, 1000)
+    assert causal.prompt_tokens == [50, 550] and causal.in_flight == [1, 2]
+
+    pa = Router("prefix_aware", 3)
+    assert pa.pick(1000, 5, generated=[0, 0, 0], cached=[0, 0, 0]) == 0                # no cache: least loaded
+    assert pa.pick(1000, 5, generated=[0, 0, 0], cached=[0, 256, 0]) == 1              # 256 < 0.5 x 1000
+    assert pa.pick(1000, 5, generated=[0, 0, 0], cached=[0, 0, int(CACHE_THRESHOLD * 1000)]) == 2  # affinity
+    for _ in range(IMBALANCE_REQUESTS + 1):          # pile requests on replica 2 by affinity ...
+        assert pa.pick(10, 1, generated=[0, 0, 0], cached=[0, 0, 10]) == 2
+    assert pa.in_flight == [1, 1, IMBALANCE_REQUESTS + 2]
+    assert pa.pick(1000, 5, generated=[0, 0, 0], cached=[0, 0, 1000]) == 0   # ... until load wins

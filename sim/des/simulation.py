@@ -238,7 +238,7 @@ class Cluster:
             if is_first:
                 req.first_token_s[r] = now
             if finished:
-                self.router.done(replica.index, req.demand_tokens(r))
+                self.router.done(replica.index, req.prompt[r], req.output[r])
                 self.log_request(r, "completed", now)
                 self.finish_one()
 
@@ -258,9 +258,23 @@ class Cluster:
                 self.finish_one()
                 continue
             slot = req.admit(r, arrival[r], p, o)
-            k = self.router.pick(p + o)
+            k = self.router.pick(p, o, self.generated_in_flight() if self.router.needs_generated else (),
+                                 self.cached_prefix_tokens(r, p) if self.router.needs_cached else ())
             req.replica[slot] = k
             self.replicas[k].submit(slot)
+
+    def generated_in_flight(self) -> list[int]:
+        """Per replica, output tokens its requests in flight have generated so far."""
+        return [rep.generated_in_flight() for rep in self.replicas]
+
+    def cached_prefix_tokens(self, request: int, prompt: int) -> list[int]:
+        """Per replica, tokens of request ``request``'s prompt its prefix cache holds now."""
+        out = []
+        for rep in self.replicas:
+            batcher, pool = rep.batcher, rep.batcher.pool
+            ids = batcher.prefix_ids
+            out.append(len(pool.cached_prefix(ids[request], prompt)) * (pool.unit_tokens or 0) if ids is not None else 0)
+        return out
 
     def log_unfinished(self) -> None:
         """Rows for the requests a stopped run left: those in flight, then those not yet arrived."""

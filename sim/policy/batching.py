@@ -134,6 +134,7 @@ class ContinuousBatcher:
         self.running: list[int] = []
         self.busy: set[int] = set()
         self.preemptions = 0
+        self.generated_total = 0          # output tokens generated so far by the requests in flight here
 
     # ----- queue changes ----------------------------------------------------------------------
     def add(self, request: int) -> None:
@@ -301,6 +302,7 @@ class ContinuousBatcher:
         k = steps - 1
         passes = self.requests.decode_passes
         last = []
+        self.generated_total += k * len(span.plan.work)
         for w in span.plan.work:
             r = w.request
             self.computed[r] = w.context + k
@@ -337,10 +339,12 @@ class ContinuousBatcher:
             if gained:
                 self.generated[r] += gained
                 g = self.generated[r]
+                self.generated_total += gained
                 finished = g >= self.output[r]
                 if finished:
                     self.running.remove(r)
                     self.pool.free(r)
+                    self.generated_total -= g
                 events.append((r, g == gained and not w.proposed, finished))
         return events
 
