@@ -448,7 +448,7 @@ def build_simulation(cfg: RunConfig, plan: ClusterPlan, table: workloads.Request
     nothing but its own batch: collective fidelity, one pipeline stage, no speculation."""
     env = SimEnvironment()
     network = make_network(cfg.network.fidelity, env, plan.fabric)
-    arrivals = Arrivals.of(table.arrival_s, table.prompt_tokens, table.output_tokens)
+    arrivals = Arrivals.of(table.arrival_s, table.prompt_tokens, table.output_tokens, table.priority)
     requests = RequestStore()
     n = len(arrivals)
     rng = random_stream(cfg.seed, "speculative")

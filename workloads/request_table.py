@@ -59,6 +59,10 @@ def _int_column(name: str, values: Any) -> np.ndarray:
     raise WorkloadError(f"{name} has dtype {array.dtype}; must be an integer array")
 
 
+#: largest |priority| a trace may give
+PRIORITY_LIMIT = 2**31 - 1
+
+
 @dataclass(frozen=True, eq=False)
 class RequestTable:
     """Arrival times and token counts of a sequence of LLM inference requests.
@@ -76,6 +80,9 @@ class RequestTable:
         ``prefix_block_tokens`` tokens (equal ids across requests = shared prefix block).
     prefix_block_tokens:
         Tokens per prefix block (Mooncake uses 512).
+    priority:
+        ``None`` (every request priority 0) or one int64 per request; lower is served first
+        (vLLM's convention) under ``scheduler.policy=priority``.
     clamped_rows:
         How many rows of the source trace had a zero prompt or output length that the
         reader clamped up to 1.
@@ -92,6 +99,7 @@ class RequestTable:
     prefix_block_tokens: int = 512
     clamped_rows: int = field(default=0)
     rebased_s: float = field(default=0.0)
+    priority: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, str) or not self.source:
@@ -156,6 +164,19 @@ class RequestTable:
                 checked.append(_frozen(ids.astype(np.int64)))
             blocks = tuple(checked)
 
+        priority = self.priority
+        if priority is not None:
+            priority = np.asarray(priority)
+            if priority.ndim != 1 or priority.size != n or priority.dtype.kind not in "iu":
+                raise WorkloadError(f"priority has dtype {priority.dtype} and shape {priority.shape}; "
+                                    f"must be one integer per request ({n})")
+            big = np.abs(priority.astype(np.int64)) > PRIORITY_LIMIT
+            if big.any():
+                i = int(np.argmax(big))
+                raise WorkloadError(f"priority[{i}]={int(priority[i])} is out of range; must be within "
+                                    f"+-{PRIORITY_LIMIT:,}")
+            priority = _frozen(priority.astype(np.int64))
+
         rebased = float(self.rebased_s)
         if arrival[0] != 0.0:
             rebased += float(arrival[0])
@@ -167,6 +188,7 @@ class RequestTable:
         object.__setattr__(self, "prefix_block_ids", blocks)
         object.__setattr__(self, "prefix_block_tokens", block_tokens)
         object.__setattr__(self, "clamped_rows", clamped)
+        object.__setattr__(self, "priority", priority)
 
     def __len__(self) -> int:
         return int(self.arrival_s.size)
@@ -194,6 +216,7 @@ class RequestTable:
             prompt_tokens=self.prompt_tokens[:n],
             output_tokens=self.output_tokens[:n],
             prefix_block_ids=blocks,
+            priority=None if self.priority is None else self.priority[:n],
         )
 
     def resampled(self, rng: np.random.Generator) -> RequestTable:
@@ -205,7 +228,8 @@ class RequestTable:
         idx = rng.integers(0, len(self), len(self))
         blocks = None if self.prefix_block_ids is None else tuple(self.prefix_block_ids[i] for i in idx)
         return replace(self, prompt_tokens=self.prompt_tokens[idx], output_tokens=self.output_tokens[idx],
-                       prefix_block_ids=blocks, source=f"{self.source} (resampled)")
+                       prefix_block_ids=blocks, source=f"{self.source} (resampled)",
+                       priority=None if self.priority is None else self.priority[idx])
 
     def scaled_rate(self, factor: float) -> RequestTable:
         """Replay at ``factor`` times the recorded arrival rate (``arrival_s / factor``).
@@ -239,12 +263,13 @@ class RequestTable:
         return out
 
     def to_arrow(self) -> pa.Table:
-        """A ``pyarrow.Table`` with columns ``arrival_s, prompt_tokens, output_tokens``."""
-        return pa.table(
-            {
-                "arrival_s": pa.array(self.arrival_s, type=pa.float64()),
-                "prompt_tokens": pa.array(self.prompt_tokens, type=pa.int64()),
-                "output_tokens": pa.array(self.output_tokens, type=pa.int64()),
-            },
-            metadata={"source": self.source},
-        )
+        """A ``pyarrow.Table`` with columns ``arrival_s, prompt_tokens, output_tokens`` (and
+        ``priority`` when the table has priorities)."""
+        columns = {
+            "arrival_s": pa.array(self.arrival_s, type=pa.float64()),
+            "prompt_tokens": pa.array(self.prompt_tokens, type=pa.int64()),
+            "output_tokens": pa.array(self.output_tokens, type=pa.int64()),
+        }
+        if self.priority is not None:
+            columns["priority"] = pa.array(self.priority, type=pa.int64())
+        return pa.table(columns, metadata={"source": self.source})

@@ -11,10 +11,11 @@ Supported formats
 ``mooncake``
     Mooncake JSON-lines: ``timestamp`` (ms since trace start), ``input_length``,
     ``output_length``, ``hash_ids`` (one id per 512-token prompt block, kept as
-    ``prefix_block_ids``).
+    ``prefix_block_ids``); an optional integer ``priority``.
 ``plain``
     ``.csv`` or ``.parquet`` with columns ``arrival_s, prompt_tokens, output_tokens``
-    (seconds and token counts; extra columns are ignored).
+    (seconds and token counts) and an optional integer ``priority`` (lower is served first
+    under ``scheduler.policy=priority``; absent: 0); other columns are ignored.
 
 Modelling assumptions and conventions
 -------------------------------------
@@ -40,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from workloads.errors import WorkloadError
-from workloads.request_table import RequestTable
+from workloads.request_table import PRIORITY_LIMIT, RequestTable
 
 __all__ = [
     "TRACE_FORMATS",
@@ -118,6 +119,7 @@ def _build(
     prompt: list[int] | np.ndarray,
     output: list[int] | np.ndarray,
     blocks: list[np.ndarray] | None = None,
+    priority: list[int] | np.ndarray | None = None,
 ) -> RequestTable:
     """Sort stably by ``arrival_key``, clamp zero lengths and build the table."""
     if arrival_key.size == 0:
@@ -134,6 +136,7 @@ def _build(
         output_tokens=output_arr,
         source=name,
         prefix_block_ids=ordered_blocks,
+        priority=None if priority is None else np.asarray(priority, dtype=np.int64)[order],
         clamped_rows=clamped,
         rebased_s=float(arrival_s(key[:1])[0]),   # the first arrival in the trace's own clock
     )
@@ -226,6 +229,7 @@ def read_mooncake_jsonl(path: str | Path) -> RequestTable:
     prompt: list[int] = []
     output: list[int] = []
     blocks: list[np.ndarray] = []
+    priority: list[int] = []
     with p.open("r", encoding="utf-8-sig") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -253,12 +257,14 @@ def read_mooncake_jsonl(path: str | Path) -> RequestTable:
             if ids_arr.ndim != 1 or ids_arr.dtype.kind not in "iu" or any(isinstance(i, bool) for i in ids):
                 raise WorkloadError(f"{where}: hash_ids={ids!r:.80} is not a list of integers")
             blocks.append(ids_arr.astype(np.int64))
+            priority.append(_priority(record.get("priority", 0), where))
     if all(isinstance(t, int) for t in times_ms):
         # Integer milliseconds: exact differences, one correctly rounded division.
         keys = np.asarray(times_ms, dtype=np.int64)
     else:
         keys = np.asarray(times_ms, dtype=np.float64)
-    return _build(p.name, keys, lambda rel: rel / 1000.0, prompt, output, blocks)
+    return _build(p.name, keys, lambda rel: rel / 1000.0, prompt, output, blocks,
+                  priority if any(priority) else None)
 
 
 # --------------------------------------------------------------------------- plain
@@ -278,15 +284,31 @@ def _read_plain_csv(p: Path) -> RequestTable:
     reader, header, line_num, handle = _csv_rows(p)
     with handle:  # type: ignore[attr-defined]
         a_col, i_col, o_col = _column_indices(p, header, PLAIN_COLUMNS)
+        p_col = [h.strip() for h in header].index("priority") if "priority" in [h.strip() for h in header] else None
         width = len(header)
         arrival: list[float] = []
         prompt: list[int] = []
         output: list[int] = []
+        priority: list[int] = []
         for row, where in _data_rows(p, reader, width, line_num):
             arrival.append(_parse_seconds(row[a_col], where))
             prompt.append(_parse_plain_count(row[i_col], "prompt_tokens", where))
             output.append(_parse_plain_count(row[o_col], "output_tokens", where))
-    return _build(p.name, np.asarray(arrival, dtype=np.float64), lambda rel: rel, prompt, output)
+            if p_col is not None:
+                priority.append(_priority(row[p_col].strip(), where))
+    return _build(p.name, np.asarray(arrival, dtype=np.float64), lambda rel: rel, prompt, output,
+                  priority=priority if p_col is not None else None)
+
+
+def _priority(value: object, where: str) -> int:
+    """A request priority: an integer within +-PRIORITY_LIMIT (lower is served first)."""
+    if isinstance(value, str):
+        value = int(value) if re.fullmatch(r"[+-]?[0-9]+", value) else value
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or abs(value) > PRIORITY_LIMIT:
+        raise WorkloadError(f"{where}: priority={value!r} is not an integer within +-{PRIORITY_LIMIT:,}")
+    return value
 
 
 def _parse_plain_count(text: str, field: str, where: str) -> int:
@@ -304,6 +326,7 @@ def _parse_plain_count(text: str, field: str, where: str) -> int:
 
 def _read_plain_parquet(p: Path) -> RequestTable:
     import pyarrow.parquet as pq
+    import pyarrow.types as pa_types
 
     try:
         table = pq.read_table(p)
@@ -340,7 +363,14 @@ def _read_plain_parquet(p: Path) -> RequestTable:
     arrival = column("arrival_s", integer=False)
     prompt = column("prompt_tokens", integer=True).astype(np.int64)
     output = column("output_tokens", integer=True).astype(np.int64)
-    return _build(p.name, arrival, lambda rel: rel, prompt, output)
+    priority = None
+    if "priority" in header:
+        col = table.column("priority")
+        if col.null_count or not (pa_types.is_integer(col.type) or pa_types.is_floating(col.type)):
+            raise WorkloadError(f"{p.name}: column 'priority' has type {col.type} with {col.null_count} nulls; "
+                                "must be integers")
+        priority = [_priority(v, f"{p.name} row {i + 1}") for i, v in enumerate(col.to_pylist())]
+    return _build(p.name, arrival, lambda rel: rel, prompt, output, priority=priority)
 
 
 def read_plain(path: str | Path) -> RequestTable:

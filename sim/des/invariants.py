@@ -12,8 +12,8 @@ with one line naming the invariant, the request or step, and the simulated time.
 * **Budgets**: no step holds more sequences than ``scheduler.max_batch_size`` or more new
   tokens than ``scheduler.max_tokens_per_step`` (but for a whole prompt longer than the budget,
   which runs alone when prefill is not chunked).
-* **FIFO admission**: a replica admits requests it has never run in the order they were routed
-  to it (one priority class: all requests).
+* **FIFO admission**: within a priority class, a replica admits requests it has never run in
+  the order they were routed to it.
 * **Link FIFO** (message fidelity): every hop reserves its link from the later of now and the
   end of the link's previous reservation: no overlap, no overtaking, no idle link while a
   message waits for it.
@@ -37,7 +37,7 @@ class InvariantChecker:
     def __init__(self, env, scheduler: SchedulerConfig) -> None:
         self.env, self.scheduler = env, scheduler
         self.logged: set[int] = set()
-        self.last_admitted: dict[int, int] = {}       # replica -> request id of its last first admission
+        self.last_admitted: dict[tuple[int, int], int] = {}   # (replica, priority) -> its last first admission
         self.admitted: set[int] = set()
         self.link_free_at: dict[tuple[str, str], float] = {}   # message fidelity: when each link is next free
 
@@ -92,12 +92,14 @@ class InvariantChecker:
         if end_s < start_s:
             self.fail("monotonic times", f"{kind} over {len(ranks)} ranks ended at {end_s} before it began at {start_s}")
 
-    def on_admit(self, replica: Replica, request_id: int) -> None:
-        """``request_id`` enters ``replica``'s batch for the first time."""
+    def on_admit(self, replica: Replica, request_id: int, priority: int = 0) -> None:
+        """``request_id`` (of ``priority``) enters ``replica``'s batch for the first time."""
         if request_id in self.admitted:
             return
         self.admitted.add(request_id)
-        last = self.last_admitted.get(replica.index, -1)
+        key = (replica.index, priority)
+        last = self.last_admitted.get(key, -1)
         if request_id < last:
-            self.fail("FIFO admission", f"replica {replica.index} admitted request {request_id} after request {last}")
-        self.last_admitted[replica.index] = request_id
+            self.fail("FIFO admission", f"replica {replica.index} admitted request {request_id} after request {last} "
+                                        f"(priority {priority})")
+        self.last_admitted[key] = request_id

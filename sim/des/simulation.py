@@ -119,15 +119,18 @@ class Arrivals:
     arrival_s: np.ndarray     # float64
     prompt: np.ndarray        # int32 tokens (int64 if a count needs it)
     output: np.ndarray
+    priority: np.ndarray | None = None   # int32, lower first (None: all 0)
 
     @classmethod
-    def of(cls, arrival_s: np.ndarray, prompt: np.ndarray, output: np.ndarray) -> "Arrivals":
+    def of(cls, arrival_s: np.ndarray, prompt: np.ndarray, output: np.ndarray,
+           priority: np.ndarray | None = None) -> "Arrivals":
         """The trace with its token counts held as int32 when every count fits (16 bytes a
         request instead of 24 for the whole run), as given otherwise."""
         def narrow(tokens: np.ndarray) -> np.ndarray:
             small = len(tokens) == 0 or int(tokens.max()) <= np.iinfo(np.int32).max
             return tokens.astype(np.int32) if small else tokens
-        return cls(np.asarray(arrival_s, dtype=np.float64), narrow(prompt), narrow(output))
+        return cls(np.asarray(arrival_s, dtype=np.float64), narrow(prompt), narrow(output),
+                   None if priority is None else np.asarray(priority).astype(np.int32))
 
     def __len__(self) -> int:
         return len(self.arrival_s)
@@ -185,7 +188,7 @@ class Cluster:
         req = self.requests
         self.log_row(request_row(req.request_id[slot], req.arrival_s[slot], req.prompt[slot], req.output[slot],
                                  req.replica[slot], status, req.scheduled_s[slot], req.first_token_s[slot], finish_s,
-                                 req.preemptions[slot], req.decode_passes[slot], req.cached[slot]))
+                                 req.preemptions[slot], req.decode_passes[slot], req.cached[slot], req.priority[slot]))
         req.release(slot)
 
     def log_row(self, row: tuple) -> None:
@@ -222,7 +225,8 @@ class Cluster:
         assert self.checker is not None
         self.checker.on_step(replica, plan, steps)
         for w in plan.work:
-            self.checker.on_admit(replica, self.requests.request_id[w.request])   # its first step: FIFO
+            self.checker.on_admit(replica, self.requests.request_id[w.request],   # its first step: FIFO
+                                  self.requests.priority[w.request])
 
     def record_steps(self, replica: Replica, rows: int, *values: Any) -> None:
         """``rows`` rows of ``steps.parquet`` for a fast-forwarded span: the columns after
@@ -247,6 +251,7 @@ class Cluster:
         """Arrivals in trace order: reject what no replica can hold, route the rest."""
         env, req = self.env, self.requests
         arrival, prompt, output = self.arrivals.arrival_s, self.arrivals.prompt, self.arrivals.output
+        priority = self.arrivals.priority
         for r in range(len(self.arrivals)):
             delay = arrival[r] - env.now
             if delay > 0:
@@ -254,10 +259,13 @@ class Cluster:
             self.arrived = r + 1
             p, o = int(prompt[r]), int(output[r])
             if not self.admission.admits(p, o):
-                self.log_row(request_row(r, arrival[r], p, o, -1, "rejected", NAN, NAN, NAN, 0, 0))
+                self.log_row(request_row(r, arrival[r], p, o, -1, "rejected", NAN, NAN, NAN, 0, 0, 0,
+                                         0 if priority is None else int(priority[r])))
                 self.finish_one()
                 continue
             slot = req.admit(r, arrival[r], p, o)
+            if priority is not None:
+                req.priority[slot] = int(priority[r])
             k = self.router.pick(p, o, self.generated_in_flight() if self.router.needs_generated else (),
                                  self.cached_prefix_tokens(r, p) if self.router.needs_cached else ())
             req.replica[slot] = k
@@ -281,7 +289,7 @@ class Cluster:
         for slot in self.requests.occupied():
             self.log_request(slot, "unfinished")
         a = self.arrivals
-        self.log.log_unarrived(a.arrival_s, a.prompt, a.output)
+        self.log.log_unarrived(a.arrival_s, a.prompt, a.output, a.priority)
 
 
 def simulate(cluster: Cluster, stop: StopRequest | None = None) -> SimResult:

@@ -66,7 +66,7 @@ class RequestStats:
 
     def add(self, row: tuple) -> None:
         """One row of ``requests.parquet`` in schema order."""
-        (_, arrival, _, output, _, status, _, _, finish, ttft, tpot, e2e, preemptions, _, _, _) = row
+        (_, arrival, _, output, _, status, _, _, finish, ttft, tpot, e2e, preemptions, *_) = row
         self.total += 1
         self.preemptions += preemptions
         if arrival < self.first_arrival:

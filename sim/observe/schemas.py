@@ -20,6 +20,7 @@ REQUESTS = pa.schema([
     ("decode_passes", pa.int32()),      # forward passes that produced this request's tokens after the first
     ("tokens_per_pass", pa.float64()),  # (output_tokens - 1) / decode_passes: > 1 with speculative decoding
     ("cached_tokens", pa.int64()),      # prompt tokens served from the prefix cache when first scheduled
+    ("priority", pa.int32()),           # the trace's priority (lower first under scheduler.policy=priority)
 ])
 
 STEPS = pa.schema([

@@ -27,11 +27,11 @@ NAN = float("nan")
 
 def request_row(request_id: int, arrival: float, prompt: int, output: int, replica: int, status: str,
                 scheduled: float, first: float, finish: float, preemptions: int, passes: int,
-                cached: int = 0) -> tuple:
+                cached: int = 0, priority: int = 0) -> tuple:
     """One row of ``requests.parquet`` in schema order, latencies derived."""
     return (request_id, arrival, prompt, output, replica, status, scheduled, first, finish, first - arrival,
             (finish - first) / (output - 1) if output > 1 else NAN, finish - arrival, preemptions, passes,
-            (output - 1) / passes if passes > 0 else NAN, cached)
+            (output - 1) / passes if passes > 0 else NAN, cached, priority)
 
 
 class RequestLog:
@@ -67,7 +67,8 @@ class RequestLog:
             rid += 1
         self.next_id = rid
 
-    def log_unarrived(self, arrival_s: np.ndarray, prompt: np.ndarray, output: np.ndarray) -> None:
+    def log_unarrived(self, arrival_s: np.ndarray, prompt: np.ndarray, output: np.ndarray,
+                      priority: np.ndarray | None = None) -> None:
         """Requests ``next_id`` and on, which never arrived (a stopped run): status ``unfinished``."""
         if self._waiting:
             raise RuntimeError(f"requests {sorted(self._waiting)[:3]}... logged before request {self.next_id}")
@@ -78,7 +79,8 @@ class RequestLog:
             b = min(n, a + step)
             out = output[a:b]
             self._rows.extend(b - a, np.arange(a, b, dtype=np.int64), arrival_s[a:b], prompt[a:b], out, -1,
-                              "unfinished", NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NAN, 0)
+                              "unfinished", NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NAN, 0,
+                              0 if priority is None else priority[a:b])
         self.next_id = n
 
     def discard(self) -> None:

@@ -7,13 +7,14 @@ still has to feed through the model are ``P + generated - computed``. A step tha
 request's last pending token samples one new token (``generated += 1``); the first such
 sample is the first token (TTFT), and the request finishes when ``generated == O``.
 
-Per step (vLLM v1 style): running requests first, oldest first, each taking one decode
+Per step (vLLM v1 style): running requests first, oldest first (``policy=priority``: most
+urgent first, then oldest), each taking one decode
 token or its next prompt chunk from the step's token budget (``max_tokens_per_step``); then
-waiting requests are admitted in arrival order while the batch has room
+waiting requests are admitted in arrival order (``policy=priority``: by priority, then arrival) while the batch has room
 (``max_batch_size``), the budget lasts and the KV cache has the blocks. Without chunked
 prefill a prompt is admitted only whole (one that exceeds the budget runs alone). When a
-running request cannot get a KV block, the most recently admitted running request is
-preempted: its blocks are freed and it returns to the head of the queue to be recomputed
+running request cannot get a KV block, the most recently admitted running request
+(``policy=priority``: the lowest priority, latest arrival, possibly itself) is preempted: its blocks are freed and it returns to the head of the queue to be recomputed
 (its generated tokens are kept and become part of the recomputed prefix).
 """
 from __future__ import annotations
@@ -32,7 +33,7 @@ from sim.spec.batch import ATTENTION_QUERY_BLOCK, BatchShape
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    policy: str = "continuous"
+    policy: str = "fcfs"             # fcfs | priority (lower trace priority first, vLLM's convention)
     max_batch_size: int = 256
     max_tokens_per_step: int = 2048
     chunked_prefill: bool = True
@@ -47,7 +48,7 @@ class SchedulerConfig:
         return self.max_model_len  # type: ignore[return-value]
 
     def __post_init__(self) -> None:
-        require(self.policy == "continuous", f"scheduler.policy={self.policy!r} is not one of ['continuous']")
+        require(self.policy in ("fcfs", "priority"), f"scheduler.policy={self.policy!r} is not one of ['fcfs', 'priority']")
         require(self.max_batch_size >= 1, f"scheduler.max_batch_size={self.max_batch_size!r} must be >= 1")
         require(self.max_tokens_per_step >= 1, f"scheduler.max_tokens_per_step={self.max_tokens_per_step!r} must be >= 1")
         require(self.block_size >= 1, f"scheduler.block_size={self.block_size!r} must be >= 1")
@@ -135,10 +136,22 @@ class ContinuousBatcher:
         self.busy: set[int] = set()
         self.preemptions = 0
         self.generated_total = 0          # output tokens generated so far by the requests in flight here
+        self.by_priority = config.policy == "priority"
 
     # ----- queue changes ----------------------------------------------------------------------
+    def _key(self, request: int) -> tuple[int, int]:
+        return self.requests.priority[request], self.requests.request_id[request]
+
     def add(self, request: int) -> None:
-        self.waiting.append(request)
+        """Queue an arrival: last (fcfs), or after every waiting request of a lower or equal
+        priority value that arrived before it (priority)."""
+        if not self.by_priority:
+            self.waiting.append(request)
+            return
+        key, waiting, i = self._key(request), self.waiting, len(self.waiting)
+        while i > 0 and key < self._key(waiting[i - 1]):
+            i -= 1
+        waiting.insert(i, request)
 
     def pending(self, request: int) -> int:
         return self.prompt[request] + self.generated[request] - self.computed[request]
@@ -150,7 +163,10 @@ class ContinuousBatcher:
         self.running.remove(victim)
         self.pool.free(victim)
         self.computed[victim] = 0
-        self.waiting.appendleft(victim)
+        if self.by_priority:
+            self.add(victim)          # back in its place by (priority, arrival)
+        else:
+            self.waiting.appendleft(victim)
         self.preemptions += 1
         self.requests.preemptions[victim] += 1
 
@@ -176,6 +192,8 @@ class ContinuousBatcher:
         budget = cfg.max_tokens_per_step
         work: list[SeqWork] = []
         preempted: list[int] = []
+        if self.by_priority:         # the most urgent first: later (lower) ones are the victims
+            running.sort(key=self._key)
         i = 0
         while i < len(running) and budget > 0 and len(work) < max_batch:
             r = running[i]
@@ -194,7 +212,13 @@ class ContinuousBatcher:
                 n = 1 + proposed
             grown = pool.grow(r, ctx + n)
             while not grown:
-                victim = next((v for v in reversed(self.running) if v not in self.busy and v != r), None)
+                victim: int | None
+                if self.by_priority:   # the lowest priority, latest arrival among those not in flight (r too)
+                    victim = max((v for v in self.running if v not in self.busy or v == r), key=self._key)
+                    if victim == r and not any(v != r and v not in self.busy for v in self.running):
+                        victim = None
+                else:
+                    victim = next((v for v in reversed(self.running) if v not in self.busy and v != r), None)
                 if victim is None:
                     # Only r itself could make room. If requests in flight hold blocks, wait for
                     # them (preempting r would let it be re-admitted at once and thrash);

@@ -26,7 +26,8 @@ class RequestStore:
 
     COLUMNS = {"request_id": ("q", -1), "arrival_s": ("d", 0.0), "prompt": ("q", 0), "output": ("q", 0),
                "replica": ("i", -1), "scheduled_s": ("d", float("nan")), "first_token_s": ("d", float("nan")), "computed": ("q", 0),
-               "generated": ("q", 0), "preemptions": ("q", 0), "decode_passes": ("q", 0), "cached": ("q", 0)}
+               "generated": ("q", 0), "preemptions": ("q", 0), "decode_passes": ("q", 0), "cached": ("q", 0),
+               "priority": ("q", 0)}
 
     def __init__(self, capacity: int = 256) -> None:
         self.request_id = array("q")
@@ -41,6 +42,7 @@ class RequestStore:
         self.preemptions = array("q")
         self.decode_passes = array("q")     # steps that sampled a token after the first one
         self.cached = array("q")            # prompt tokens found in the prefix cache when first scheduled
+        self.priority = array("q")          # lower is served first (scheduler.policy=priority)
         self._free: list[int] = []
         self._grow(max(1, capacity))
 
@@ -77,6 +79,7 @@ class RequestStore:
         self.preemptions[slot] = 0
         self.decode_passes[slot] = 0
         self.cached[slot] = 0
+        self.priority[slot] = 0
         return slot
 
     def release(self, slot: int) -> None:
