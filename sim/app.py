@@ -87,6 +87,8 @@ def evaluate(cfg_mapping: Mapping[str, Any], out_dir: Path | None = None,
         summary["sim"]["link_hops"] = result.link_hops
     if result.prefix_cache is not None:
         summary["prefix_cache"] = result.prefix_cache
+    if result.swap is not None:
+        summary["swap"] = result.swap
     summary["cost"] = mixed_fleet_cost(cfg.cost, fleet_parts(cfg, [r.group for r in plan.replicas],
                                                              result.replica_busy_gpu_s, summary))
     cap = min((r.capacity for r in plan.replicas), key=lambda c: c.tokens)

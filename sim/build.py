@@ -13,6 +13,7 @@ reaches every consumer by one path: :func:`make_fabric`. Registries are plain di
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -25,7 +26,7 @@ from sim.config.parse import load_model, parse_config
 from sim.config.schema import RunConfig
 from sim.cost.analytic import AnalyticModel, Split
 from sim.cost.fabric import Fabric
-from sim.cost.memory import KVCapacity, kv_capacity
+from sim.cost.memory import KVCapacity, kv_capacity, swap_time_s
 from sim.cost.placement import draft_gpus, placement, shardable, tp_groups
 from sim.cost.step_time import StepTimePredictor
 from sim.des.invariants import InvariantChecker
@@ -477,13 +478,20 @@ def build_simulation(cfg: RunConfig, plan: ClusterPlan, table: workloads.Request
         network.observe(cluster.timeline)
     spans = (cfg.sim.fast_forward and cfg.network.fidelity == "collective" and not cfg.speculative.enabled)
     unit_tokens = prefix_unit_tokens(cfg.scheduler, table)
+    groups = cfg.groups()
     require(cfg.parallel.router != "prefix_aware" or unit_tokens is not None,
             "parallel.router=prefix_aware routes by cached prefixes: it needs scheduler.prefix_caching=true")
     for i, rp in enumerate(plan.replicas):
         pool = KVBlockPool(rp.capacity.tokens // cfg.scheduler.block_size, cfg.scheduler.block_size, unit_tokens)
-        batcher = ContinuousBatcher(cfg.scheduler, pool, requests, table.prefix_block_ids)
+        block_bytes = rp.capacity.kv_bytes_per_token_per_gpu * cfg.scheduler.block_size
+        swap = cfg.scheduler.preemption == "swap"
+        host_blocks = int(cfg.scheduler.swap_space_GB * 1e9 // block_bytes) if swap else 0
+        batcher = ContinuousBatcher(cfg.scheduler, pool, requests, table.prefix_block_ids, host_blocks)
+        hw = groups[rp.group].hardware
+        swap_s = partial(swap_time_s, block_bytes_per_gpu=block_bytes, layers=max(rp.predictor.stage_layers),
+                         latency_s=hw.pcie_latency_us * 1e-6, bandwidth_Bps=hw.pcie_bandwidth_GBps * 1e9) if swap else None
         single_stage = len(rp.stage_gpus) == 1
         cluster.replicas.append(Replica(env, i, rp.predictor, batcher, network, rp.stage_gpus, cluster,
                                         cfg.parallel.tp_cols, rp.speculative if cfg.speculative.enabled else None,
-                                        accept, MAX_SPAN_STEPS if spans and single_stage else 1))
+                                        accept, MAX_SPAN_STEPS if spans and single_stage else 1, swap_s))
     return cluster

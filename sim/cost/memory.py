@@ -85,3 +85,22 @@ def kv_capacity(predictor: ShardMemory, hardware: HardwareSpec, engine: EnginePr
     assert worst_tokens is not None  # pp >= 1
     tokens = (worst_tokens // block_size) * block_size
     return KVCapacity(worst_weights / 1e9, usable / 1e9, tokens * per_token / 1e9, per_token, tokens)
+
+
+def host_copy_s(nbytes: float, copies: int, latency_s: float, bandwidth_Bps: float) -> float:
+    """Seconds to move ``nbytes`` between a GPU and host memory in ``copies`` transfers over
+    its host link (PCIe): each transfer pays the link latency, the bytes its bandwidth. Every
+    GPU of a replica copies its own shard over its own link, at once (a dedicated x16 link per
+    GPU, as on HGX boards). Swapping a sequence's KV copies its K and V blocks of each layer on
+    the GPU: ``copies = 2 x layers``, batched per layer as offloading engines do."""
+    if nbytes <= 0:
+        return 0.0
+    return copies * latency_s + nbytes / bandwidth_Bps
+
+
+def swap_time_s(out_blocks: int, in_blocks: int, block_bytes_per_gpu: float, layers: int, latency_s: float,
+                bandwidth_Bps: float) -> float:
+    """A step's KV swaps: ``out_blocks`` to host memory and ``in_blocks`` back, each way
+    :func:`host_copy_s` of its bytes on every GPU (K and V of each of the GPU's ``layers``)."""
+    return (host_copy_s(out_blocks * block_bytes_per_gpu, 2 * layers, latency_s, bandwidth_Bps)
+            + host_copy_s(in_blocks * block_bytes_per_gpu, 2 * layers, latency_s, bandwidth_Bps))

@@ -72,6 +72,10 @@ class InvariantChecker:
                 or min(pool.held.values(), default=0) < 0 or pool.evictable_blocks > pool.free_blocks):
             self.fail("KV conservation", f"{where}: {pool.free_blocks} free + {held} held + {shared} in referenced "
                                          f"cached prefixes != {pool.total_blocks} blocks")
+        batcher = replica.batcher
+        if batcher.host_free < 0 or batcher.host_free + sum(batcher.swapped.values()) != batcher.host_blocks:
+            self.fail("KV conservation", f"{where}: {batcher.host_free} free host blocks + "
+                                         f"{sum(batcher.swapped.values())} swapped != {batcher.host_blocks}")
         computed = replica.batcher.computed
         for r in replica.batcher.running:
             if pool.blocks_held(r) < pool.blocks_for(computed[r]):

@@ -57,8 +57,12 @@ class Replica:
     def __init__(self, env: simpy.Environment, index: int, predictor: StepPredictor,
                  batcher: ContinuousBatcher, network: Network, stage_gpus: Sequence[Sequence[str]],
                  cluster: StepSink, tp_cols: int = 1, speculative: Speculation | None = None,
-                 accept: Callable[[int, int], int] | None = None, max_span: int = 1) -> None:
+                 accept: Callable[[int, int], int] | None = None, max_span: int = 1,
+                 swap_s: Callable[[int, int], float] | None = None) -> None:
+        """``swap_s(out_blocks, in_blocks)``: seconds of the host copies a step's swaps take
+        (preemption=swap), paid before the step's forward pass as vLLM's swapping engine did."""
         self.env, self.index = env, index
+        self.swap_s = swap_s
         self.predictor, self.batcher, self.network = predictor, batcher, network
         self.stage_gpus = [tuple(g) for g in stage_gpus]
         self.stages = [simpy.Resource(env, capacity=1) for _ in self.stage_gpus]
@@ -108,10 +112,19 @@ class Replica:
         work = self.predictor.stage_work(batch, stage)
         return StageProgram(work, self.groups[stage], self.predictor.network_s(work, stage))
 
+    def _swap(self, plan: StepPlan):
+        """The plan's KV swaps to and from host memory, before its forward pass (in network_s)."""
+        if self.swap_s is None or not (plan.swap_out_blocks or plan.swap_in_blocks):
+            return StepTime()
+        took = self.swap_s(plan.swap_out_blocks, plan.swap_in_blocks)
+        yield self.env.timeout(took)
+        self.stage_busy_s[0] += took
+        return StepTime(network_s=took)
+
     def _step(self, plan: StepPlan):
         env = self.env
         start = env.now
-        total = StepTime()
+        total = yield from self._swap(plan)
         draft = self._draft_time(plan)
         if draft.total_s > 0:
             # drafting precedes verification (on these GPUs or handed to the draft's)
@@ -232,6 +245,7 @@ class Replica:
                 yield req
                 if s == 0:
                     start = env.now  # the step starts when its first stage does
+                    total = total + (yield from self._swap(plan))
                     if draft.total_s > 0:
                         # drafting precedes verification (on these GPUs or handed to the draft's)
                         yield env.timeout(draft.total_s)

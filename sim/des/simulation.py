@@ -110,6 +110,7 @@ class SimResult:
     link_hops: int | None = None    # message fidelity: link traversals simulated
     request_stats: RequestStats | None = None   # what the summary needs of requests.parquet
     prefix_cache: dict[str, float] | None = None   # scheduler.prefix_caching: hits, lookups, evictions
+    swap: dict[str, int] | None = None             # scheduler.preemption=swap: swaps out and in
 
 
 @dataclass(frozen=True)
@@ -333,7 +334,18 @@ def simulate(cluster: Cluster, stop: StopRequest | None = None) -> SimResult:
     return SimResult(requests, dict(cluster.steps.sums), cluster.steps.rows, wall, env.events_scheduled,
                      float(env.now), cluster.gpus, sum(busy), cluster.admission.capacity_tokens,
                      int(sum(r.batcher.preemptions for r in cluster.replicas)), busy, complete, stop,
-                     cluster.link_hops(), cluster.log.stats, prefix_cache_stats(cluster))
+                     cluster.link_hops(), cluster.log.stats, prefix_cache_stats(cluster), swap_stats(cluster))
+
+
+def swap_stats(cluster: Cluster) -> dict[str, int] | None:
+    """Preemptions by swapping (None unless scheduler.preemption=swap): swapped out to host
+    memory, swapped back in, and the host blocks available per replica (the rest recomputed)."""
+    batchers = [r.batcher for r in cluster.replicas if r.batcher.config.preemption == "swap"]
+    if not batchers:
+        return None
+    return {"swapped_out": sum(b.swap_outs for b in batchers), "swapped_in": sum(b.swap_ins for b in batchers),
+            "recomputed": sum(b.preemptions for b in batchers) - sum(b.swap_outs for b in batchers),
+            "host_blocks_per_replica": min(b.host_blocks for b in batchers)}
 
 
 def prefix_cache_stats(cluster: Cluster) -> dict[str, float] | None:

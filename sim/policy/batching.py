@@ -40,6 +40,8 @@ class SchedulerConfig:
     block_size: int = 16
     max_model_len: int | str | None = None
     prefix_caching: bool = False     # reuse cached prompt prefixes (the trace's prefix block ids) across requests
+    preemption: str = "recompute"    # recompute | swap (KV copied to host memory over PCIe and back)
+    swap_space_GB: float = 4.0       # host memory per GPU for swapped KV (vLLM's swap_space default, 4 GiB ~ 4.3 GB)
 
     def context_limit(self, model_max_positions: int) -> int | None:
         """Longest prompt + output a request may have (None: only the KV cache limits it)."""
@@ -52,6 +54,10 @@ class SchedulerConfig:
         require(self.max_batch_size >= 1, f"scheduler.max_batch_size={self.max_batch_size!r} must be >= 1")
         require(self.max_tokens_per_step >= 1, f"scheduler.max_tokens_per_step={self.max_tokens_per_step!r} must be >= 1")
         require(self.block_size >= 1, f"scheduler.block_size={self.block_size!r} must be >= 1")
+        require(self.preemption in ("recompute", "swap"),
+                f"scheduler.preemption={self.preemption!r} is not one of ['recompute', 'swap']")
+        require(isinstance(self.swap_space_GB, (int, float)) and not isinstance(self.swap_space_GB, bool)
+                and self.swap_space_GB >= 0, f"scheduler.swap_space_GB={self.swap_space_GB!r} must be a number >= 0")
         require(isinstance(self.prefix_caching, bool),
                 f"scheduler.prefix_caching={self.prefix_caching!r} must be true or false")
         require(self.max_model_len is None or self.max_model_len == "model"
@@ -77,6 +83,8 @@ class StepPlan:
     prefill_tokens: int
     decode_tokens: int
     preempted: list[int]
+    swap_out_blocks: int = 0     # KV blocks copied to host memory before this step (preemption=swap)
+    swap_in_blocks: int = 0      # KV blocks copied back from host memory before this step
 
 
 @dataclass
@@ -121,8 +129,9 @@ class ContinuousBatcher:
     """Queues and per-request progress of one replica; :meth:`plan` decides the next step."""
 
     def __init__(self, config: SchedulerConfig, pool: KVBlockPool, requests: RequestStore,
-                 prefix_ids: Sequence[np.ndarray] | None = None) -> None:
-        """``prefix_ids``: with prefix caching, each request's prompt unit ids, by request id."""
+                 prefix_ids: Sequence[np.ndarray] | None = None, host_blocks: int = 0) -> None:
+        """``prefix_ids``: with prefix caching, each request's prompt unit ids, by request id;
+        ``host_blocks``: KV blocks host memory holds for swapped requests (preemption=swap)."""
         self.config = config
         self.pool = pool
         self.requests = requests
@@ -137,6 +146,11 @@ class ContinuousBatcher:
         self.preemptions = 0
         self.generated_total = 0          # output tokens generated so far by the requests in flight here
         self.by_priority = config.policy == "priority"
+        self.host_blocks = host_blocks if config.preemption == "swap" else 0
+        self.host_free = self.host_blocks
+        self.swapped: dict[int, int] = {}     # request -> its KV blocks in host memory
+        self.swap_outs = self.swap_ins = 0
+        self._swap_out_blocks = 0             # of the step being planned
 
     # ----- queue changes ----------------------------------------------------------------------
     def _key(self, request: int) -> tuple[int, int]:
@@ -160,9 +174,19 @@ class ContinuousBatcher:
         return bool(self.waiting) or any(r not in self.busy for r in self.running)
 
     def _preempt(self, victim: int) -> None:
+        """Take ``victim`` off the GPU: its KV is swapped to host memory if that is the mode and
+        it fits (and none of it is a shared cached prefix), otherwise dropped to be recomputed."""
         self.running.remove(victim)
-        self.pool.free(victim)
-        self.computed[victim] = 0
+        blocks = self.pool.held.get(victim, 0)
+        if self.host_blocks and 0 < blocks <= self.host_free and not self.pool.shared.get(victim):
+            self.host_free -= blocks
+            self.swapped[victim] = blocks
+            self.swap_outs += 1
+            self._swap_out_blocks += blocks
+            self.pool.free(victim)              # computed positions are kept: their KV is on the host
+        else:
+            self.pool.free(victim)
+            self.computed[victim] = 0
         if self.by_priority:
             self.add(victim)          # back in its place by (priority, arrival)
         else:
@@ -192,6 +216,7 @@ class ContinuousBatcher:
         budget = cfg.max_tokens_per_step
         work: list[SeqWork] = []
         preempted: list[int] = []
+        self._swap_out_blocks = swap_in = 0
         if self.by_priority:         # the most urgent first: later (lower) ones are the victims
             running.sort(key=self._key)
         i = 0
@@ -245,9 +270,11 @@ class ContinuousBatcher:
             if r in preempted:
                 break  # just made room by leaving: not back in the same step
             hits: list[int] = []
-            if self.prefix_ids is not None:
+            swapped = self.swapped.get(r, 0)
+            if self.prefix_ids is not None and not swapped:
                 hits = pool.cached_prefix(self.prefix_ids[self.requests.request_id[r]], prompt[r])
-            cached = len(hits) * pool.unit_tokens if hits else 0     # type: ignore[operator]
+            # positions whose KV is at hand: a cached prefix, or everything a swapped request had
+            cached = computed[r] if swapped else len(hits) * pool.unit_tokens if hits else 0   # type: ignore[operator]
             pending = prompt[r] + generated[r] - cached
             n = min(pending, budget) if cfg.chunked_prefill else pending
             if not cfg.chunked_prefill and n > budget and work:
@@ -258,7 +285,11 @@ class ContinuousBatcher:
                 need += pool.evictable_among(hits)
             if need + reserve > pool.free_blocks:
                 break
-            if self.prefix_ids is not None:
+            if swapped:
+                self.host_free += self.swapped.pop(r)
+                self.swap_ins += 1
+                swap_in += swapped
+            elif self.prefix_ids is not None:
                 computed[r] = pool.reference(r, hits, prompt[r])
                 if self.requests.preemptions[r] == 0:
                     self.requests.cached[r] = cached
@@ -273,7 +304,7 @@ class ContinuousBatcher:
         batch = _shape(work)
         prefill = sum(w.new_tokens for w in work if self.computed[w.request] < self.prompt[w.request])
         decode = sum(w.new_tokens for w in work) - prefill
-        return StepPlan(work, batch, prefill, decode, preempted)
+        return StepPlan(work, batch, prefill, decode, preempted, self._swap_out_blocks, swap_in)
 
     # ----- steady decode spans -------------------------------------------------------------
     def decode_span(self, plan: StepPlan, max_steps: int) -> DecodeSpan | None:
@@ -286,7 +317,8 @@ class ContinuousBatcher:
         token budget and batch room are the same every step and free blocks only shrink.
         """
         work = plan.work
-        if max_steps < 2 or plan.preempted or plan.prefill_tokens or len(work) != len(self.running):
+        if (max_steps < 2 or plan.preempted or plan.prefill_tokens or plan.swap_in_blocks
+                or len(work) != len(self.running)):
             return None
         gen, out, pool = self.generated, self.output, self.pool
         remaining = max_steps

@@ -29,10 +29,11 @@ class HardwareSpec:
     idle_W: float
     usd_per_hour: float
     usd_per_hour_on_demand: float
+    pcie_latency_us: float = 1.0     # one host-link copy's latency (NCCL's PCI hop, published_numbers.md §2.1)
 
     def __post_init__(self) -> None:
         for field in ("memory_GB", "hbm_bandwidth_GBps", "scaleup_bandwidth_GBps", "scaleup_latency_us",
-                      "pcie_bandwidth_GBps", "tdp_W", "usd_per_hour", "usd_per_hour_on_demand"):
+                      "pcie_bandwidth_GBps", "pcie_latency_us", "tdp_W", "usd_per_hour", "usd_per_hour_on_demand"):
             value = getattr(self, field)
             require(isinstance(value, (int, float)) and value > 0,
                     f"hardware.{field}={value!r} for {self.name} must be a positive number")
