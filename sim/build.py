@@ -486,7 +486,8 @@ def build_simulation(cfg: RunConfig, plan: ClusterPlan, table: workloads.Request
         block_bytes = rp.capacity.kv_bytes_per_token_per_gpu * cfg.scheduler.block_size
         swap = cfg.scheduler.preemption == "swap"
         host_blocks = int(cfg.scheduler.swap_space_GB * 1e9 // block_bytes) if swap else 0
-        batcher = ContinuousBatcher(cfg.scheduler, pool, requests, table.prefix_block_ids, host_blocks)
+        batcher = ContinuousBatcher(cfg.scheduler, pool, requests, table.prefix_block_ids, host_blocks,
+                                    (cluster.router.generated, i))
         hw = groups[rp.group].hardware
         swap_s = partial(swap_time_s, block_bytes_per_gpu=block_bytes, layers=max(rp.predictor.stage_layers),
                          latency_s=hw.pcie_latency_us * 1e-6, bandwidth_Bps=hw.pcie_bandwidth_GBps * 1e9) if swap else None

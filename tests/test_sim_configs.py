@@ -330,26 +330,42 @@ def test_every_assumptions_bundle_runs(tmp_path, assumptions):
 
 
 def test_routers_count_only_what_a_router_can_know():
-    """The causal router counts prompts plus tokens generated so far; the oracle counts whole
-    outputs from the start; prefix_aware follows the longest cached prefix while the load is
-    balanced and falls back to the least loaded replica otherwise."""
+    """The causal router counts prompts plus tokens generated so far (spans in progress
+    included); the oracle counts whole outputs from the start; prefix_aware follows the longest
+    cached prefix while the load is balanced and falls back to the least loaded otherwise."""
+    import random
+
     from sim.policy.routing import CACHE_THRESHOLD, IMBALANCE_REQUESTS, Router
 
     causal, oracle = Router("least_outstanding_tokens", 2), Router("least_outstanding_tokens_oracle", 2)
-    assert causal.pick(100, 1000, generated=[0, 0]) == 0 and oracle.pick(100, 1000) == 0
+    assert causal.pick(100, 1000) == 0 and oracle.pick(100, 1000) == 0
     # a short prompt with a long output on replica 0: the oracle sees 1,100 tokens, a router 100 (+ generated)
     assert oracle.pick(500, 10) == 1
-    assert causal.pick(500, 10, generated=[0, 0]) == 1
-    assert causal.pick(50, 10, generated=[0, 0]) == 0            # 100 < 500: replica 0 is less loaded
-    assert causal.pick(50, 10, generated=[600, 0]) == 1          # 150 + 600 generated > 500
+    assert causal.pick(500, 10) == 1
+    assert causal.pick(50, 10) == 0                                  # 100 < 500: replica 0 is less loaded
+    causal.generated[0] = 400                                        # its batcher's count: 550 > 500
+    assert causal.pick(50, 10) == 1
+    causal.generated[0] = 0
+    assert causal.pick(50, 10, span_tokens=lambda k: 700 if k == 0 else 0) == 1   # a span's tokens count too
     causal.done(0, 100, 1000)
-    assert causal.prompt_tokens == [50, 550] and causal.in_flight == [1, 2]
+    assert causal.prompt_tokens == [50, 600] and causal.in_flight == [1, 3]
+
+    # the pruned search equals the exhaustive one
+    rng = random.Random(7)
+    for _ in range(300):
+        n = rng.randint(1, 9)
+        r = Router("least_outstanding_tokens", n)
+        r.prompt_tokens = [rng.randint(0, 20) for _ in range(n)]
+        r.generated = [rng.randint(0, 20) for _ in range(n)]
+        extra = [rng.choice([0, 0, rng.randint(0, 20)]) for _ in range(n)]
+        exact = [a + b + c for a, b, c in zip(r.prompt_tokens, r.generated, extra)]
+        assert r.pick(1, 1, span_tokens=extra.__getitem__) == min(range(n), key=exact.__getitem__)
 
     pa = Router("prefix_aware", 3)
-    assert pa.pick(1000, 5, generated=[0, 0, 0], cached=[0, 0, 0]) == 0                # no cache: least loaded
-    assert pa.pick(1000, 5, generated=[0, 0, 0], cached=[0, 256, 0]) == 1              # 256 < 0.5 x 1000
-    assert pa.pick(1000, 5, generated=[0, 0, 0], cached=[0, 0, int(CACHE_THRESHOLD * 1000)]) == 2  # affinity
+    assert pa.pick(1000, 5, cached=[0, 0, 0]) == 0                                   # no cache: least loaded
+    assert pa.pick(1000, 5, cached=[0, 256, 0]) == 1                                 # 256 < 0.5 x 1000
+    assert pa.pick(1000, 5, cached=[0, 0, int(CACHE_THRESHOLD * 1000)]) == 2         # affinity
     for _ in range(IMBALANCE_REQUESTS + 1):          # pile requests on replica 2 by affinity ...
-        assert pa.pick(10, 1, generated=[0, 0, 0], cached=[0, 0, 10]) == 2
+        assert pa.pick(10, 1, cached=[0, 0, 10]) == 2
     assert pa.in_flight == [1, 1, IMBALANCE_REQUESTS + 2]
-    assert pa.pick(1000, 5, generated=[0, 0, 0], cached=[0, 0, 1000]) == 0   # ... until load wins
+    assert pa.pick(1000, 5, cached=[0, 0, 1000]) == 0   # ... until load wins

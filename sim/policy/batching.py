@@ -129,9 +129,12 @@ class ContinuousBatcher:
     """Queues and per-request progress of one replica; :meth:`plan` decides the next step."""
 
     def __init__(self, config: SchedulerConfig, pool: KVBlockPool, requests: RequestStore,
-                 prefix_ids: Sequence[np.ndarray] | None = None, host_blocks: int = 0) -> None:
+                 prefix_ids: Sequence[np.ndarray] | None = None, host_blocks: int = 0,
+                 generated_out: tuple[list[int], int] | None = None) -> None:
         """``prefix_ids``: with prefix caching, each request's prompt unit ids, by request id;
-        ``host_blocks``: KV blocks host memory holds for swapped requests (preemption=swap)."""
+        ``host_blocks``: KV blocks host memory holds for swapped requests (preemption=swap);
+        ``generated_out``: ``(counts, k)``: keep ``counts[k]`` equal to the output tokens the
+        requests in flight here have generated so far (what a router may read)."""
         self.config = config
         self.pool = pool
         self.requests = requests
@@ -144,13 +147,18 @@ class ContinuousBatcher:
         self.running: list[int] = []
         self.busy: set[int] = set()
         self.preemptions = 0
-        self.generated_total = 0          # output tokens generated so far by the requests in flight here
+        self._gen, self._gen_k = generated_out if generated_out is not None else ([0], 0)
         self.by_priority = config.policy == "priority"
         self.host_blocks = host_blocks if config.preemption == "swap" else 0
         self.host_free = self.host_blocks
         self.swapped: dict[int, int] = {}     # request -> its KV blocks in host memory
         self.swap_outs = self.swap_ins = 0
         self._swap_out_blocks = 0             # of the step being planned
+
+    @property
+    def generated_total(self) -> int:
+        """Output tokens the requests in flight here have generated so far."""
+        return self._gen[self._gen_k]
 
     # ----- queue changes ----------------------------------------------------------------------
     def _key(self, request: int) -> tuple[int, int]:
@@ -358,7 +366,7 @@ class ContinuousBatcher:
         k = steps - 1
         passes = self.requests.decode_passes
         last = []
-        self.generated_total += k * len(span.plan.work)
+        self._gen[self._gen_k] += k * len(span.plan.work)
         for w in span.plan.work:
             r = w.request
             self.computed[r] = w.context + k
@@ -395,12 +403,12 @@ class ContinuousBatcher:
             if gained:
                 self.generated[r] += gained
                 g = self.generated[r]
-                self.generated_total += gained
+                self._gen[self._gen_k] += gained
                 finished = g >= self.output[r]
                 if finished:
                     self.running.remove(r)
                     self.pool.free(r)
-                    self.generated_total -= g
+                    self._gen[self._gen_k] -= g
                 events.append((r, g == gained and not w.proposed, finished))
         return events
 
