@@ -27,7 +27,7 @@ from sim.config.compose import check_overrides, replacing_mappings, resolved
 from sim.config.presets import check_group_choices
 from sim.errors import ConfigError
 from sim.tools.cli import check_output_dirs, guarded
-from sim.tools.sweep import check_launcher
+from sim.tools.sweep import FAILED_PREFIX, check_launcher
 from topologies import TopologyError
 from workloads import WorkloadError
 
@@ -38,15 +38,30 @@ def main(cfg: DictConfig) -> None:
     out = Path(hc.runtime.output_dir)
     if hc.mode == RunMode.MULTIRUN:
         # In a sweep an impossible point (e.g. a model that does not fit at tp=2) is recorded
-        # in its job directory as error.txt and the sweep goes on.
+        # in its job directory as error.txt and the sweep goes on. A job that fails otherwise
+        # (its wall limit, a simulator bug) is recorded too and fails the sweep, which Hydra
+        # reports after its last job; Ctrl-C and SIGTERM stop the whole sweep.
         try:
             _run(cfg, out)
         except (ConfigError, TopologyError, WorkloadError) as exc:
             message = str(exc).splitlines()[0]
             (out / "error.txt").write_text(message + "\n")
             sys.stderr.write(f"error: {message}\n")
+        except SystemExit as exc:
+            if exc.code != 3:                      # a signal: the user stops the sweep
+                raise
+            _job_failed(out, "stopped by sim.max_wall_s (partial outputs written)")
+        except Exception as exc:
+            _job_failed(out, f"{type(exc).__name__}: {' '.join(str(exc).split())}")
         return
     guarded(_run)(cfg, out)
+
+
+def _job_failed(out: Path, message: str) -> None:
+    """Record a sweep job that failed (not an impossible point): ``error.txt`` starting
+    ``failed:``, which :class:`sim.tools.sweep.SweepFailures` counts after the last job."""
+    (out / "error.txt").write_text(f"{FAILED_PREFIX} {message}\n")
+    sys.stderr.write(f"error: sweep job {out.name} failed: {message}\n")
 
 
 def _run(cfg: DictConfig, out: Path) -> None:

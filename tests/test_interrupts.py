@@ -77,3 +77,19 @@ def test_wall_limit_stops_the_run_with_exit_3(tmp_path):
     # the timeline is complete JSON too, unfinished requests ending where the run stopped
     trace = json.loads((out / "timeline.json").read_text())
     assert any(e["ph"] == "X" for e in trace["traceEvents"])
+
+
+def test_a_sweep_runs_every_job_and_exits_1_when_some_failed(tmp_path):
+    """Jobs stopped by their wall limit fail the sweep, after its last job, with one line;
+    each keeps its partial outputs and an error.txt saying so."""
+    sweep = tmp_path / "sweep"
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    res = subprocess.run([sys.executable, "-m", "sim", "-m", f"hydra.sweep.dir={sweep}", "workload.max_requests=3000,4000",
+                          "sim.max_wall_s=0.01", "sim.fast_forward=false", "output.progress=never"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1] == f"error: 2 sweep job(s) failed (jobs 0, 1); see their error.txt in {sweep}"
+    for job in ("0", "1"):
+        assert (sweep / job / "error.txt").read_text().startswith("failed: stopped by sim.max_wall_s")
+        assert json.loads((sweep / job / "summary.json").read_text())["complete"] is False

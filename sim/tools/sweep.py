@@ -28,9 +28,14 @@ from typing import Any, Mapping
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 
 from sim.errors import ConfigError
 from sim.tools.cli import fail, guarded
+
+#: how ``error.txt`` of a job that failed (rather than an impossible point) begins
+FAILED_PREFIX = "failed:"
 
 #: the block of ``summary.json`` that measures the simulator itself (not the simulated cluster)
 RUNTIME_KEY = "sim"
@@ -188,3 +193,18 @@ def main(argv: list[str] | None = None) -> Path:
     print(json.dumps({"path": str(out), "runtime_path": str(out.with_name("sweep_runtime.parquet")),
                       "jobs": table.num_rows, "columns": table.num_columns}))
     return out
+
+
+class SweepFailures(Callback):
+    """After a sweep's last job (any launcher): exit 1 with one line naming the jobs that
+    failed for a reason other than an impossible configuration -- a wall limit, a simulator
+    bug -- whose ``error.txt`` begins with ``failed:``. Impossible points do not fail a sweep."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = Path(str(config.hydra.sweep.dir))
+        failed = sorted((p.parent.name for p in sweep.glob("*/error.txt")
+                         if p.read_text().startswith(FAILED_PREFIX)), key=lambda name: (len(name), name))
+        if failed:
+            shown = ", ".join(failed[:5]) + (", ..." if len(failed) > 5 else "")
+            sys.stderr.write(f"error: {len(failed)} sweep job(s) failed (jobs {shown}); see their error.txt in {sweep}\n")
+            raise SystemExit(1)
