@@ -428,8 +428,8 @@ def prefix_unit_tokens(scheduler: SchedulerConfig, table: workloads.RequestTable
         return None
     if table.prefix_block_ids is None:
         raise ConfigError(f"scheduler.prefix_caching=true needs a trace with prefix block ids (e.g. "
-                          f"workload=mooncake_synthetic, whose hash_ids name its 512-token blocks); "
-                          f"{table.source} has none")
+                          f"workload=mooncake_synthetic, whose hash_ids name its 512-token blocks, or a plain "
+                          f"trace with a prefix_group column); {table.source} has none")
     unit = table.prefix_block_tokens
     if unit % scheduler.block_size:
         raise ConfigError(f"scheduler.block_size={scheduler.block_size} must divide the trace's prefix blocks "

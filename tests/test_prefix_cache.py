@@ -186,3 +186,21 @@ def test_prefix_aware_without_prefix_caching_is_one_line(tmp_path):
                    "parallel.router=prefix_aware")
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
     assert "parallel.router=prefix_aware" in proc.stderr and "scheduler.prefix_caching=true" in proc.stderr
+
+
+def test_a_plain_trace_shares_prefixes_by_prefix_group(tmp_path):
+    """Turns of one conversation (prefix_group 7) reuse the earlier turns' whole 512-token
+    units; a request without a group, or of another group, shares nothing."""
+    trace = tmp_path / "conv.csv"
+    trace.write_text("arrival_s,prompt_tokens,output_tokens,prefix_group\n"
+                     "0,1100,20,7\n20,1700,20,7\n40,2300,20,7\n41,2300,20,\n42,2300,20,8\n")
+    out = tmp_path / "run"
+    proc = run_sim("-m", "sim", f"hydra.run.dir={out}", "output.progress=never", f"workload.path={trace}",
+                   "model=llama3_8b", "parallel.tp=1", "scheduler.prefix_caching=true", "debug.check_invariants=true")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    req = pq.read_table(out / "requests.parquet").to_pydict()
+    assert req["cached_tokens"] == [0, 1024, 1536, 0, 0]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("arrival_s,prompt_tokens,output_tokens,prefix_group\n0,10,2,x\n")
+    proc = run_sim("-m", "sim", f"hydra.run.dir={tmp_path / 'b'}", f"workload.path={bad}")
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: bad.csv line 2: prefix_group='x' is not a non-negative integer"

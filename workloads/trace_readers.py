@@ -15,7 +15,10 @@ Supported formats
 ``plain``
     ``.csv`` or ``.parquet`` with columns ``arrival_s, prompt_tokens, output_tokens``
     (seconds and token counts) and an optional integer ``priority`` (lower is served first
-    under ``scheduler.policy=priority``; absent: 0); other columns are ignored.
+    under ``scheduler.policy=priority``; absent: 0) and ``prefix_group`` (requests of one
+    group -- a conversation, a session -- share their prompts' common leading tokens, as a
+    later turn's prompt holds the earlier turns: unit ``i`` of a group's prompts is the same
+    512-token block for all of them; empty or absent: nothing shared); other columns are ignored.
 
 Modelling assumptions and conventions
 -------------------------------------
@@ -284,7 +287,10 @@ def _read_plain_csv(p: Path) -> RequestTable:
     reader, header, line_num, handle = _csv_rows(p)
     with handle:  # type: ignore[attr-defined]
         a_col, i_col, o_col = _column_indices(p, header, PLAIN_COLUMNS)
-        p_col = [h.strip() for h in header].index("priority") if "priority" in [h.strip() for h in header] else None
+        names = [h.strip() for h in header]
+        p_col = names.index("priority") if "priority" in names else None
+        g_col = names.index("prefix_group") if "prefix_group" in names else None
+        groups: list[int | None] = []
         width = len(header)
         arrival: list[float] = []
         prompt: list[int] = []
@@ -296,8 +302,25 @@ def _read_plain_csv(p: Path) -> RequestTable:
             output.append(_parse_plain_count(row[o_col], "output_tokens", where))
             if p_col is not None:
                 priority.append(_priority(row[p_col].strip(), where))
+            if g_col is not None:
+                text = row[g_col].strip()
+                groups.append(_parse_plain_count(text, "prefix_group", where) if text else None)
     return _build(p.name, np.asarray(arrival, dtype=np.float64), lambda rel: rel, prompt, output,
+                  _group_blocks(groups, prompt) if g_col is not None else None,
                   priority=priority if p_col is not None else None)
+
+
+PREFIX_UNIT_TOKENS = 512     # RequestTable.prefix_block_tokens, Mooncake's block
+
+
+def _group_blocks(groups: list[int | None], prompt: list[int] | np.ndarray) -> list[np.ndarray]:
+    """Prefix block ids from ``prefix_group``: unit ``i`` of every prompt of group ``g`` is
+    block ``g * 2**24 + i`` (whole 512-token units only); no group: no shared block."""
+    out = []
+    for g, p in zip(groups, prompt):
+        n = int(p) // PREFIX_UNIT_TOKENS if g is not None else 0
+        out.append(np.arange(n, dtype=np.int64) + (g or 0) * 2**24)
+    return out
 
 
 def _priority(value: object, where: str) -> int:
@@ -370,7 +393,17 @@ def _read_plain_parquet(p: Path) -> RequestTable:
             raise WorkloadError(f"{p.name}: column 'priority' has type {col.type} with {col.null_count} nulls; "
                                 "must be integers")
         priority = [_priority(v, f"{p.name} row {i + 1}") for i, v in enumerate(col.to_pylist())]
-    return _build(p.name, arrival, lambda rel: rel, prompt, output, priority=priority)
+    blocks = None
+    if "prefix_group" in header:
+        groups: list[int | None] = []
+        for i, v in enumerate(table.column("prefix_group").to_pylist()):
+            ok = v is None or (not isinstance(v, bool) and isinstance(v, (int, float)) and float(v).is_integer()
+                               and 0 <= v <= MAX_TOKENS)
+            if not ok:
+                raise WorkloadError(f"{p.name} row {i + 1}: prefix_group={v!r} is not an integer >= 0 (or null)")
+            groups.append(None if v is None else int(v))
+        blocks = _group_blocks(groups, prompt)
+    return _build(p.name, arrival, lambda rel: rel, prompt, output, blocks, priority=priority)
 
 
 def read_plain(path: str | Path) -> RequestTable:
