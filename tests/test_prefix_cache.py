@@ -125,8 +125,10 @@ def test_pool_conserves_blocks_and_never_reclaims_a_referenced_prefix(total, uni
         held = sum(pool.held.values())
         assert pool.free_blocks + held + pool.referenced_blocks() == total
         assert 0 <= pool.evictable_blocks <= pool.free_blocks and min(pool.held.values(), default=0) >= 0
-        for r, units in pool.shared.items():          # a referenced unit is still cached
+        for r, units in pool.shared.items():          # a referenced unit is still cached ...
             assert r in live and all(pool._refs.get(u, 0) >= 1 for u in units)
+            parents = [pool._key[u][0] for u in units]  # ... and a request references a chain from its root
+            assert parents == [-1, *units[:-1]]
         assert all(v >= 0 for v in pool._refs.values())
 
     for _ in range(data.draw(st.integers(1, 40))):
@@ -204,3 +206,19 @@ def test_a_plain_trace_shares_prefixes_by_prefix_group(tmp_path):
     bad.write_text("arrival_s,prompt_tokens,output_tokens,prefix_group\n0,10,2,x\n")
     proc = run_sim("-m", "sim", f"hydra.run.dir={tmp_path / 'b'}", f"workload.path={bad}")
     assert proc.returncode == 2 and proc.stderr.strip() == "error: bad.csv line 2: prefix_group='x' is not a non-negative integer"
+
+
+def test_a_request_finding_its_prefix_cached_meanwhile_references_it():
+    """S caches [a]; R, admitted before that, computes [a, b]: R then references S's unit a
+    (its own copy freed) and its new unit b, so evicting a while R holds b cannot happen."""
+    pool = KVBlockPool(8, 4, 4)
+    assert pool.reference(0, [], 5) == 0 and pool.grow(0, 5)       # S: prompt of 5, one whole unit
+    assert pool.reference(1, [], 9) == 0 and pool.grow(1, 9)       # R, before S's prompt is cached
+    pool.insert(0, [10], 5)
+    pool.insert(1, [10, 20], 9)
+    a, b = pool.shared[1]
+    assert pool.shared[0] == [a] and pool._refs[a] == 2 and pool._key[b] == (a, 20)
+    assert pool.free_blocks + sum(pool.held.values()) + pool.referenced_blocks() == 8
+    pool.free(0)
+    pool.grow(2, 4 * 4)                 # pressure: only unreferenced units could go, and none is
+    assert pool.cached_prefix([10, 20, 30], 13) == [a, b]

@@ -198,7 +198,9 @@ class Replica:
         if not self._in_span:
             return 0
         bounds = self._span_bounds
-        done = int(np.searchsorted(bounds, self.env.now, side="right")) - 1   # span steps ended by now
+        # steps ended before now: a step ending exactly at an arrival counts after it, the
+        # order stepping gives when the arrival was scheduled before that step began
+        done = int(np.searchsorted(bounds, self.env.now, side="left")) - 1
         return self._span_seqs * min(max(done, 0), len(bounds) - 1)
 
     # ----- several stages: micro-batches in flight --------------------------------------------

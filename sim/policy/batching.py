@@ -41,7 +41,7 @@ class SchedulerConfig:
     max_model_len: int | str | None = None
     prefix_caching: bool = False     # reuse cached prompt prefixes (the trace's prefix block ids) across requests
     preemption: str = "recompute"    # recompute | swap (KV copied to host memory over PCIe and back)
-    swap_space_GB: float = 4.0       # host memory per GPU for swapped KV (vLLM's swap_space default, 4 GiB ~ 4.3 GB)
+    swap_space_GB: float = 4.0       # host memory per GPU for swapped KV, 1e9-byte GB (vLLM's default is 4 GiB)
 
     def context_limit(self, model_max_positions: int) -> int | None:
         """Longest prompt + output a request may have (None: only the KV cache limits it)."""

@@ -140,23 +140,30 @@ class KVBlockPool:
         return tokens
 
     def insert(self, request: int, ids, prompt: int) -> None:
-        """``request``'s prompt is computed: its whole units join the cache. A unit already
-        cached under the same prefix (computed meanwhile by another request) stays as it is
-        and ``request`` keeps its own copy privately."""
+        """``request``'s prompt is computed: its whole units join the cache. Where a unit is
+        already cached under the same prefix (computed meanwhile by another request),
+        ``request`` references it and frees its own copy (as vLLM does when a full block's
+        hash is found), so a request always references a whole chain from its root."""
         assert self.unit_tokens is not None
         units = self.shared.setdefault(request, [])
         parent = units[-1] if units else -1
         for x in ids[len(units):prompt // self.unit_tokens]:
+            if self.held.get(request, 0) < self.unit_blocks:
+                break
             key = (parent, int(x))
             unit = self._units.get(key)
-            if unit is None and self.held.get(request, 0) >= self.unit_blocks:
+            if unit is None:
                 unit = self._next_unit
                 self._next_unit += 1
                 self._units[key], self._key[unit], self._refs[unit] = unit, key, 1
-                self.held[request] -= self.unit_blocks       # its blocks now belong to the unit
-                units.append(unit)
-            elif unit is None:
-                break
+            else:                                        # the cached copy replaces its own
+                if self._refs[unit] == 0:
+                    del self._evictable[unit]
+                    self.free_blocks -= self.unit_blocks
+                self._refs[unit] += 1
+                self.free_blocks += self.unit_blocks
+            self.held[request] -= self.unit_blocks       # its blocks now belong to the unit (or are freed)
+            units.append(unit)
             parent = unit
         if not units:
             del self.shared[request]
