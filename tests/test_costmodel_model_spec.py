@@ -22,6 +22,7 @@ PUBLIC_PARAMS = {
     "llama3_2_1b": 1.236e9,      # tied embeddings
     "mixtral_8x22b": 140.6e9,    # all experts
     "qwen2_5_14b": 14.77e9,      # HF total (includes QKV biases the model ignores, ~0.3M)
+    "qwen3_moe": 235e9,          # Qwen3-235B-A22B model card: 235B total (all 128 experts)
 }
 
 LLAMA3_8B_CONFIG = {
@@ -79,6 +80,15 @@ def test_tied_1b_params_exact_and_untied_would_be_larger():
     assert m.params == pytest.approx(1.2358e9, rel=1e-3)
     untied = with_overrides(m, tie_word_embeddings=False)
     assert untied.params - m.params == m.vocab_size * m.hidden_size
+
+
+def test_qwen3_moe_activates_about_22e9_of_235e9():
+    """Qwen3-235B-A22B's model card: 235B parameters, 22B activated (8 of 128 experts per token,
+    the embedding lookup counted there; our per-token count leaves the lookup out)."""
+    m = load_model("qwen3_moe")
+    assert m.is_moe and m.num_local_experts == 128 and m.num_experts_per_tok == 8
+    assert m.params == pytest.approx(235e9, rel=0.005)
+    assert m.active_params_per_token + m.embedding_params == pytest.approx(22e9, rel=0.02)
 
 
 def test_mixtral_active_params_about_39e9():
