@@ -45,3 +45,30 @@ def execute_notebook(name: str, workdir: Path, monkeypatch, **env: str):
     nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                             resources={"metadata": {"path": str(workdir)}}).execute()
     return nb
+
+
+def assert_equal_tables(a, b, what: str, rtol: float = 1e-9) -> None:
+    """Two pyarrow tables are the same: schema and row count equal, floating-point columns
+    within ``rtol`` relative (NaN equal to NaN), every other column exactly."""
+    import numpy as np
+
+    assert a.schema.equals(b.schema) and a.num_rows == b.num_rows, what
+    for name in a.column_names:
+        x = a.column(name).to_numpy(zero_copy_only=False)
+        y = b.column(name).to_numpy(zero_copy_only=False)
+        if x.dtype.kind == "f":
+            assert np.allclose(x, y, rtol=rtol, atol=0.0, equal_nan=True), f"{what}.{name}"
+        else:
+            assert np.array_equal(x, y), f"{what}.{name}"
+
+
+def assert_same_tables(run_a: Path, run_b: Path, rtol: float = 1e-9) -> None:
+    """Two run directories hold the same ``requests.parquet`` and ``steps.parquet`` (steps
+    ordered by replica and step: a fast-forwarded span writes its rows when it closes)."""
+    import pyarrow.parquet as pq
+
+    for name in ("requests", "steps"):
+        a, b = (pq.read_table(d / f"{name}.parquet") for d in (run_a, run_b))
+        if name == "steps":
+            a, b = (t.sort_by([("replica", "ascending"), ("step", "ascending")]) for t in (a, b))
+        assert_equal_tables(a, b, name, rtol)

@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import random
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
+
+from helpers import assert_equal_tables
 
 from sim.app import run
 from sim.config.compose import compose_config
@@ -65,14 +66,7 @@ def _tables(path):
 
 
 def _assert_equal_tables(a, b, what):
-    assert a.schema.equals(b.schema) and a.num_rows == b.num_rows, what
-    for name in a.column_names:
-        x = a.column(name).to_numpy(zero_copy_only=False)
-        y = b.column(name).to_numpy(zero_copy_only=False)
-        if x.dtype.kind == "f":
-            assert np.allclose(x, y, rtol=FLOAT_RTOL, atol=0.0, equal_nan=True), f"{what}.{name}"
-        else:
-            assert np.array_equal(x, y), f"{what}.{name}"
+    assert_equal_tables(a, b, what, FLOAT_RTOL)
 
 
 def _close(a, b, path=""):

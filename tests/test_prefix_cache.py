@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from helpers import ROOT, run_sim
+from helpers import ROOT, assert_same_tables, run_sim
 
 from sim.policy.kv_cache import KVBlockPool
 
@@ -91,17 +90,7 @@ def test_fast_forward_and_stepping_agree_with_prefix_caching_under_kv_pressure(t
     a, sa = _run(tmp_path, "ff", *common)
     b, sb = _run(tmp_path, "step", *common, "sim.fast_forward=false")
     assert sa["prefix_cache"]["evictions"] > 0 and sa["prefix_cache"] == sb["prefix_cache"]
-    for table in ("requests.parquet", "steps.parquet"):
-        x = pq.read_table(a / table).sort_by([(c, "ascending") for c in ("replica", "step")] if table == "steps.parquet"
-                                             else [("request_id", "ascending")])
-        y = pq.read_table(b / table).sort_by([(c, "ascending") for c in ("replica", "step")] if table == "steps.parquet"
-                                             else [("request_id", "ascending")])
-        for name in x.column_names:
-            u, v = x.column(name).to_numpy(zero_copy_only=False), y.column(name).to_numpy(zero_copy_only=False)
-            if u.dtype.kind == "f":
-                assert np.allclose(u, v, rtol=1e-9, atol=0.0, equal_nan=True), name
-            else:
-                assert np.array_equal(u, v), name
+    assert_same_tables(a, b)
 
 
 def test_prefix_caching_without_prefix_ids_is_one_line(tmp_path):
@@ -177,10 +166,8 @@ def test_prefix_aware_routing_fast_forwards_exactly(tmp_path):
     a, sa = _run(tmp_path, "ff", *common)
     b, sb = _run(tmp_path, "step", *common, "sim.fast_forward=false")
     assert sa["prefix_cache"] == sb["prefix_cache"]
-    ra, rb = pq.read_table(a / "requests.parquet"), pq.read_table(b / "requests.parquet")
-    assert ra.column("replica").equals(rb.column("replica")) and ra.column("cached_tokens").equals(rb.column("cached_tokens"))
-    assert len(set(ra.column("replica").to_pylist())) == 3
-    np.testing.assert_allclose(ra.column("finish_s").to_numpy(), rb.column("finish_s").to_numpy(), rtol=1e-9)
+    assert_same_tables(a, b)
+    assert len(set(pq.read_table(a / "requests.parquet").column("replica").to_pylist())) == 3
 
 
 def test_prefix_aware_without_prefix_caching_is_one_line(tmp_path):
