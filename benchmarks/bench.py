@@ -40,6 +40,13 @@ CASES: dict[str, tuple[str, list[str]]] = {
         "sim", [*CONVERSATION, "workload.rate_per_s=200", "workload.max_requests=1000000", *SMALL_64]),
     "message fidelity (azure_code first 30 req, 70B TP8)": ("sim", ["network.fidelity=message",
                                                                      "workload.max_requests=30"]),
+    "disaggregated pools (azure_code, 1 prefill + 1 decode 70B TP8)": ("sim", ["disagg=pools"]),
+    "mooncake, 3 prefill + 1 decode 70B TP8, prefix-aware": (
+        "sim", ["workload=mooncake_synthetic", "disagg=pools", "disagg.prefill.replicas=3",
+                "scheduler.prefix_caching=true", "parallel.router=prefix_aware"]),
+    "DeepSeek-V3 fp8, EP16 on 2 nodes (azure_code first 2,000 req)": (
+        "sim", ["model=deepseek_v3", "precision.weights=fp8", "topology=multi_node_ib", "parallel.tp=16",
+                "parallel.ep=16", "workload.max_requests=2000"]),
     "frontier default grid (70B, H100, up to 256 GPUs)": ("frontier", []),
 }
 QUICK = {

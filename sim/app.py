@@ -23,7 +23,8 @@ __all__ = ["StopRequest", "evaluate", "run"]
 
 
 #: What a run writes into its directory.
-RUN_OUTPUTS = ("config.yaml", "summary.json", "requests.parquet", "steps.parquet", "timeline.json", "error.txt")
+RUN_OUTPUTS = ("config.yaml", "summary.json", "requests.parquet", "steps.parquet", "transfers.parquet", "timeline.json",
+               "error.txt")
 
 
 def claim_run_dir(out: Path, overwrite: bool, own_config: bool = False) -> None:
@@ -70,7 +71,8 @@ def evaluate(cfg_mapping: Mapping[str, Any], out_dir: Path | None = None,
         stop = StopRequest()
     stop.arm(cfg.sim.max_wall_s)
     timeline_path = out_dir / "timeline.json" if cfg.output.timeline and out_dir is not None else None
-    simulation = build_simulation(cfg, plan, table, steps_path, requests_path, timeline_path)
+    transfers_path = written / "transfers.parquet" if written is not None and cfg.disagg.enabled else None
+    simulation = build_simulation(cfg, plan, table, steps_path, requests_path, timeline_path, transfers_path)
     workload = {"source": table.source, "requests": len(table), "clamped_rows": table.clamped_rows,
                 "rebased_s": table.rebased_s}
     del table                   # the simulation holds what it replays
@@ -89,6 +91,8 @@ def evaluate(cfg_mapping: Mapping[str, Any], out_dir: Path | None = None,
         summary["prefix_cache"] = result.prefix_cache
     if result.swap is not None:
         summary["swap"] = result.swap
+    if result.kv_transfer is not None:
+        summary["kv_transfer"] = result.kv_transfer
     summary["cost"] = mixed_fleet_cost(cfg.cost, fleet_parts(cfg, [r.group for r in plan.replicas],
                                                              result.replica_busy_gpu_s, summary))
     cap = min((r.capacity for r in plan.replicas), key=lambda c: c.tokens)

@@ -29,6 +29,7 @@ from sim.cost.fabric import Fabric
 from sim.cost.memory import KVCapacity, kv_capacity, swap_time_s
 from sim.cost.placement import draft_gpus, placement, shardable, tp_groups
 from sim.cost.step_time import StepTimePredictor
+from sim.des.disagg import KVHandoff
 from sim.des.invariants import InvariantChecker
 from sim.des.replica import Replica
 from sim.des.simulation import Admission, Arrivals, Cluster, SimEnvironment
@@ -141,18 +142,25 @@ def make_fabric(cfg: RunConfig, graph: nx.DiGraph | None = None, oneshot_capable
                   latency_scale=cfg.network.latency_scale, bandwidth_scale=cfg.network.bandwidth_scale)
 
 
-def fleet_graph(groups: list[RunConfig]) -> tuple[nx.DiGraph, list[list[str]]]:
-    """One graph holding every group's own topology side by side (data-parallel replicas
-    never talk, so groups meet only at a frontend switch), and each group's GPU names in
-    placement order.
+
+
+def fleet_graph(groups: list[RunConfig], ib_joined: bool = False) -> tuple[nx.DiGraph, list[list[str]]]:
+    """One graph holding every group's own topology side by side, and each group's GPU names
+    in placement order. Data-parallel replicas never talk, so a mixed fleet's groups meet
+    only at a frontend switch; disaggregated pools (``ib_joined``: every group on
+    ``multi_node_ib`` nodes) share their InfiniBand switches, one fabric as for one cluster's
+    nodes: a prefill GPU reaches the decode GPU of its local rank through its NIC, their rail
+    leaf and that GPU's NIC (other ranks also through the spine, whose uplinks carry every
+    node's bandwidth).
 
     Group ``k``'s GPUs are renumbered after the previous groups' servers so that every GPU
     keeps the ``gpu<server * gpus_per_node + local_rank>`` naming; its other nodes get a
-    ``fleet<k>/`` prefix."""
-    if len(groups) == 1:
+    ``fleet<k>/`` prefix (the shared tier: ``pools/``)."""
+    if len(groups) == 1 and not ib_joined:
         g = build_graph(groups[0])
         return g, [list(topologies.PathTable(g).gpus)]
-    union = nx.DiGraph(name="fleet")
+    union = nx.DiGraph(name="pools" if ib_joined else "fleet")
+    union_bw: dict[tuple[str, str], float] = {}
     names: list[list[str]] = []
     server_offset = 0
     for k, cfg in enumerate(groups):
@@ -166,6 +174,8 @@ def fleet_graph(groups: list[RunConfig]) -> tuple[nx.DiGraph, list[list[str]]]:
         for node, data in g.nodes(data=True):
             if data.get("kind") == "gpu":
                 mapping[node] = topologies.gpu_name(topologies.gpu_index(node) + server_offset * per_node)
+            elif ib_joined and data.get("kind") == "ib_switch":
+                mapping[node] = f"pools/{node}"
             else:
                 mapping[node] = f"fleet{k}/{node}"
         g = nx.relabel_nodes(g, mapping)
@@ -174,8 +184,20 @@ def fleet_graph(groups: list[RunConfig]) -> tuple[nx.DiGraph, list[list[str]]]:
                 data["server"] = data["server"] + server_offset
         servers = {d["server"] for _, d in g.nodes(data=True) if d.get("kind") == "gpu"}
         server_offset = max(servers) + 1
-        union = nx.union(union, g)
+        if ib_joined:
+            # switch-to-switch uplinks carry the downlinks of every pool's nodes
+            shared = [(u, v, d["bandwidth_GBps"]) for u, v, d in g.edges(data=True)
+                      if u.startswith("pools/") and v.startswith("pools/") and union.has_edge(u, v)]
+            union = nx.compose(union, g)
+            for u, v, bw in shared:
+                union.edges[u, v]["bandwidth_GBps"] = bw + union_bw[(u, v)]
+            union_bw = {(u, v): d["bandwidth_GBps"] for u, v, d in union.edges(data=True)}
+        else:
+            union = nx.union(union, g)
         names.append([mapping[n] for n in order])
+    if ib_joined:
+        union.graph.update(gpus_per_node=groups[0].topology.gpus_per_node)
+        return union, names
     # the groups meet only at the data-centre frontend (100 GbE, ~50 us per hop): every GPU
     # reaches every GPU as the topology contract asks, and no collective ever crosses it
     union.add_node("fleet/frontend", kind="ib_switch")
@@ -217,7 +239,8 @@ def make_predictor(cfg: RunConfig, fabric: Fabric, stage_gpus: list[list[str]]) 
         return fabric.send_s(stage_gpus[stage][0], stage_gpus[stage + 1][0], nbytes)
 
     return StepTimePredictor(cfg.model, cfg.hardware, cfg.engine, cfg.precision, cfg.parallel.tp,
-                             cfg.parallel.pp, comm, pp_send_s, tp_cols=cfg.parallel.tp_cols)
+                             cfg.parallel.pp, comm, pp_send_s, tp_cols=cfg.parallel.tp_cols, ep=cfg.parallel.ep,
+                             ep_skew=cfg.parallel.ep_skew)
 
 
 def predictor_key(fabric: Fabric, stage_gpus: list[list[str]], tp_cols: int, group: int) -> tuple:
@@ -240,7 +263,8 @@ def make_speculative(cfg: RunConfig, fabric: Fabric, target: StepTimePredictor, 
     if s.method == "self":
         # EAGLE/MTP-like draft head: ``draft_layers`` decoder layers of the target's shape plus
         # the LM head, sharded like the target on its GPUs.
-        head = replace(cfg.model, name=f"{cfg.model.name}_draft_head", num_hidden_layers=s.draft_layers)
+        head = replace(cfg.model, name=f"{cfg.model.name}_draft_head", num_hidden_layers=s.draft_layers,
+                       first_k_dense_replace=min(cfg.model.first_k_dense_replace, s.draft_layers))
         draft = StepTimePredictor(head, cfg.hardware, cfg.engine, cfg.precision, target.tp, 1, target.comm[0])
         return SpeculativeDecoder(s, target, draft)
     draft_model = load_model(s.draft_model)  # type: ignore[arg-type]
@@ -282,7 +306,7 @@ def replica_plan(cfg: RunConfig, fabric: Fabric, gpus: list[str], index: int, gr
 def build_cluster(cfg: RunConfig) -> ClusterPlan:
     """Every replica's cost models over one fabric (a mixed fleet: each group on its topology)."""
     groups = cfg.groups()
-    graph, group_gpus = fleet_graph(groups)
+    graph, group_gpus = fleet_graph(groups, ib_joined=cfg.disagg.enabled)
     fabric = make_fabric(cfg, graph, oneshot_capable=any(g.hardware.scaleup_link != "pcie" for g in groups))
     shared: dict[tuple, StepTimePredictor] = {}
     replicas = [replica_plan(gcfg, fabric, gpus, i, k, shared)
@@ -325,7 +349,8 @@ class SplitModels:
         topo = cfg.topology
         if topo.kind == "hgx" and split.gpus + cfg.speculative.extra_gpus > topo.gpus_per_node:
             topo = replace(topo, kind="multi_node_ib", nodes="auto")
-        return replace(cfg, parallel=replace(cfg.parallel, tp=split.tp, pp=split.pp, dp=1, tp_cols=split.tp_cols),
+        return replace(cfg, parallel=replace(cfg.parallel, tp=split.tp, pp=split.pp, dp=1, tp_cols=split.tp_cols,
+                                             ep=split.tp if cfg.parallel.ep > 1 else 1),
                        topology=topo)
 
     def fabric(self, split: Split) -> tuple[RunConfig, Fabric]:
@@ -439,11 +464,13 @@ def prefix_unit_tokens(scheduler: SchedulerConfig, table: workloads.RequestTable
 
 def build_simulation(cfg: RunConfig, plan: ClusterPlan, table: workloads.RequestTable,
                      steps_path: Path | None = None, requests_path: Path | None = None,
-                     timeline_path: Path | None = None) -> Cluster:
+                     timeline_path: Path | None = None, transfers_path: Path | None = None) -> Cluster:
     """The SimPy side of a run, wired: environment, network, request store, router, batchers,
     replicas, the recorder of ``steps.parquet`` (streamed to ``steps_path`` if given), the
-    log of ``requests.parquet`` (streamed to ``requests_path`` if given, else kept in memory)
-    and, given ``timeline_path``, the timeline (``output.timeline``).
+    log of ``requests.parquet`` (streamed to ``requests_path`` if given, else kept in memory),
+    given ``timeline_path`` the timeline (``output.timeline``) and, with ``disagg=pools``, the
+    hand-off between the pools (:class:`~sim.des.disagg.KVHandoff`; its ``transfers.parquet``
+    streamed to ``transfers_path`` if given).
 
     Steady decode is fast-forwarded (``sim.fast_forward``) where a step's time depends on
     nothing but its own batch: collective fidelity, one pipeline stage, no speculation."""
@@ -459,14 +486,27 @@ def build_simulation(cfg: RunConfig, plan: ClusterPlan, table: workloads.Request
         assert acceptance is not None
         return sample_accepted(rng, float(acceptance[requests.request_id[slot]]), proposed)
 
-    admission = Admission(min(rp.capacity.tokens for rp in plan.replicas),
+    disagg = cfg.disagg.enabled
+    require(not (disagg and cfg.speculative.enabled),
+            "disagg=pools with speculative decoding is not built: use speculative=none with disaggregated pools")
+    prefill_count = cfg.disagg.prefill.replicas if disagg and cfg.disagg.prefill is not None else 0
+    decoders = plan.replicas[prefill_count:]
+    admission = Admission(min(rp.capacity.tokens for rp in decoders),
                           cfg.scheduler.context_limit(cfg.model.max_position_embeddings),
-                          cfg.scheduler.max_tokens_per_step)
+                          cfg.scheduler.max_tokens_per_step,
+                          min(rp.capacity.tokens for rp in plan.replicas[:prefill_count]) if disagg else None)
     progress = Progress(env, float(arrivals.arrival_s[-1]) if n else 0.0, cfg.output.progress, n)
     cluster = Cluster(env, arrivals, requests, RequestLog(n, requests_path),
-                      Router(cfg.parallel.router, len(plan.replicas)),
+                      Router(cfg.parallel.router, prefill_count or len(plan.replicas)),
                       ColumnRecorder(schemas.STEPS, steps_path), progress, admission, plan.gpus)
     cluster.network = network
+    if disagg:
+        # the decode pool is routed by what a router can count (its pool has no prefix cache)
+        cluster.kv = KVHandoff(env, network, cfg.disagg.transfer, requests, cluster.router,
+                               Router("least_outstanding_tokens", len(decoders)),
+                               cfg.model.kv_bytes_per_token(cfg.precision.kv_bytes),
+                               ColumnRecorder(schemas.TRANSFERS, transfers_path, summed=False), cluster.kv_arrived,
+                               lambda slot: cluster.cached_prefix_tokens(requests.request_id[slot], requests.prompt[slot]))
     if cfg.debug.check_invariants:
         cluster.checker = InvariantChecker(env, cfg.scheduler)
         cluster.log.check = cluster.checker.on_row
@@ -482,12 +522,15 @@ def build_simulation(cfg: RunConfig, plan: ClusterPlan, table: workloads.Request
     require(cfg.parallel.router != "prefix_aware" or unit_tokens is not None,
             "parallel.router=prefix_aware routes by cached prefixes: it needs scheduler.prefix_caching=true")
     for i, rp in enumerate(plan.replicas):
-        pool = KVBlockPool(rp.capacity.tokens // cfg.scheduler.block_size, cfg.scheduler.block_size, unit_tokens)
+        decodes = disagg and i >= prefill_count       # a decode pool's replica: no prefix cache, KV from the prefill pool
+        pool = KVBlockPool(rp.capacity.tokens // cfg.scheduler.block_size, cfg.scheduler.block_size,
+                           None if decodes else unit_tokens)
         block_bytes = rp.capacity.kv_bytes_per_token_per_gpu * cfg.scheduler.block_size
         swap = cfg.scheduler.preemption == "swap"
         host_blocks = int(cfg.scheduler.swap_space_GB * 1e9 // block_bytes) if swap else 0
-        batcher = ContinuousBatcher(cfg.scheduler, pool, requests, table.prefix_block_ids, host_blocks,
-                                    (cluster.router.generated, i))
+        counts = (cluster.kv.decode_router.generated, i - prefill_count) if decodes and cluster.kv else (cluster.router.generated, i)
+        batcher = ContinuousBatcher(cfg.scheduler, pool, requests, table.prefix_block_ids, host_blocks, counts,
+                                    hands_off=disagg and not decodes)
         hw = groups[rp.group].hardware
         swap_s = partial(swap_time_s, block_bytes_per_gpu=block_bytes, layers=max(rp.predictor.stage_layers),
                          latency_s=hw.pcie_latency_us * 1e-6, bandwidth_Bps=hw.pcie_bandwidth_GBps * 1e9) if swap else None
@@ -495,4 +538,7 @@ def build_simulation(cfg: RunConfig, plan: ClusterPlan, table: workloads.Request
         cluster.replicas.append(Replica(env, i, rp.predictor, batcher, network, rp.stage_gpus, cluster,
                                         cfg.parallel.tp_cols, rp.speculative if cfg.speculative.enabled else None,
                                         accept, MAX_SPAN_STEPS if spans and single_stage else 1, swap_s))
+    if cluster.kv is not None:
+        cluster.kv.add_replicas(cluster.replicas[:prefill_count], cluster.replicas[prefill_count:],
+                                [list(rp.predictor.stage_layers) for rp in plan.replicas])
     return cluster

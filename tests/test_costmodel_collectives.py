@@ -176,8 +176,9 @@ def test_collective_fidelity_duration_matches_group_costs():
     net = CollectiveNetwork(simpy.Environment(), fab)
     assert net.duration_s("allreduce", gpus(8), 1e6) == fab.group(gpus(8)).allreduce_s(1e6)
     assert net.duration_s("allgather", gpus(8), 1e6) == fab.group(gpus(8)).allgather_s(1e6)
+    assert net.duration_s("alltoall", gpus(8), 1e6) == fab.group(gpus(8)).alltoall_s(1e6)
     with pytest.raises(ValueError):
-        net.duration_s("alltoall", gpus(8), 1e6)
+        net.duration_s("broadcast", gpus(8), 1e6)
     assert isinstance(make_network("message", simpy.Environment(), fab), MessageNetwork)
     assert isinstance(make_network("collective", simpy.Environment(), fab), CollectiveNetwork)
 

@@ -260,7 +260,7 @@ def test_hf_config_text_config_and_moe_aliases(tmp_path):
     p = _write(tmp_path, {"model_type": "wrapper", "text_config": inner}, sub="moe")
     m = model_from_mapping({"path": str(p)})
     assert m.num_local_experts == 64 and m.num_experts_per_tok == 8
-    assert m.intermediate_size == 768   # per-expert width replaces the dense one
+    assert m.intermediate_size == 6144 and m.moe_intermediate_size == m.expert_ffn == 768   # HF names kept
     assert m.head_dim == 128
 
 

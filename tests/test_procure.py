@@ -196,3 +196,28 @@ def test_traffic_stats_bursts():
     # a window's busiest burst is at least its share of the mean rate
     for w, t in s.window_prompt_tokens:
         assert t >= s.mean_prompt * s.requests * min(1.0, w / s.duration_s) * 0.999
+
+
+def test_disaggregated_pools_win_where_prefill_chunks_break_the_tpot_target(tmp_path):
+    """A 15 ms TPOT p99 target: every co-located layout's decode steps share prefill chunks
+    and miss it (pruned analytically); the search picks prefill and decode pools, their
+    rerun reproduces the point, and pools one step cheaper miss."""
+    out = tmp_path / "pools"
+    r = sim_cli(["-m", "sim.procure", "workload=azure_code", "workload.rate_scale=2", "workload.max_requests=1500",
+                 "slo.ttft_p99_s=5", "slo.tpot_p99_s=0.015", "search.hardware=[h100]", "search.tp=[8]",
+                 "search.disagg=true", "sensitivity.enabled=false", f"hydra.run.dir={out}"], REPO)
+    assert r.returncode == 0, r.stderr[-2000:]
+    best = json.loads(r.stdout.strip().splitlines()[-1])["best"]
+    assert best["prefill_replicas"] >= 1 and best["decode_replicas"] >= 1 and best["tpot_p99_s"] <= 0.015
+    assert best["gpus"] == 8 * (best["prefill_replicas"] + best["decode_replicas"])
+    table = pq.read_table(out / "procure.parquet").to_pylist()
+    colocated = [row for row in table if row["prefill_replicas"] is None]
+    assert colocated and all(row["pruned"] and not row["simulated"] for row in colocated)
+    assert any("prefill chunk" in (row["error"] or "") for row in colocated)
+    rerun = sim_cli(["-m", "sim", *best["rerun"], "output.progress=never", f"hydra.run.dir={tmp_path / 'rerun'}"], REPO)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    summary = json.loads((tmp_path / "rerun" / "summary.json").read_text())
+    assert summary["ttft_s"]["p99"] == pytest.approx(best["ttft_p99_s"], rel=1e-9)
+    assert summary["kv_transfer"]["transfers"] > 0
+    report = (out / "procure.md").read_text()
+    assert f"{best['prefill_replicas']} prefill + {best['decode_replicas']} decode" in report

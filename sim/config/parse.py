@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from sim.config.presets import load_preset
 from sim.config.schema import (
     DebugConfig,
+    DisaggConfig,
     FleetGroup,
     NetworkConfig,
     OutputConfig,
@@ -35,7 +36,7 @@ from sim.spec.precision import Precision
 
 
 #: Top-level keys of a run's config (``conf/config.yaml``): its groups and settings.
-TOP_LEVEL_KEYS = ("cost", "debug", "engine", "fleet", "hardware", "model", "network", "output", "parallel",
+TOP_LEVEL_KEYS = ("cost", "debug", "disagg", "engine", "fleet", "hardware", "model", "network", "output", "parallel",
                   "precision", "scheduler", "seed", "sim", "speculative", "topology", "workload")
 
 
@@ -60,8 +61,16 @@ def parse_config(cfg: Mapping[str, Any], sections: tuple[str, ...] = ()) -> RunC
                           f"{sorted(allowed - {'hydra'})}")
     for group in ("hardware", "model", "engine"):
         require(isinstance(cfg.get(group), Mapping), f"config group {group!r} is missing")
+    hardware = hardware_from_mapping(dict(cfg["hardware"]))
+    disagg = _disagg(cfg.get("disagg"), cfg.get("parallel") or {}, hardware)
+    fleet = _fleet(cfg.get("fleet"), cfg.get("parallel") or {})
+    if disagg.enabled:
+        require(not fleet, "fleet and disagg=pools both set: a disaggregated deployment's hardware is given per pool "
+                           "(disagg.prefill.hardware, disagg.decode.hardware); leave fleet empty")
+        assert disagg.prefill is not None and disagg.decode is not None
+        fleet = (disagg.prefill, disagg.decode)
     return RunConfig(
-        hardware=hardware_from_mapping(dict(cfg["hardware"])),
+        hardware=hardware,
         model=model_from_mapping(cfg["model"]),
         engine=engine_from_mapping(cfg["engine"]),
         precision=_dataclass(Precision, cfg.get("precision"), "precision"),
@@ -73,7 +82,8 @@ def parse_config(cfg: Mapping[str, Any], sections: tuple[str, ...] = ()) -> RunC
         output=_dataclass(OutputConfig, cfg.get("output"), "output"),
         speculative=_dataclass(SpeculativeConfig, cfg.get("speculative"), "speculative"),
         cost=cost_from_mapping(cfg.get("cost")),
-        fleet=_fleet(cfg.get("fleet"), cfg.get("parallel") or {}),
+        fleet=fleet,
+        disagg=disagg,
         seed=_seed(cfg.get("seed", 0)),
         sim=_dataclass(SimConfig, cfg.get("sim"), "sim"),
         debug=_dataclass(DebugConfig, cfg.get("debug"), "debug"),
@@ -88,19 +98,42 @@ def _fleet(values: Any, parallel: Mapping[str, Any]) -> tuple[FleetGroup, ...]:
         return ()
     require(isinstance(values, (list, tuple)), f"fleet={values!r} must be a list of groups "
                                                "({hardware: NAME, replicas: N[, tp: T, pp: P]})")
-    groups = []
-    for i, g in enumerate(values):
-        require(isinstance(g, Mapping), f"fleet[{i}]={g!r} must be a mapping with hardware and replicas")
-        unknown = sorted(set(g) - {"hardware", "replicas", "tp", "pp"})
-        require(not unknown, f"fleet[{i}] has unknown field(s) {unknown}; allowed: ['hardware', 'pp', 'replicas', 'tp']")
-        require("hardware" in g and "replicas" in g, f"fleet[{i}] needs hardware and replicas")
-        for f in ("replicas", "tp", "pp"):
-            v = g.get(f, parallel.get(f, 1))
-            require(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-                    f"fleet[{i}].{f}={v!r} must be an integer >= 1")
-        groups.append(FleetGroup(load_hardware(str(g["hardware"])), int(g["replicas"]),
-                                 int(g.get("tp", parallel.get("tp", 1))), int(g.get("pp", parallel.get("pp", 1)))))
-    return tuple(groups)
+    return tuple(_group(g, f"fleet[{i}]", parallel) for i, g in enumerate(values))
+
+
+def _group(g: Any, name: str, parallel: Mapping[str, Any], hardware: HardwareSpec | None = None) -> FleetGroup:
+    """One ``{hardware, replicas, tp, pp}`` group (tp/pp default to ``parallel``'s; hardware to
+    ``hardware`` where given)."""
+    require(isinstance(g, Mapping), f"{name}={g!r} must be a mapping with hardware and replicas")
+    unknown = sorted(set(g) - {"hardware", "replicas", "tp", "pp"})
+    require(not unknown, f"{name} has unknown field(s) {unknown}; allowed: ['hardware', 'pp', 'replicas', 'tp']")
+    has_hw = g.get("hardware") is not None or hardware is not None
+    require(has_hw and "replicas" in g, f"{name} needs hardware and replicas")
+    for f in ("replicas", "tp", "pp"):
+        v = g.get(f, parallel.get(f, 1))
+        require(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{name}.{f}={v!r} must be an integer >= 1")
+    hw = load_hardware(str(g["hardware"])) if g.get("hardware") is not None else hardware
+    assert hw is not None
+    return FleetGroup(hw, int(g["replicas"]), int(g.get("tp", parallel.get("tp", 1))), int(g.get("pp", parallel.get("pp", 1))))
+
+
+def _disagg(values: Any, parallel: Mapping[str, Any], hardware: HardwareSpec) -> DisaggConfig:
+    """``disagg: {mode: pools, transfer: layerwise|whole, prefill: {...}, decode: {...}}``; a pool
+    without ``hardware`` uses the run's ``hardware``."""
+    values = dict(values or {})
+    known = {"mode", "transfer", "prefill", "decode"}
+    unknown = sorted(set(values) - known)
+    require(not unknown, f"disagg has unknown field(s) {unknown}; allowed: {sorted(known)}")
+    cfg = DisaggConfig(mode=values.get("mode", "none"), transfer=values.get("transfer", "layerwise"))
+    if not cfg.enabled:
+        return cfg
+    pools = {}
+    for pool in ("prefill", "decode"):
+        pools[pool] = _group(values.get(pool), f"disagg.{pool}", parallel, hardware)
+        require(pools[pool].hardware.scaleup_link != "pcie",
+                f"disagg.{pool}.hardware={pools[pool].hardware.name} has no NVLink: disaggregated pools are built "
+                f"on HGX-style nodes joined over InfiniBand; choose an NVLink preset")
+    return DisaggConfig(cfg.mode, cfg.transfer, pools["prefill"], pools["decode"])
 
 
 def _without_notes(values: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -200,7 +233,7 @@ def load_hf_config(path: str | Path) -> dict[str, Any]:
         out["head_dim"] = out["hidden_size"] // out["num_attention_heads"]
     if "num_key_value_heads" not in out and "num_attention_heads" in out:
         out["num_key_value_heads"] = out["num_attention_heads"]
-    if out.get("num_local_experts", 1) > 1 and raw.get("moe_intermediate_size"):
+    if out.get("num_local_experts", 1) > 1 and raw.get("moe_intermediate_size") and "intermediate_size" not in out:
         out["intermediate_size"] = int(raw["moe_intermediate_size"])
     if "_name_or_path" in raw and raw["_name_or_path"]:
         out["name"] = str(raw["_name_or_path"]).split("/")[-1]
@@ -213,6 +246,8 @@ def load_hf_config(path: str | Path) -> dict[str, Any]:
 
 _HF_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
               "intermediate_size", "vocab_size", "tie_word_embeddings", "num_local_experts",
+              "moe_intermediate_size", "n_shared_experts", "first_k_dense_replace", "kv_lora_rank", "q_lora_rank",
+              "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
               "num_experts_per_tok", "max_position_embeddings")
 
 

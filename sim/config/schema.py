@@ -28,8 +28,18 @@ class ParallelConfig:
     dp: int = 1
     tp_cols: int = 1
     router: str = "least_outstanding_tokens"
+    ep: int = 1                 # expert parallelism over the tp GPUs of a stage (1: experts tensor-parallel)
+    ep_skew: float = 0.0        # Zipf exponent of expert popularity under expert parallelism (0: uniform)
 
     def __post_init__(self) -> None:
+        require(isinstance(self.ep, int) and not isinstance(self.ep, bool) and self.ep >= 1
+                and (self.ep == 1 or self.ep == self.tp),
+                f"parallel.ep={self.ep!r} must be 1 or equal parallel.tp={self.tp} (experts spread over the stage's "
+                f"GPUs, attention data-parallel among them)")
+        require(isinstance(self.ep_skew, (int, float)) and not isinstance(self.ep_skew, bool) and 0 <= self.ep_skew <= 4,
+                f"parallel.ep_skew={self.ep_skew!r} must be a number between 0 (uniform) and 4")
+        require(self.ep == 1 or self.tp_cols == 1, f"parallel.ep={self.ep} with parallel.tp_cols={self.tp_cols}: "
+                                                   f"2-D tensor parallelism and expert parallelism do not combine")
         for f in ("tp", "pp", "dp"):
             v = getattr(self, f)
             require(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
@@ -178,6 +188,29 @@ class FleetGroup:
 
 
 @dataclass(frozen=True)
+class DisaggConfig:
+    """Disaggregated prefill and decode (``disagg=pools``): a prefill pool and a decode pool,
+    each ``{hardware, replicas, tp, pp}``, joined over InfiniBand; the KV cache of every prompt
+    moves from its prefill GPUs to its decode GPUs over the network (``transfer``:
+    ``layerwise``, each layer's KV as its own message as soon as the final prefill step has
+    computed it, or ``whole``, one message per GPU pair after prefill)."""
+
+    mode: str = "none"               # none | pools
+    transfer: str = "layerwise"      # layerwise | whole
+    prefill: FleetGroup | None = None
+    decode: FleetGroup | None = None
+
+    def __post_init__(self) -> None:
+        require(self.mode in ("none", "pools"), f"disagg.mode={self.mode!r} is not one of ['none', 'pools']")
+        require(self.transfer in ("layerwise", "whole"),
+                f"disagg.transfer={self.transfer!r} is not one of ['layerwise', 'whole']")
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode == "pools"
+
+
+@dataclass(frozen=True)
 class RunConfig:
     hardware: HardwareSpec
     model: ModelSpec
@@ -192,6 +225,7 @@ class RunConfig:
     speculative: SpeculativeConfig = SpeculativeConfig()
     cost: CostConfig = CostConfig()
     fleet: tuple[FleetGroup, ...] = ()
+    disagg: DisaggConfig = DisaggConfig()
     seed: int = 0
     sim: SimConfig = SimConfig()
     debug: DebugConfig = DebugConfig()
@@ -208,12 +242,18 @@ class RunConfig:
         """One homogeneous config per fleet group (hardware, tp, pp, dp = its replicas, and a
         topology its hardware can have: PCIe cards in a PCIe box, NVLink GPUs in HGX nodes,
         InfiniBand between nodes when a group outgrows one); the config itself when there is
-        no ``fleet``."""
+        no ``fleet``. Disaggregated pools are the groups ``[prefill, decode]``, each on
+        InfiniBand-connected nodes (``multi_node_ib``)."""
         if not self.fleet:
             return [self]
         out = []
         for g in self.fleet:
             topo = self.topology
+            if self.disagg.enabled:
+                out.append(replace(self, hardware=g.hardware, fleet=(),
+                                   topology=replace(topo, kind="multi_node_ib", nodes="auto"),
+                                   parallel=replace(self.parallel, tp=g.tp, pp=g.pp, dp=g.replicas)))
+                continue
             gpus = g.tp * g.pp * g.replicas
             if g.hardware.scaleup_link == "pcie" and topo.kind in ("hgx", "multi_node_ib", "nvl72"):
                 topo = replace(topo, kind="pcie_box")        # a PCIe card has no NVSwitch node

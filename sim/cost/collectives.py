@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Sequence
+from typing import Callable, Any, Sequence
 
 import numpy as np
 
@@ -206,7 +206,8 @@ class GroupCollectives:
                  software_s: float, algorithm: str = "auto", oneshot_max_bytes: float = 512 * 1024,
                  oneshot_ok: bool = True, ranks_per_node: int = 1, nodes: int = 1,
                  latency_scale: float = 1.0, channels: Sequence[Sequence[PairPath]] | None = None,
-                 hop_us: tuple[float, float] | None = None) -> None:
+                 hop_us: tuple[float, float] | None = None,
+                 all_pairs: Callable[[], list[list[PairPath]]] | None = None) -> None:
         self.n = len(ring_paths)
         self.ring_paths = tuple(ring_paths)
         self.channels = shared_channels(channels) if channels else [list(ring_paths)]
@@ -219,6 +220,7 @@ class GroupCollectives:
         self.hop_us = hop_us  # (intra-node, network) hop latency for nccl_model; None: NCCL's constants
         self._cache: dict[tuple[str, float], float] = {}
         self._arrays: dict[tuple, np.ndarray] = {}
+        self._all_pairs = all_pairs     # every rank's route to every other (built when an all-to-all needs them)
 
     def shape_key(self) -> tuple:
         """Everything the costs depend on, with links renamed by first appearance: equal keys
@@ -309,3 +311,25 @@ class GroupCollectives:
     def allgather_s(self, nbytes):
         """Ring all-gather where each rank contributes ``nbytes`` (float or numpy array)."""
         return self._timed("allgather", nbytes, self._allgather_s, self._allgather_s)
+
+    def _alltoall_s(self, nbytes):
+        paths = self.oneshot_paths
+        if not paths:
+            assert self._all_pairs is not None, "an all-to-all needs every rank's routes"
+            paths = self.oneshot_paths_all = tuple(tuple(row) for row in self._all_pairs())
+        return oneshot_schedule_s(paths, nbytes / self.n) + self.software_s
+
+    def alltoall_s(self, nbytes):
+        """All-to-all where each rank's ``nbytes`` buffer holds an equal part for every rank:
+        every rank sends ``nbytes / n`` straight to each other rank, all at once (the pattern
+        of expert-parallel dispatch and combine; NCCL's tuning model has no all-to-all, so
+        ``nccl_model`` groups use this schedule too)."""
+        if self.n <= 1:
+            return 0.0 * nbytes
+        if isinstance(nbytes, np.ndarray):
+            return self._cached_array("alltoall", nbytes, self._alltoall_s)
+        key = ("alltoall", nbytes)
+        t = self._cache.get(key)
+        if t is None:
+            t = self._cache[key] = self._alltoall_s(nbytes)
+        return t

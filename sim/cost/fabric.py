@@ -93,7 +93,9 @@ class Fabric:
                              e.oneshot_max_bytes, oneshot_ok,
                              ranks_per_node=per_node, nodes=len(set(servers)), latency_scale=self.latency_scale,
                              channels=channels if len(channels) > 1 else None,
-                             hop_us=self.nccl_hop_us(key) if self.graph.graph.get("nccl_hops") == "links" else None)
+                             hop_us=self.nccl_hop_us(key) if self.graph.graph.get("nccl_hops") == "links" else None,
+                             all_pairs=lambda: [[self.pair(key[r], key[(r + k) % n]) for k in range(1, n)]
+                                                for r in range(n)])
         return g
 
     def nccl_hop_us(self, ranks: Sequence[str]) -> tuple[float, float]:

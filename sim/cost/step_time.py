@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from sim.cost.experts import ExpertLoad
 from sim.cost.vec import vmax, vwhere
 from sim.errors import require
 from sim.spec.batch import BatchShape
@@ -62,10 +63,12 @@ class CollectiveCost(Protocol):
 
     def allgather_s(self, nbytes: float) -> float: ...
 
+    def alltoall_s(self, nbytes: float) -> float: ...
+
 
 @dataclass(frozen=True)
 class Collective:
-    """A collective the step issues: ``kind`` in {allreduce, allgather}, bytes per rank's buffer.
+    """A collective the step issues: ``kind`` in {allreduce, allgather, alltoall}, bytes per rank's buffer.
 
     ``group`` names which ranks take part: ``tp`` (the whole tensor-parallel group), or under
     2-D tensor parallelism ``rows`` / ``cols`` (every row or column group of the grid at once).
@@ -86,11 +89,16 @@ class StageWork:
     pre_collectives: tuple[Collective, ...] = ()
     post_collectives: tuple[Collective, ...] = ()
     key: tuple | None = None    # (token count, sampled tokens, stage): the same collectives
+    collective_layers: int | None = None   # the last layers that issue the per-layer collectives (None: all)
+
+    @property
+    def communicating_layers(self) -> int:
+        return self.layers if self.collective_layers is None else self.collective_layers
 
     @property
     def collectives(self) -> list[Collective]:
         """All collectives of the step in issue order."""
-        return (list(self.pre_collectives) + list(self.per_layer_collectives) * self.layers
+        return (list(self.pre_collectives) + list(self.per_layer_collectives) * self.communicating_layers
                 + list(self.post_collectives))
 
 
@@ -136,19 +144,34 @@ class StepTimePredictor:
 
     def __init__(self, model: ModelSpec, hardware: HardwareSpec, engine: EngineProfile,
                  precision: Precision, tp: int = 1, pp: int = 1,
-                 comm=None, pp_send_s=None, tp_cols: int = 1) -> None:
-        require(model.num_attention_heads % tp == 0,
-                f"parallel.tp={tp} must divide model.num_attention_heads={model.num_attention_heads} ({model.name})")
-        require(model.num_key_value_heads % tp == 0 or tp % model.num_key_value_heads == 0,
-                f"parallel.tp={tp} and model.num_key_value_heads={model.num_key_value_heads} must divide one another")
-        require(model.intermediate_size % tp == 0,
-                f"parallel.tp={tp} must divide model.intermediate_size={model.intermediate_size}")
+                 comm=None, pp_send_s=None, tp_cols: int = 1, ep: int = 1, ep_skew: float = 0.0) -> None:
+        """``ep > 1`` (= ``tp``): expert parallelism over the stage's ``tp`` GPUs with attention
+        and dense layers data-parallel among them (SGLang's DP attention with DeepEP, vLLM's
+        wide EP): each GPU runs 1/ep of the batch's sequences with whole attention weights,
+        holds 1/ep of the routed experts whole, and every mixture-of-experts layer dispatches
+        its tokens to their experts' GPUs and combines the results with two all-to-alls.
+        ``ep_skew``: the Zipf exponent of expert popularity (:mod:`sim.cost.experts`)."""
+        require(ep == 1 or (ep == tp and model.is_moe and model.num_local_experts % ep == 0),
+                f"parallel.ep={ep} must be 1 or equal parallel.tp={tp} (the GPUs the experts spread over) and divide "
+                f"model.num_local_experts={model.num_local_experts} of a mixture-of-experts model ({model.name})")
+        if ep == 1:
+            require(model.num_attention_heads % tp == 0,
+                    f"parallel.tp={tp} must divide model.num_attention_heads={model.num_attention_heads} ({model.name})")
+            require(model.is_mla or model.num_key_value_heads % tp == 0 or tp % model.num_key_value_heads == 0,
+                    f"parallel.tp={tp} and model.num_key_value_heads={model.num_key_value_heads} must divide one another")
+            for f in ("intermediate_size", "moe_intermediate_size"):
+                require(getattr(model, f) % tp == 0, f"parallel.tp={tp} must divide model.{f}={getattr(model, f)}")
         require(1 <= pp <= model.num_hidden_layers,
                 f"parallel.pp={pp} must be between 1 and model.num_hidden_layers={model.num_hidden_layers}")
         require(tp == 1 or comm is not None, "tensor parallelism needs a collective cost model")
         require(tp_cols >= 1 and tp % tp_cols == 0, f"parallel.tp_cols={tp_cols} must divide parallel.tp={tp}")
         self.model, self.hardware, self.engine, self.precision = model, hardware, engine, precision
         self.tp, self.pp, self.tp_cols = tp, pp, tp_cols
+        self.ep = ep
+        #: data-parallel attention under expert parallelism: a GPU's share of the batch, whole heads
+        self.dp_share = 1.0 / ep
+        self.shard = 1 if ep > 1 else tp          # the split of attention heads and dense MLPs
+        self.experts = ExpertLoad(model.num_local_experts, model.num_experts_per_tok, ep, ep_skew) if ep > 1 else None
         self.tp_rows = tp // tp_cols
         # Per pipeline stage (stages may sit on different nodes), a mapping from group tag
         # ("tp", and "rows"/"cols" under 2-D TP) to that group's collective cost model.
@@ -156,6 +179,10 @@ class StepTimePredictor:
         self.comm = [c if (c is None or isinstance(c, dict)) else {"tp": c} for c in stages]
         self.pp_send_s = pp_send_s
         self.stage_layers = split_layers(model.num_hidden_layers, pp)
+        first = np.concatenate([[0], np.cumsum(self.stage_layers)[:-1]]).astype(int)
+        #: per stage, its mixture-of-experts layers (the dense first layers come first)
+        self.stage_moe_layers = [max(0, n - max(0, model.first_k_dense_replace - int(f))) if model.is_moe else 0
+                                 for f, n in zip(first, self.stage_layers)]
         self._matmuls: dict[tuple, tuple] = {}
         self._stage_parts: dict[tuple, tuple] = {}
         self._networks: dict[tuple, float] = {}
@@ -163,42 +190,71 @@ class StepTimePredictor:
         self._matmul_rate = self._peak * engine.matmul_efficiency(precision.compute_format)  # achieved FLOP/s
         self._peak_attn = hardware.peak_flops("bf16")
         self._bw = hardware.hbm_bandwidth_Bps * engine.hbm_efficiency
-        self.heads_per_gpu = model.num_attention_heads // tp
-        self.kv_heads_per_gpu = max(1, model.num_key_value_heads // tp)
+        self.heads_per_gpu = model.num_attention_heads // self.shard
+        self.kv_heads_per_gpu = max(1, model.num_key_value_heads // self.shard)
         qk_cols = (self.heads_per_gpu + self.kv_heads_per_gpu) * model.head_dim
         # attention per (pair FLOPs, KV token bytes, query/output token bytes, query tile
         # blocks, KV split blocks, 1 / blocks for full bandwidth), in seconds where they are times
         hd, kv_bytes = model.head_dim, precision.kv_bytes
+        if model.is_mla:
+            # latent attention: FLOPs of the decompressed heads (q.k over nope + rope dims, p.v
+            # over v dims), bytes of the cached latent, which every head reads (replicated on
+            # every tensor-parallel rank, as FlashMLA-style kernels hold it)
+            qk, v = model.qk_nope_head_dim + model.qk_rope_head_dim, model.v_head_dim
+            pair_flops, kv_token_bytes = 2.0 * (qk + v) * self.heads_per_gpu, model.kv_elements_per_layer * kv_bytes
+            qo_bytes = (qk + v) * self.heads_per_gpu * precision.activation_bytes
+            qk_cols = self.heads_per_gpu * qk + model.kv_elements_per_layer
+        else:
+            pair_flops, kv_token_bytes = 4.0 * self.heads_per_gpu * hd, 2.0 * self.kv_heads_per_gpu * hd * kv_bytes
+            qo_bytes = 2.0 * self.heads_per_gpu * hd * precision.activation_bytes
+        self._kv_write_bytes = (model.kv_elements_per_layer if model.is_mla else 2.0 * self.kv_heads_per_gpu * hd) * kv_bytes
         self._attn_consts = (
-            4.0 * self.heads_per_gpu * hd / (self._peak_attn * engine.attention_compute_efficiency),
-            2.0 * self.kv_heads_per_gpu * hd * kv_bytes / self._bw,
-            2.0 * self.heads_per_gpu * hd * precision.activation_bytes / self._bw,
+            pair_flops / (self._peak_attn * engine.attention_compute_efficiency),
+            kv_token_bytes / self._bw,
+            qo_bytes / self._bw,
             float(self.heads_per_gpu),
             self.heads_per_gpu / engine.attention_kv_split_tokens if engine.attention_kv_split_tokens > 0 else 0.0,
             1.0 / (engine.attention_ctas_per_sm * hardware.sm_count))
         self._elementwise_bytes_per_token = (engine.elementwise_bytes_per_hidden * model.hidden_size
                                              + engine.elementwise_bytes_per_qk * qk_cols
-                                             + engine.elementwise_bytes_per_ffn * model.intermediate_size / tp)
+                                             + engine.elementwise_bytes_per_ffn * model.intermediate_size / self.shard)
 
     # ----- memory footprint -----------------------------------------------------------
     def weight_bytes_per_gpu(self, stage: int = 0) -> float:
-        """Weights one GPU of ``stage`` holds: its layers' shard plus embedding/LM head shards."""
-        m, wb = self.model, self.precision.weight_bytes
+        """Weights one GPU of ``stage`` holds: its layers' shard plus embedding/LM head shards
+        (under expert parallelism: whole attention, dense MLPs, shared experts and embeddings,
+        and 1/ep of the routed experts)."""
+        m, wb, shard = self.model, self.precision.weight_bytes, self.shard
         h, hd = m.hidden_size, m.head_dim
-        # K/V projections are replicated when tp exceeds the KV heads (each rank keeps one).
-        attention = h * (self.heads_per_gpu * hd + 2 * self.kv_heads_per_gpu * hd) + self.heads_per_gpu * hd * h
-        per_layer = attention + m.mlp_params_per_layer / self.tp + m.norm_params_per_layer
-        total = self.stage_layers[stage] * per_layer
+        if m.is_mla:
+            attention = m.attention_params_per_layer / shard
+        else:
+            # K/V projections are replicated when tp exceeds the KV heads (each rank keeps one).
+            attention = h * (self.heads_per_gpu * hd + 2 * self.kv_heads_per_gpu * hd) + self.heads_per_gpu * hd * h
+        moe = self.stage_moe_layers[stage]
+        dense = self.stage_layers[stage] - moe
+        if self.ep > 1:
+            experts = (m.num_local_experts / self.ep + m.n_shared_experts) * m.expert_params + h * m.num_local_experts
+        else:
+            experts = m.mlp_params_per_layer / self.tp
+        total = 0.0
+        for n, mlp in ((dense, m.dense_mlp_params / shard), (moe, experts)):
+            if n:
+                total += n * (attention + mlp + m.norm_params_per_layer)
         if stage == 0:
-            total += m.embedding_params / self.tp
+            total += m.embedding_params / shard
         if stage == self.pp - 1:
-            total += m.lm_head_params / self.tp + m.hidden_size
+            total += m.lm_head_params / shard + m.hidden_size
             if self.pp > 1 and m.tie_word_embeddings:
-                total += m.embedding_params / self.tp  # the last stage needs its own copy
+                total += m.embedding_params / shard  # the last stage needs its own copy
         return total * wb
 
     def kv_bytes_per_token_per_gpu(self, stage: int = 0) -> float:
-        return 2.0 * self.stage_layers[stage] * self.kv_heads_per_gpu * self.model.head_dim * self.precision.kv_bytes
+        """Cache bytes per token of the replica's context on one GPU of ``stage`` (data-parallel
+        attention: a GPU caches whole tokens of its own sequences, 1/ep of them)."""
+        m = self.model
+        per_layer = m.kv_elements_per_layer if m.is_mla else 2.0 * self.kv_heads_per_gpu * m.head_dim
+        return self.stage_layers[stage] * per_layer * self.precision.kv_bytes * self.dp_share
 
     # ----- operators ------------------------------------------------------------------------
     def _matmul(self, tokens: float, k: float, n: float, weight_elems: float | None = None,
@@ -238,30 +294,55 @@ class StepTimePredictor:
         t_m = kv_tokens * kv_c / occupancy + b.new_tokens * qo_c
         return soft_roofline(t_c, t_m, self.engine.roofline_sharpness)
 
-    def _dense(self, M: Any) -> tuple[list, list]:
-        """The layer's operators other than attention, as (compute, memory) lists. They
-        depend on the step's token count only."""
-        m, tp = self.model, self.tp
+    def _attention_ops(self, M: Any) -> list:
+        """A layer's operators around attention for ``M`` tokens on this GPU: projections,
+        KV write, elementwise work, as (compute, memory) pairs."""
+        m = self.model
         h, hd = m.hidden_size, m.head_dim
+        kv_write = (0.0, M * self._kv_write_bytes / self._bw)
+        if m.is_mla:
+            heads, qk, v = self.heads_per_gpu, m.qk_nope_head_dim + m.qk_rope_head_dim, m.v_head_dim
+            latent = m.kv_lora_rank + m.qk_rope_head_dim
+            q = ([self._matmul(M, h, m.q_lora_rank), self._matmul(M, m.q_lora_rank, heads * qk)] if m.q_lora_rank
+                 else [self._matmul(M, h, heads * qk)])
+            return [*q, self._matmul(M, h, latent),                          # latent down-projection
+                    self._matmul(M, m.kv_lora_rank, heads * (m.qk_nope_head_dim + v)),   # up-projection
+                    kv_write, self._matmul(M, heads * v, h),                  # output projection
+                    (0.0, self._elementwise_bytes_per_token * M / self._bw)]
         q_cols = self.heads_per_gpu * hd
         kv_cols = self.kv_heads_per_gpu * hd
-        parts = [
+        return [
             self._matmul(M, h, q_cols + 2 * kv_cols),                       # fused QKV projection
-            (0.0, M * 2.0 * kv_cols * self.precision.kv_bytes / self._bw),  # KV write
+            kv_write,                                                       # KV write
             self._matmul(M, q_cols, h),                                     # output projection
             (0.0, self._elementwise_bytes_per_token * M / self._bw),
         ]
-        ffn = m.intermediate_size // tp
-        if m.is_moe:
-            E, k = m.num_local_experts, m.num_experts_per_tok
-            touched = E * (1.0 - (1.0 - k / E) ** M)
-            parts.append(self._matmul(M, h, E))                             # router
-            parts.append(self._matmul(M * k, h, 2 * ffn, weight_elems=touched * h * 2 * ffn))
-            parts.append(self._matmul(M * k, ffn, h, weight_elems=touched * ffn * h))
+
+    def _dense_mlp_ops(self, M: Any) -> list:
+        """A dense layer's gated MLP (its ``1/shard`` slice) for ``M`` tokens on this GPU."""
+        h, ffn = self.model.hidden_size, self.model.intermediate_size // self.shard
+        return [self._matmul(M, h, 2 * ffn), self._matmul(M, ffn, h)]      # fused gate + up, down
+
+    def _moe_ops(self, M: Any, M_all: Any) -> list:
+        """A mixture-of-experts layer for ``M`` tokens on this GPU (``M_all`` in the replica's
+        batch): router, the routed experts the tokens touch, the shared experts. Tensor
+        parallel: every GPU holds a 1/tp slice of every expert; expert parallel: the busiest
+        GPU's whole experts (:class:`~sim.cost.experts.ExpertLoad`)."""
+        m = self.model
+        h, E, k = m.hidden_size, m.num_local_experts, m.num_experts_per_tok
+        ops = [self._matmul(M, h, E)]                                       # router
+        if self.experts is not None:
+            ffn = m.expert_ffn
+            pairs, touched = self.experts.busiest_tokens(M_all), self.experts.busiest_touched(M_all)
         else:
-            parts.append(self._matmul(M, h, 2 * ffn))                       # fused gate + up
-            parts.append(self._matmul(M, ffn, h))                           # down
-        return [c for c, _ in parts], [m_ for _, m_ in parts]
+            ffn = m.expert_ffn // self.tp
+            pairs, touched = M * k, E * (1.0 - (1.0 - k / E) ** M)
+        ops.append(self._matmul(pairs, h, 2 * ffn, weight_elems=touched * h * 2 * ffn))
+        ops.append(self._matmul(pairs, ffn, h, weight_elems=touched * ffn * h))
+        if m.n_shared_experts:
+            shared = m.n_shared_experts * m.expert_ffn // self.shard
+            ops += [self._matmul(M, h, 2 * shared), self._matmul(M, shared, h)]
+        return ops
 
     def _stage_fixed(self, new_tokens: Any, head_tokens: Any, stage: int) -> tuple:
         """What a stage's step costs apart from attention, for a token count and a count of
@@ -269,30 +350,52 @@ class StepTimePredictor:
         the kernel launch time, and the collectives it issues."""
         m, e = self.model, self.engine
         layers = self.stage_layers[stage]
+        moe_layers = self.stage_moe_layers[stage]
         act = self.precision.activation_bytes
-        c_dense, m_dense = self._dense(new_tokens * 1.0)
-        c_layer = m_layer = 0.0
-        for c, mm in zip(c_dense, m_dense):
-            c_layer = c_layer + c
-            m_layer = m_layer + mm
-        compute, memory = layers * c_layer, layers * m_layer
+        local = new_tokens * self.dp_share            # this GPU's tokens (data-parallel attention: its share)
+        head_tokens = head_tokens * self.dp_share
+
+        def summed(ops: list) -> tuple:
+            c_sum = m_sum = 0.0
+            for c, mm in ops:
+                c_sum, m_sum = c_sum + c, m_sum + mm
+            return c_sum, m_sum
+
+        attention = self._attention_ops(local * 1.0)
+        kinds = []                                    # (layers of a kind, one such layer's operators)
+        if layers > moe_layers:
+            kinds.append((layers - moe_layers, attention + self._dense_mlp_ops(local * 1.0)))
+        if moe_layers:
+            kinds.append((moe_layers, attention + self._moe_ops(local * 1.0, new_tokens * 1.0)))
+        compute = memory = 0.0
+        for n, ops in kinds:
+            c_layer, m_layer = summed(ops)
+            compute, memory = compute + n * c_layer, memory + n * m_layer
         pre: list[Collective] = []
         post: list[Collective] = []
+        sharded = self.shard > 1
         if stage == 0:
-            memory = memory + new_tokens * m.hidden_size * self.precision.weight_bytes / self._bw  # embedding rows
-            if self.tp > 1:
+            memory = memory + local * m.hidden_size * self.precision.weight_bytes / self._bw  # embedding rows
+            if sharded:
                 pre.append(Collective("allreduce", new_tokens * m.hidden_size * act))
         if stage == self.pp - 1 and (isinstance(head_tokens, np.ndarray) or head_tokens > 0):
-            c, mm = self._matmul(head_tokens, m.hidden_size, m.vocab_size / self.tp)
+            c, mm = self._matmul(head_tokens, m.hidden_size, m.vocab_size / self.shard)
             compute = compute + vwhere(head_tokens > 0, c, 0.0)
             memory = memory + vwhere(head_tokens > 0, mm, 0.0)
-            if self.tp > 1:
+            if sharded:
                 post.append(Collective("allgather", head_tokens * m.vocab_size / self.tp * act))
         kernels = layers * e.kernels_per_layer + e.kernels_per_step
         fixed = kernels * e.kernel_overhead_us * 1e-6 + e.step_overhead_us * 1e-6
         host = kernels * e.host_launch_us * 1e-6
         per_layer: tuple[Collective, ...] = ()
-        if self.tp > 1 and self.tp_cols == 1:
+        collective_layers = None
+        if self.experts is not None:
+            # every mixture-of-experts layer: dispatch each token's hidden state once to every
+            # GPU holding one of its experts, and combine the results back
+            sent = local * self.experts.ranks_per_token * m.hidden_size * act
+            per_layer = (Collective("alltoall", sent), Collective("alltoall", sent))
+            collective_layers = moe_layers
+        elif self.tp > 1 and self.tp_cols == 1:
             # 1-D (Megatron) TP: all-reduce after attention and after the MLP.
             per_layer = (Collective("allreduce", new_tokens * m.hidden_size * act),) * 2
         elif self.tp > 1:
@@ -301,7 +404,7 @@ class StepTimePredictor:
             row = Collective("allreduce", new_tokens * m.hidden_size * act / self.tp_cols, "rows")
             col = Collective("allreduce", new_tokens * m.hidden_size * act / self.tp_rows, "cols")
             per_layer = (row, col, row, col)
-        return compute, memory, fixed, host, per_layer, tuple(pre), tuple(post)
+        return compute, memory, fixed, host, per_layer, tuple(pre), tuple(post), collective_layers
 
     def stage_work(self, b: BatchShape, stage: int = 0) -> StageWork:
         """The local (single-GPU) time of ``stage`` and the collectives it issues.
@@ -322,19 +425,19 @@ class StepTimePredictor:
                     self._stage_parts.clear()
                     self._networks.clear()
                 part = self._stage_parts[key] = self._stage_fixed(b.new_tokens, head_tokens, stage)
-        c_rest, m_rest, fixed, host, per_layer, pre, post = part
+        c_rest, m_rest, fixed, host, per_layer, pre, post, collective_layers = part
         layers = self.stage_layers[stage]
-        c_attn, m_attn = self._attention(b)
+        c_attn, m_attn = self._attention(b if self.ep == 1 else b.scaled(self.dp_share))
         compute = layers * c_attn + c_rest
         memory = layers * m_attn + m_rest
         if not e.cuda_graphs:
             fixed = fixed + vmax(0.0, host - (compute + memory + fixed))
-        return StageWork(StepTime(compute, memory, 0.0, fixed), layers, per_layer, pre, post, key)
+        return StageWork(StepTime(compute, memory, 0.0, fixed), layers, per_layer, pre, post, key, collective_layers)
 
     def network_s(self, work: StageWork, stage: int = 0) -> float:
         """Exposed communication time of one stage's step (every layer's collectives priced once)."""
         comm = self.comm[stage]
-        if comm is None or self.tp == 1:
+        if comm is None or self.tp == 1 or not work.communicating_layers and not work.pre_collectives:
             return 0.0
         key = work.key
         if key is None:         # array byte counts (the analytic model): not remembered
@@ -347,7 +450,9 @@ class StepTimePredictor:
     def _network_s(self, work: StageWork, comm: dict) -> Any:
         def cost(c: Collective):
             group = comm[c.group]
-            return group.allreduce_s(c.nbytes) if c.kind == "allreduce" else group.allgather_s(c.nbytes)
+            if c.kind == "allreduce":
+                return group.allreduce_s(c.nbytes)
+            return group.allgather_s(c.nbytes) if c.kind == "allgather" else group.alltoall_s(c.nbytes)
 
         total = 0.0
         for c in work.pre_collectives + work.post_collectives:
@@ -355,7 +460,7 @@ class StepTimePredictor:
         per_layer = 0.0
         for c in work.per_layer_collectives:
             per_layer = per_layer + cost(c)
-        return (total + work.layers * per_layer) * (1.0 - self.engine.network_overlap)
+        return (total + work.communicating_layers * per_layer) * (1.0 - self.engine.network_overlap)
 
     def stage(self, b: BatchShape, stage: int = 0) -> StepTime:
         """Time of ``stage`` for batch ``b`` including its collectives (collective fidelity)."""

@@ -13,7 +13,8 @@ with one line naming the invariant, the request or step, and the simulated time.
   tokens than ``scheduler.max_tokens_per_step`` (but for a whole prompt longer than the budget,
   which runs alone when prefill is not chunked).
 * **FIFO admission**: within a priority class, a replica admits requests it has never run in
-  the order they were routed to it.
+  the order they were queued at it (arrival order, or with disaggregated layerwise transfers
+  the order the decode pool reserved their blocks).
 * **Link FIFO** (message fidelity): every hop reserves its link from the later of now and the
   end of the link's previous reservation: no overlap, no overtaking, no idle link while a
   message waits for it.
@@ -39,6 +40,7 @@ class InvariantChecker:
         self.logged: set[int] = set()
         self.last_admitted: dict[tuple[int, int], int] = {}   # (replica, priority) -> its last first admission
         self.admitted: set[int] = set()
+        self.routed: dict[int, int] = {}      # request -> its place in the order requests were queued at replicas
         self.link_free_at: dict[tuple[str, str], float] = {}   # message fidelity: when each link is next free
 
     def fail(self, invariant: str, detail: str) -> None:
@@ -96,14 +98,19 @@ class InvariantChecker:
         if end_s < start_s:
             self.fail("monotonic times", f"{kind} over {len(ranks)} ranks ended at {end_s} before it began at {start_s}")
 
+    def on_route(self, request_id: int) -> None:
+        """``request_id`` joins a replica's queue (the first time: its place in the order)."""
+        self.routed.setdefault(request_id, len(self.routed))
+
     def on_admit(self, replica: Replica, request_id: int, priority: int = 0) -> None:
         """``request_id`` (of ``priority``) enters ``replica``'s batch for the first time."""
         if request_id in self.admitted:
             return
         self.admitted.add(request_id)
         key = (replica.index, priority)
+        order = self.routed.get(request_id, request_id)
         last = self.last_admitted.get(key, -1)
-        if request_id < last:
-            self.fail("FIFO admission", f"replica {replica.index} admitted request {request_id} after request {last} "
-                                        f"(priority {priority})")
-        self.last_admitted[key] = request_id
+        if order < last:
+            self.fail("FIFO admission", f"replica {replica.index} admitted request {request_id} before a request "
+                                        f"queued there earlier (priority {priority})")
+        self.last_admitted[key] = order

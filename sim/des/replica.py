@@ -43,6 +43,15 @@ class StepSink(Protocol):
     def on_tokens(self, replica: Replica, events: list[tuple[int, bool, bool]]) -> None: ...
 
 
+class KVPeer(Protocol):
+    """Where a replica of a disaggregated pool reports KV it can send or receive
+    (:class:`sim.des.disagg.KVHandoff`)."""
+
+    def reserved(self, replica: Replica, requests: list[int]) -> None: ...
+
+    def prefill_step(self, replica: Replica, stage: int, plan: StepPlan, start_s: float, duration_s: float) -> None: ...
+
+
 class Replica:
     """One replica's scheduler loop and steps.
 
@@ -80,10 +89,35 @@ class Replica:
         self._span_seqs = 0
         self.steps = 0
         self.stage_busy_s = [0.0] * self.pp
+        self.kv: KVPeer | None = None           # disaggregated serving (set by the builder)
         self.process = env.process(self.run() if self.pp > 1 else self._run_single())
 
     def submit(self, request: int) -> None:
+        if self.cluster.checker is not None:
+            self.cluster.checker.on_route(self.batcher.requests.request_id[request])
         self.batcher.add(request)
+        self._poke()
+
+    def await_kv(self, request: int) -> None:
+        """``request``'s KV will come from the prefill pool: reserve blocks for it between steps."""
+        self.batcher.incoming.append(request)
+        self._poke()
+
+    def receive_kv(self, request: int) -> None:
+        """``request``'s KV has arrived: it decodes from the next step."""
+        self.batcher.accept_kv(request)
+        self._poke()
+
+    def _reserve(self) -> None:
+        """Between steps: blocks for the KV coming from the prefill pool, where free."""
+        if self.batcher.incoming:
+            got = self.batcher.reserve_incoming()
+            if got:
+                assert self.kv is not None
+                self.kv.reserved(self, got)
+
+    def _poke(self) -> None:
+        """Something changed the batch: cut a span in progress, or wake an idle loop."""
         if self._in_span:
             if not self._span_cut:
                 self._span_cut = True
@@ -95,6 +129,7 @@ class Replica:
     def _run_single(self):
         env, batcher = self.env, self.batcher
         while True:
+            self._reserve()
             gamma = self.speculative.gamma_for(*batcher.decode_ready()) if self.speculative else 0
             plan = batcher.plan(gamma)
             if plan is None:
@@ -132,7 +167,7 @@ class Replica:
             self.stage_busy_s[0] += draft.total_s
             total = total + draft
         t0 = env.now
-        t = yield from self.network.run_stage(self._program(plan.batch, 0))
+        t = yield from self._stage(0, plan)
         self.stage_busy_s[0] += env.now - t0
         self._finish(plan, start, total + t, draft.total_s)
 
@@ -207,6 +242,7 @@ class Replica:
     def run(self):
         env = self.env
         while True:
+            self._reserve()
             while len(self.inflight) < self.pp:
                 gamma = self.speculative.gamma_for(*self.batcher.decode_ready()) if self.speculative else 0
                 plan = self.batcher.plan(gamma)
@@ -219,8 +255,13 @@ class Replica:
             self.inflight = [p for p in self.inflight if p.is_alive]
 
     def _stage(self, s: int, plan: StepPlan):
-        """Occupy stage ``s`` for one micro-batch through the network's stage program; returns its StepTime."""
-        return (yield from self.network.run_stage(self._program(plan.batch, s)))
+        """Occupy stage ``s`` for one micro-batch through the network's stage program; returns
+        its StepTime. A prefill pool's replica tells its KV peer, which may stream the layers
+        this stage computes as they are computed."""
+        program = self._program(plan.batch, s)
+        if self.kv is not None and plan.prefill_tokens:
+            self.kv.prefill_step(self, s, plan, self.env.now, program.priced().total_s)
+        return (yield from self.network.run_stage(program))
 
     def _draft_time(self, plan: StepPlan) -> StepTime:
         if self.speculative is None or self.speculative.draft is None:

@@ -32,6 +32,8 @@ from sim.policy.batching import StepPlan
 from sim.policy.requests import RequestStore
 from sim.policy.routing import Router
 
+from sim.des.disagg import KVHandoff, transfer_stats
+
 if TYPE_CHECKING:
     from sim.cost.step_time import StepTime
     from sim.des.replica import Replica
@@ -111,6 +113,7 @@ class SimResult:
     request_stats: RequestStats | None = None   # what the summary needs of requests.parquet
     prefix_cache: dict[str, float] | None = None   # scheduler.prefix_caching: hits, lookups, evictions
     swap: dict[str, int] | None = None             # scheduler.preemption=swap: swaps out and in
+    kv_transfer: dict[str, float] | None = None    # disagg=pools: KV moved between the pools
 
 
 @dataclass(frozen=True)
@@ -141,15 +144,18 @@ class Arrivals:
 class Admission:
     """Which arrivals a replica can ever serve: prompt + output - 1 cached positions within
     the smallest replica's KV capacity (the last output token is never written to the cache),
-    and prompt + output within the context limit (None: no limit)."""
+    and prompt + output within the context limit (None: no limit); disaggregated, the decode
+    replicas' capacity, and the prompt within the prefill replicas'."""
 
     capacity_tokens: int
     context_limit: int | None
     max_tokens_per_step: int
+    prefill_capacity_tokens: int | None = None   # disagg=pools: the smallest prefill replica's (holds the prompt)
 
     def admits(self, prompt: int, output: int) -> bool:
         return prompt + output - 1 <= self.capacity_tokens and (
-            self.context_limit is None or prompt + output <= self.context_limit)
+            self.context_limit is None or prompt + output <= self.context_limit) and (
+            self.prefill_capacity_tokens is None or prompt <= self.prefill_capacity_tokens)
 
 
 class Cluster:
@@ -171,6 +177,7 @@ class Cluster:
         self.network: Network | None = None   # set by the builder
         self.checker: InvariantChecker | None = None   # debug.check_invariants (set by the builder)
         self.timeline: Timeline | None = None          # output.timeline (set by the builder)
+        self.kv: KVHandoff | None = None               # disagg=pools (set by the builder)
 
     def link_hops(self) -> int | None:
         """Link traversals the network simulated (message fidelity), or None."""
@@ -237,15 +244,30 @@ class Cluster:
             self.timeline.steps(rows, replica.index, *values)
 
     def on_tokens(self, replica: Replica, events: list[tuple[int, bool, bool]]) -> None:
-        """Stamp first and last tokens of the requests a step sampled."""
-        now, req = self.env.now, self.requests
+        """Stamp first and last tokens of the requests a step sampled (a prefill pool's
+        first tokens: hand the request to the decode pool)."""
+        now, req, kv = self.env.now, self.requests, self.kv
+        prefill = kv is not None and replica.batcher.hands_off
         for r, is_first, finished in events:
+            if prefill and not finished:
+                kv.prefilled(replica, r)            # type: ignore[union-attr]
+                continue
             if is_first:
                 req.first_token_s[r] = now
             if finished:
-                self.router.done(replica.index, req.prompt[r], req.output[r])
+                if prefill:
+                    kv.finished_at_prefill(replica, r)   # type: ignore[union-attr]
+                elif kv is not None:
+                    kv.decode_router.done(replica.index - len(kv.prefill), req.prompt[r], req.output[r])
+                else:
+                    self.router.done(replica.index, req.prompt[r], req.output[r])
                 self.log_request(r, "completed", now)
                 self.finish_one()
+
+    def kv_arrived(self, slot: int) -> None:
+        """Disaggregated serving: ``slot``'s KV and first token are at its decode replica."""
+        self.requests.first_token_s[slot] = self.env.now
+        self.replicas[self.requests.replica[slot]].receive_kv(slot)
 
     # ----- the request source -----------------------------------------------------------------
     def source(self):
@@ -267,6 +289,9 @@ class Cluster:
             slot = req.admit(r, arrival[r], p, o)
             if priority is not None:
                 req.priority[slot] = int(priority[r])
+            if self.kv is not None:
+                self.kv.arrive(slot)
+                continue
             k = self.router.pick(p, o, self.span_tokens, self.cached_prefix_tokens(r, p) if self.router.needs_cached else ())
             req.replica[slot] = k
             self.replicas[k].submit(slot)
@@ -278,7 +303,7 @@ class Cluster:
     def cached_prefix_tokens(self, request: int, prompt: int) -> list[int]:
         """Per replica, tokens of request ``request``'s prompt its prefix cache holds now."""
         out = []
-        for rep in self.replicas:
+        for rep in self.replicas if self.kv is None else self.kv.prefill:
             batcher, pool = rep.batcher, rep.batcher.pool
             ids = batcher.prefix_ids
             out.append(len(pool.cached_prefix(ids[request], prompt)) * (pool.unit_tokens or 0) if ids is not None else 0)
@@ -316,6 +341,8 @@ def simulate(cluster: Cluster, stop: StopRequest | None = None) -> SimResult:
         if not isinstance(exc, EmptySchedule):
             raise
         cluster.steps.close()
+        if cluster.kv is not None:
+            cluster.kv.transfers.close()
         cluster.log.discard()
         raise ConfigError(f"simulation stalled with {n - cluster.finished} of {n} requests unfinished: the "
                           f"scheduler could not place them (KV cache of {cluster.admission.capacity_tokens} "
@@ -323,6 +350,8 @@ def simulate(cluster: Cluster, stop: StopRequest | None = None) -> SimResult:
                           f"{cluster.admission.max_tokens_per_step})") from None
     cluster.progress.close()
     cluster.steps.close()
+    if cluster.kv is not None:
+        cluster.kv.transfers.close()
     if not complete:
         cluster.log_unfinished()
     requests = cluster.log.close()
@@ -333,7 +362,8 @@ def simulate(cluster: Cluster, stop: StopRequest | None = None) -> SimResult:
     return SimResult(requests, dict(cluster.steps.sums), cluster.steps.rows, wall, env.events_scheduled,
                      float(env.now), cluster.gpus, sum(busy), cluster.admission.capacity_tokens,
                      int(sum(r.batcher.preemptions for r in cluster.replicas)), busy, complete, stop,
-                     cluster.link_hops(), cluster.log.stats, prefix_cache_stats(cluster), swap_stats(cluster))
+                     cluster.link_hops(), cluster.log.stats, prefix_cache_stats(cluster), swap_stats(cluster),
+                     None if cluster.kv is None else transfer_stats(cluster.kv))
 
 
 def swap_stats(cluster: Cluster) -> dict[str, int] | None:

@@ -13,7 +13,7 @@ import simpy
 
 from sim.cost.fabric import Fabric
 from sim.cost.step_time import StepTime
-from sim.network.interface import NetworkObserver, StageProgram
+from sim.network.interface import Flow, NetworkObserver, StageProgram, event_at
 
 
 class CollectiveNetwork:
@@ -34,6 +34,8 @@ class CollectiveNetwork:
             return group.allreduce_s(nbytes)
         if kind == "allgather":
             return group.allgather_s(nbytes)
+        if kind == "alltoall":
+            return group.alltoall_s(nbytes)
         raise ValueError(f"unknown collective kind {kind!r}")
 
     def collective(self, kind: str, ranks: Sequence[str], nbytes: float) -> simpy.Event:
@@ -42,8 +44,29 @@ class CollectiveNetwork:
     def transfer(self, src: str, dst: str, nbytes: float) -> simpy.Event:
         return self.env.timeout(self.fabric.send_s(src, dst, nbytes))
 
+    def send_flows(self, flows: Sequence[Flow]) -> simpy.Event:
+        """One event at the last flow's last arrival, in closed form: a flow's messages leave
+        at their ready times plus the software latency, queue behind one another at the route's
+        bottleneck bandwidth and arrive one route latency after they leave it, so its last
+        message arrives at ``max(first + L m / beta, last + m / beta) + alpha``."""
+        now = self.env.now
+        software = self.fabric.software_s
+        end = now
+        for f in flows:
+            end = max(end, flow_end_s(self.fabric.pair(f.src, f.dst), f, now, software))
+        return event_at(self.env, end)
+
     def run_stage(self, program: StageProgram) -> Generator[simpy.Event, object, StepTime]:
         """The whole stage as one timed event of its priced length."""
         t = program.priced()
         yield self.env.timeout(t.total_s)
         return t
+
+
+def flow_end_s(path, flow: Flow, now: float, software_s: float) -> float:
+    """When ``flow``'s last message arrives over ``path`` (a :class:`~sim.cost.collectives.PairPath`),
+    uncontended (see :meth:`CollectiveNetwork.send_flows`)."""
+    per_message_s = flow.nbytes / flow.messages / path.bandwidth_Bps
+    first = max(now, flow.first_ready_s) + software_s
+    last = max(now, flow.first_ready_s + (flow.messages - 1) * flow.interval_s) + software_s
+    return max(first + flow.messages * per_message_s, last + per_message_s) + path.latency_s

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from heapq import heappush
-from typing import Generator, Protocol, Sequence
+from typing import Generator, NamedTuple, Protocol, Sequence
 
 import simpy
 from simpy.events import NORMAL
@@ -47,6 +47,19 @@ class StageProgram:
     def priced(self) -> StepTime:
         """The stage's time with its collectives at their priced cost."""
         return self.work.local + StepTime(network_s=self.priced_network_s)
+
+
+class Flow(NamedTuple):
+    """Bytes one GPU sends another as ``messages`` equal messages, message ``l`` ready to leave
+    at ``first_ready_s + l * interval_s`` (simulated seconds; a time already past: now), each
+    paying the engine's software latency before it leaves (e.g. a KV cache layer by layer)."""
+
+    src: str
+    dst: str
+    nbytes: float
+    messages: int = 1
+    first_ready_s: float = 0.0
+    interval_s: float = 0.0
 
 
 def event_at(env: simpy.Environment, when: float, value: object = None) -> simpy.Event:
@@ -91,6 +104,10 @@ class Network(Protocol):
 
     def transfer(self, src: str, dst: str, nbytes: float) -> simpy.Event:
         """An event that fires when ``nbytes`` sent from ``src`` have arrived at ``dst``."""
+        ...
+
+    def send_flows(self, flows: Sequence[Flow]) -> simpy.Event:
+        """An event that fires when every message of every flow has arrived."""
         ...
 
     def collective(self, kind: str, ranks: Sequence[str], nbytes: float) -> simpy.Event:

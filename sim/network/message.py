@@ -17,7 +17,7 @@ import simpy
 
 from sim.cost.fabric import Fabric
 from sim.cost.step_time import StepTime
-from sim.network.interface import NetworkObserver, StageProgram, event_at
+from sim.network.interface import Flow, NetworkObserver, StageProgram, event_at
 
 
 class Link:
@@ -89,6 +89,21 @@ class MessageNetwork:
             yield from self._message(src, dst, nbytes)
         return self.env.process(proc())
 
+    def send_flows(self, flows: Sequence[Flow]) -> simpy.Event:
+        """Every message of every flow on the links, each leaving at its ready time (now if
+        past) plus the software latency."""
+        env = self.env
+        software = self.fabric.software_s
+
+        def send(f: Flow, leave_s: float):
+            if leave_s > env.now:
+                yield event_at(env, leave_s)
+            yield from self._message(f.src, f.dst, f.nbytes / f.messages)
+
+        now = env.now
+        return env.all_of([env.process(send(f, max(now, f.first_ready_s + k * f.interval_s) + software))
+                           for f in flows for k in range(f.messages)])
+
     # ----- collectives ---------------------------------------------------------------------
     def _send_then(self, src: str, dst: str, nbytes: float, done: simpy.Event):
         yield from self._message(src, dst, nbytes)
@@ -124,6 +139,10 @@ class MessageNetwork:
 
         def proc():
             if n <= 1:
+                return
+            if kind == "alltoall":      # every rank sends its part for every other rank, at once
+                yield from self._software()
+                yield from self._oneshot(ranks, nbytes / n)
                 return
             if group.algorithm == "nccl_model":
                 # NCCL's tuning formula is not a message schedule: one timed event on no link.
@@ -169,10 +188,12 @@ class MessageNetwork:
 
         for c in work.pre_collectives:
             yield issue(c)
-        for _ in range(work.layers):
+        quiet = work.layers - work.communicating_layers      # leading layers without collectives
+        for layer in range(work.layers):
             yield env.timeout(per_layer_s)
-            for c in work.per_layer_collectives:
-                yield issue(c)
+            if layer >= quiet:
+                for c in work.per_layer_collectives:
+                    yield issue(c)
         for c in work.post_collectives:
             yield issue(c)
         return work.local + StepTime(network_s=env.now - start - work.local.total_s)

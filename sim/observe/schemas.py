@@ -43,3 +43,14 @@ STEPS = pa.schema([
     ("spec_proposed_tokens", pa.int64()),   # draft tokens verified in this step
     ("spec_accepted_tokens", pa.int64()),   # of which accepted
 ])
+
+TRANSFERS = pa.schema([                 # disagg=pools: one row per request whose KV moved between pools
+    ("request_id", pa.int64()),
+    ("src", pa.int32()),                # prefill replica
+    ("dst", pa.int32()),                # decode replica
+    ("bytes", pa.float64()),            # prompt tokens x KV bytes per token
+    ("messages", pa.int64()),           # messages sent (GPU pairs, x layers when layerwise)
+    ("ready_s", pa.float64()),          # the prefill step that completed the prompt ended
+    ("start_s", pa.float64()),          # the first message could leave (layerwise: that step began)
+    ("end_s", pa.float64()),            # the last byte arrived: the request decodes from here
+])

@@ -130,11 +130,13 @@ class ContinuousBatcher:
 
     def __init__(self, config: SchedulerConfig, pool: KVBlockPool, requests: RequestStore,
                  prefix_ids: Sequence[np.ndarray] | None = None, host_blocks: int = 0,
-                 generated_out: tuple[list[int], int] | None = None) -> None:
+                 generated_out: tuple[list[int], int] | None = None, hands_off: bool = False) -> None:
         """``prefix_ids``: with prefix caching, each request's prompt unit ids, by request id;
         ``host_blocks``: KV blocks host memory holds for swapped requests (preemption=swap);
         ``generated_out``: ``(counts, k)``: keep ``counts[k]`` equal to the output tokens the
-        requests in flight here have generated so far (what a router may read)."""
+        requests in flight here have generated so far (what a router may read);
+        ``hands_off``: a prefill pool's replica (disaggregated serving): a request that has
+        sampled its first token leaves the batch, its KV blocks held until :meth:`release`."""
         self.config = config
         self.pool = pool
         self.requests = requests
@@ -154,6 +156,9 @@ class ContinuousBatcher:
         self.swapped: dict[int, int] = {}     # request -> its KV blocks in host memory
         self.swap_outs = self.swap_ins = 0
         self._swap_out_blocks = 0             # of the step being planned
+        self.hands_off = hands_off
+        #: a decode pool's replica: requests whose KV comes from the prefill pool, waiting for blocks
+        self.incoming: deque[int] = deque()
 
     @property
     def generated_total(self) -> int:
@@ -174,6 +179,33 @@ class ContinuousBatcher:
         while i > 0 and key < self._key(waiting[i - 1]):
             i -= 1
         waiting.insert(i, request)
+
+    # ----- disaggregated serving -----------------------------------------------------------
+    def reserve_incoming(self) -> list[int]:
+        """Blocks for the KV of the requests coming from the prefill pool, in the order they
+        came, while the pool has them beyond the reserve an admission keeps for running
+        requests (called between steps); returns the requests that got theirs."""
+        pool, got = self.pool, []
+        while self.incoming:
+            r = self.incoming[0]
+            reserve = max(1, pool.total_blocks // 100) if self.running else 0
+            if pool.blocks_for(self.prompt[r]) + reserve > pool.free_blocks:
+                break
+            pool.grow(r, self.prompt[r])
+            self.incoming.popleft()
+            got.append(r)
+        return got
+
+    def accept_kv(self, request: int) -> None:
+        """``request``'s prompt KV (and first token) has arrived in its reserved blocks: it
+        joins the running batch to decode."""
+        self.computed[request] = self.prompt[request]
+        self.running.append(request)
+        self._gen[self._gen_k] += self.generated[request]
+
+    def release(self, request: int) -> None:
+        """Free the blocks ``request`` holds here (its KV has left, or is no longer wanted)."""
+        self.pool.free(request)
 
     def pending(self, request: int) -> int:
         return self.prompt[request] + self.generated[request] - self.computed[request]
@@ -408,6 +440,9 @@ class ContinuousBatcher:
                 if finished:
                     self.running.remove(r)
                     self.pool.free(r)
+                    self._gen[self._gen_k] -= g
+                elif self.hands_off and g == gained:   # prefilled: on to the decode pool, KV kept
+                    self.running.remove(r)
                     self._gen[self._gen_k] -= g
                 events.append((r, g == gained and not w.proposed, finished))
         return events

@@ -33,6 +33,12 @@ class BatchShape:
     sampled_tokens: Count
     query_blocks: Count
 
+    def scaled(self, share: float) -> "BatchShape":
+        """One GPU's part of the batch when ``1/share`` GPUs split its sequences evenly
+        (data-parallel attention)."""
+        return BatchShape(self.num_seqs * share, self.new_tokens * share, self.kv_tokens_read * share,
+                          self.attention_pairs * share, self.sampled_tokens * share, self.query_blocks * share)
+
     @classmethod
     def from_sequences(cls, context_len, new_tokens, sampled=None) -> "BatchShape":
         """Build from per-sequence arrays; ``sampled`` marks sequences that emit logits this step.

@@ -42,15 +42,20 @@ from sim.tools.procurement.search import (
     Candidate,
     Layout,
     LayoutBound,
+    PoolBound,
     Slo,
     TrafficStats,
     candidates,
     layout_bound,
+    order,
+    pool_bound,
+    pool_candidates,
     search,
 )
 from sim.tools.procurement.sensitivity import plot_tornado, sensitivity, tornado_rows
 
-SEARCH_KEYS = ("hardware", "tp", "pp", "max_batch_size", "max_tokens_per_step", "max_gpus", "max_replicas", "max_runs")
+SEARCH_KEYS = ("hardware", "tp", "pp", "max_batch_size", "max_tokens_per_step", "max_gpus", "max_replicas", "max_runs",
+               "disagg")
 
 
 def _int_list(name: str, value: Any) -> list[int]:
@@ -75,8 +80,10 @@ def traffic_stats(cfg_map: dict[str, Any]) -> TrafficStats:
                         float(np.percentile(prompts, 99)), tuple(windows))
 
 
-def deployment(base: dict[str, Any], layout: Layout, replicas: int) -> dict[str, Any]:
-    """The run config of ``replicas`` x ``layout`` (topology chosen to hold the GPUs)."""
+def deployment(base: dict[str, Any], layout: Layout, replicas: int, prefill_replicas: int = 0) -> dict[str, Any]:
+    """The run config of ``replicas`` x ``layout`` (topology chosen to hold the GPUs); with
+    ``prefill_replicas`` > 0, disaggregated pools of that many prefill replicas and the rest
+    decoding (both on the run's hardware, so a sensitivity study moves both)."""
     cfg = json.loads(json.dumps(base))
     hw_map = dict(cfg["hardware_presets"][layout.hardware])
     cfg["hardware"] = hw_map
@@ -94,6 +101,12 @@ def deployment(base: dict[str, Any], layout: Layout, replicas: int) -> dict[str,
                         "max_tokens_per_step": layout.max_tokens_per_step}
     cfg["output"] = {**cfg["output"], "progress": "never", "write_parquet": False}
     cfg.pop("hardware_presets")
+    if prefill_replicas:
+        cfg["parallel"]["dp"] = 1
+        cfg["topology"] = {**topo, "kind": "multi_node_ib", "nodes": "auto"}
+        pool = {"hardware": None, "tp": layout.tp, "pp": layout.pp}
+        cfg["disagg"] = {"mode": "pools", "transfer": "layerwise", "prefill": {**pool, "replicas": prefill_replicas},
+                         "decode": {**pool, "replicas": replicas - prefill_replicas}}
     return cfg
 
 
@@ -110,9 +123,14 @@ def goodput(summary_requests, slo: Slo, makespan_s: float) -> float | None:
 def candidate_row(c: Candidate, bound) -> dict[str, Any]:
     s = c.summary or {}
     cost = s.get("cost", {})
+    pools = isinstance(bound, PoolBound)
     return {"hardware": c.layout.hardware, "tp": c.layout.tp, "pp": c.layout.pp, "max_batch_size": c.layout.max_batch_size,
-            "max_tokens_per_step": c.layout.max_tokens_per_step, "replicas": c.replicas, "gpus": c.gpus, "analytic_usd_per_hour": c.usd_per_hour, "pruned": c.pruned,
-            "analytic_min_replicas": bound.min_replicas, "analytic_replica_tok_s": bound.replica_tok_s,
+            "max_tokens_per_step": c.layout.max_tokens_per_step, "replicas": c.replicas,
+            "prefill_replicas": c.prefill_replicas if pools else None,
+            "decode_replicas": c.replicas - c.prefill_replicas if pools else None,
+            "gpus": c.gpus, "analytic_usd_per_hour": c.usd_per_hour, "pruned": c.pruned,
+            "analytic_min_replicas": bound.min_prefill + bound.min_decode if pools else bound.min_replicas,
+            "analytic_replica_tok_s": bound.decode_tok_s if pools else bound.replica_tok_s,
             "analytic_utilization": c.analytic_utilization, "simulated": c.summary is not None or bool(c.error),
             "meets_slo": c.meets_slo, "error": c.error or None,
             "ttft_p50_s": s.get("ttft_s", {}).get("p50"), "ttft_p99_s": s.get("ttft_s", {}).get("p99"),
@@ -137,7 +155,9 @@ def best_json(c: Candidate) -> dict[str, Any]:
     s = c.summary
     assert s is not None, "the best candidate was simulated"
     return {"hardware": c.layout.hardware, "gpus": c.gpus, "tp": c.layout.tp, "pp": c.layout.pp,
-            "replicas": c.replicas, "max_batch_size": c.layout.max_batch_size,
+            "replicas": c.replicas, "prefill_replicas": c.prefill_replicas or None,
+            "decode_replicas": c.replicas - c.prefill_replicas if c.prefill_replicas else None,
+            "max_batch_size": c.layout.max_batch_size,
             "max_tokens_per_step": c.layout.max_tokens_per_step,
             "usd_per_million_output_tokens": s["cost"]["usd_per_million_output_tokens"],
             "usd_per_hour": s["cost"]["usd_per_hour"],
@@ -182,7 +202,9 @@ def report(rows: list[dict[str, Any]], best: Candidate, cheaper: Candidate | Non
              f"requests over {stats.duration_s:.0f} s, mean prompt {stats.mean_prompt:.0f}, mean output "
              f"{stats.mean_output:.0f} tokens ({stats.output_tokens_per_s:.0f} output tok/s).", ""]
     b = best_json(best)
-    lines += ["## Best", "", f"**{b['replicas']} x {best.layout.hardware} TP{b['tp']} PP{b['pp']}** "
+    shape = (f"{b['prefill_replicas']} prefill + {b['decode_replicas']} decode" if b["prefill_replicas"]
+             else str(b["replicas"]))
+    lines += ["## Best", "", f"**{shape} x {best.layout.hardware} TP{b['tp']} PP{b['pp']}** "
               f"(max batch {b['max_batch_size']}, {b['max_tokens_per_step']} tokens/step, {b['gpus']} GPUs): ${b['usd_per_million_output_tokens']:.3f} per "
               f"million output tokens, ${b['usd_per_hour']:.2f}/h, TTFT p99 {b['ttft_p99_s']:.3f} s, "
               f"TPOT p99 {b['tpot_p99_s'] * 1e3:.1f} ms.", "",
@@ -191,7 +213,9 @@ def report(rows: list[dict[str, Any]], best: Candidate, cheaper: Candidate | Non
         s = cheaper.summary or {}
         why = cheaper.error or (f"TTFT p99 {s['ttft_s']['p99']:.3f} s, TPOT p99 {s['tpot_s']['p99'] * 1e3:.1f} ms, "
                                 f"{s['requests']['completed']}/{s['requests']['total']} completed")
-        lines += [f"One step cheaper: {cheaper.replicas} x {cheaper.layout.hardware} TP{cheaper.layout.tp} "
+        what = (f"{cheaper.prefill_replicas} prefill + {cheaper.replicas - cheaper.prefill_replicas} decode"
+                if cheaper.prefill_replicas else str(cheaper.replicas))
+        lines += [f"One step cheaper: {what} x {cheaper.layout.hardware} TP{cheaper.layout.tp} "
                   f"PP{cheaper.layout.pp} (max batch {cheaper.layout.max_batch_size}, {cheaper.layout.max_tokens_per_step} "
                   f"tokens/step, ${cheaper.usd_per_hour:.2f}/h "
                   f"analytic) misses: {why}.", ""]
@@ -202,8 +226,10 @@ def report(rows: list[dict[str, Any]], best: Candidate, cheaper: Candidate | Non
     for r in sim:
         def f(v, fmt):
             return format(v, fmt) if v is not None else "-"
+        replicas = (f"{r['prefill_replicas']}P+{r['decode_replicas']}D" if r.get("prefill_replicas")
+                    else str(r["replicas"]))
         lines.append(f"| {r['hardware']} | {r['tp']} | {r['pp']} | {r['max_batch_size']} | {r['max_tokens_per_step']} | "
-                     f"{r['replicas']} | {r['gpus']} | "
+                     f"{replicas} | {r['gpus']} | "
                      f"{f(r['analytic_usd_per_hour'], '.2f')} | {f(r['usd_per_million_output_tokens'], '.3f')} | "
                      f"{f(r['ttft_p99_s'], '.3f')} | {f(r['tpot_p99_s'] and r['tpot_p99_s'] * 1e3, '.1f')} | "
                      f"{f(r['goodput_requests_per_s'], '.2f')} | {'yes' if r['meets_slo'] else 'no'} |")
@@ -239,9 +265,13 @@ def procure(cfg_map: dict[str, Any], out: Path) -> dict[str, Any]:
     max_gpus = _int_list("max_gpus", search_map.get("max_gpus", 32))[0]
     max_replicas = _int_list("max_replicas", search_map.get("max_replicas", 16))[0]
     max_runs = _int_list("max_runs", search_map.get("max_runs", 40))[0]
+    disagg = search_map.get("disagg", False)
+    if not isinstance(disagg, bool):
+        raise ConfigError(f"search.disagg={disagg!r} must be true or false")
     base = {**cfg_map, "hardware_presets": presets}
     stats = traffic_stats(cfg_map)
     bounds = []
+    pool_bounds: list[PoolBound] = []
     for name in hw_names:
         for tp in tps:
             for pp in pps:
@@ -254,12 +284,16 @@ def procure(cfg_map: dict[str, Any], out: Path) -> dict[str, Any]:
                             bounds.append(LayoutBound(lay, False, str(exc).splitlines()[0]))
                             continue
                         bounds.append(layout_bound(lay, model, stats, slo, steady_step_s))
+                        if disagg:
+                            pool_bounds.append(pool_bound(lay, model, stats, slo, steady_step_s,
+                                                          bounds[-1].prefill_p99_s))
     cost_cfg = parse_config(cfg_map).cost
     gpn = int(cfg_map["topology"].get("gpus_per_node", 8))
-    cands = candidates(bounds, stats, cost_cfg, lambda n: load_hardware(n), max_gpus, max_replicas, gpn)
+    cands = order(candidates(bounds, stats, cost_cfg, lambda n: load_hardware(n), max_gpus, max_replicas, gpn)
+                  + pool_candidates(pool_bounds, stats, cost_cfg, lambda n: load_hardware(n), max_gpus, max_replicas, gpn))
 
     def simulate(c: Candidate) -> dict[str, Any]:
-        run_cfg = deployment(base, c.layout, c.replicas)
+        run_cfg = deployment(base, c.layout, c.replicas, c.prefill_replicas)
         c.extra["rerun"] = overrides_for(run_cfg)       # python -m sim with these reproduces the point
         summary, result = evaluate(run_cfg)
         c.extra["goodput"] = goodput(result.requests, slo, summary["throughput"]["makespan_s"])
@@ -267,7 +301,9 @@ def procure(cfg_map: dict[str, Any], out: Path) -> dict[str, Any]:
 
     best, cheaper = search(cands, slo, simulate, max_runs)
     by_layout = {b.layout: b for b in bounds}
-    rows = [candidate_row(c, by_layout[c.layout]) for c in cands] + [infeasible_row(b) for b in bounds if not b.feasible]
+    by_pools = {b.layout: b for b in pool_bounds}
+    rows = ([candidate_row(c, by_pools[c.layout] if c.prefill_replicas else by_layout[c.layout]) for c in cands]
+            + [infeasible_row(b) for b in bounds if not b.feasible])
     blank = Layout("", 1, 1, 1, 1)
     columns = list(candidate_row(Candidate(blank, 1, 0.0, True, 0.0), LayoutBound(blank, False)))
     rows = [{k: r.get(k) for k in columns} for r in rows]  # infeasible layouts lack the simulated columns
@@ -283,14 +319,15 @@ def procure(cfg_map: dict[str, Any], out: Path) -> dict[str, Any]:
     sens = None
     assert best.summary is not None, "the best candidate was simulated"
     if sens_map.get("enabled", True):
-        sens = sensitivity(deployment(base, best.layout, best.replicas), lambda c: evaluate(c)[0], best.summary,
+        sens = sensitivity(deployment(base, best.layout, best.replicas, best.prefill_replicas), lambda c: evaluate(c)[0],
+                           best.summary,
                            float(sens_map.get("delta", 0.2)), int(sens_map.get("seeds", 3)))
         pq.write_table(pa.Table.from_pylist(sens), out / "sensitivity.parquet")
         plot_tornado(tornado_rows(sens, best.summary), out / "sensitivity.png")
     (out / "procure.md").write_text(report(rows, best, cheaper, slo, stats, sens))
     result = {"best": best_json(best), "one_step_cheaper": None if cheaper is None else {
         "hardware": cheaper.layout.hardware, "gpus": cheaper.gpus, "tp": cheaper.layout.tp, "pp": cheaper.layout.pp,
-        "replicas": cheaper.replicas, "meets_slo": cheaper.meets_slo,
+        "replicas": cheaper.replicas, "prefill_replicas": cheaper.prefill_replicas or None, "meets_slo": cheaper.meets_slo,
         "ttft_p99_s": (cheaper.summary or {}).get("ttft_s", {}).get("p99"),
         "tpot_p99_s": (cheaper.summary or {}).get("tpot_s", {}).get("p99")},
         "simulated": sum(1 for c in cands if c.meets_slo is not None), "candidates": len(cands), "run_dir": str(out)}

@@ -17,6 +17,14 @@ tokens per step: the prefill chunk that decode steps share) x replicas (data par
   bursts: 99 % of the prompt tokens arriving within any window of ``W`` seconds must be
   prefilled within ``W + ttft_p99_s`` at the replica's chunked-prefill rate.
 
+With ``search.disagg`` every layout is also tried as disaggregated pools (``disagg=pools``:
+``P`` prefill and ``D`` decode replicas of the layout, KV moved layer by layer between them):
+the prefill pool must prefill the p99 prompt within the TTFT target and keep up with the
+trace's prompt tokens and bursts at full-chunk prefill steps; the decode pool's TPOT has no
+prefill chunk in it, its throughput is the largest batch whose decode step meets the TPOT
+target (:func:`pool_bound`). Every (layout, ``P``, ``D``) within the limits is a candidate,
+pruned below either pool's bound.
+
 Every (layout, replicas) pair within ``max_gpus`` becomes a candidate, priced per hour by
 the cost model at the analytic utilization. Candidates below their layout's bound are
 *pruned* (predicted to miss the SLOs). The rest are simulated in increasing order of cost
@@ -98,6 +106,20 @@ class LayoutBound:
 
 
 @dataclass
+class PoolBound:
+    """Analytic verdict for one layout run as disaggregated pools: the prefill and decode
+    replicas the trace needs at least."""
+
+    layout: Layout
+    feasible: bool
+    reason: str = ""
+    min_prefill: int = 0
+    min_decode: int = 0
+    decode_tok_s: float = 0.0
+    batch: int = 0
+
+
+@dataclass
 class Candidate:
     layout: Layout
     replicas: int
@@ -108,6 +130,7 @@ class Candidate:
     meets_slo: bool | None = None
     error: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    prefill_replicas: int = 0       # disaggregated pools: of ``replicas``, these prefill (0: co-located)
 
     @property
     def gpus(self) -> int:
@@ -171,6 +194,70 @@ def layout_bound(layout: Layout, model, stats: TrafficStats, slo: Slo,
     return LayoutBound(layout, True, replica_tok_s=tput, batch=best_b, min_replicas=need, prefill_p99_s=prefill)
 
 
+def pool_bound(layout: Layout, model, stats: TrafficStats, slo: Slo,
+               steady_step_s: Callable[[Any, int, float, float, float], float],
+               prefill_p99_s: float) -> PoolBound:
+    """The analytic verdict for ``layout`` as disaggregated pools (``prefill_p99_s``: the p99
+    prompt's chunked prefill alone, from :func:`layout_bound`)."""
+    if prefill_p99_s > slo.ttft_p99_s:
+        return PoolBound(layout, False, f"prefill of the p99 prompt alone takes {prefill_p99_s:.3f} s "
+                                        f"> ttft_p99_s={slo.ttft_p99_s}")
+    budget = layout.max_tokens_per_step
+    # prefill pool: full chunks, no decode sharing them
+    prefill_tok_s = budget / steady_step_s(model, 0, stats.mean_prompt, 0.0, budget)
+    need_p = max(1, math.ceil(stats.requests * stats.mean_prompt / stats.duration_s / prefill_tok_s))
+    for window_s, tokens in stats.window_prompt_tokens:
+        need_p = max(need_p, math.ceil(0.99 * tokens / (prefill_tok_s * (window_s + slo.ttft_p99_s))))
+    # decode pool: decode steps only, the largest batch within the TPOT target
+    kv_cap = int(model.capacity.tokens // max(1.0, stats.mean_prompt + stats.mean_output))
+    most = min(layout.max_batch_size, kv_cap, budget)
+    if most < 1 or steady_step_s(model, 1, stats.mean_prompt, stats.mean_output, 0) > slo.tpot_p99_s:
+        return PoolBound(layout, False, "a decode step of one sequence misses tpot_p99_s" if most >= 1
+                         else "the KV cache holds no request of mean length")
+    lo, hi, best_b, best_t = 1, most, 0, 0.0
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        t = steady_step_s(model, mid, stats.mean_prompt, stats.mean_output, 0)
+        if t <= slo.tpot_p99_s:
+            best_b, best_t, lo = mid, t, mid + 1
+        else:
+            hi = mid - 1
+    tput = best_b / best_t
+    need_d = max(1, math.ceil(stats.output_tokens_per_s / tput))
+    return PoolBound(layout, True, min_prefill=need_p, min_decode=need_d, decode_tok_s=tput, batch=best_b)
+
+
+def pool_candidates(bounds: Iterable[PoolBound], stats: TrafficStats, cost: CostConfig,
+                    hardware: Callable[[str], HardwareSpec], max_gpus: int, max_replicas: int,
+                    gpus_per_node: int) -> list[Candidate]:
+    """Every (feasible layout, prefill replicas, decode replicas) within the limits."""
+    out = []
+    for b in bounds:
+        if not b.feasible:
+            continue
+        hw = hardware(b.layout.hardware)
+        for r in range(2, max_replicas + 1):
+            gpus = r * b.layout.gpus_per_replica
+            if gpus > max_gpus:
+                break
+            for p in range(1, r):
+                d = r - p
+                util = min(1.0, stats.output_tokens_per_s / (d * b.decode_tok_s))
+                use = FleetUse(gpus=gpus, nodes=gpus / gpus_per_node, network_ports=gpus, makespan_s=3600.0,
+                               gpu_busy_s=util * gpus * 3600.0, output_tokens=1)
+                out.append(Candidate(b.layout, r, fleet_cost(cost, hw, use)["usd_per_hour"],
+                                     pruned=p < b.min_prefill or d < b.min_decode, analytic_utilization=util,
+                                     prefill_replicas=p))
+    return out
+
+
+def order(cands: list[Candidate]) -> list[Candidate]:
+    """Cheapest first (co-located before pools of the same price)."""
+    return sorted(cands, key=lambda c: (c.usd_per_hour, c.gpus, c.prefill_replicas > 0, c.layout.hardware, c.layout.tp,
+                                        c.layout.pp, c.layout.max_batch_size, c.layout.max_tokens_per_step,
+                                        c.replicas, c.prefill_replicas))
+
+
 def candidates(bounds: Iterable[LayoutBound], stats: TrafficStats, cost: CostConfig,
                hardware: Callable[[str], HardwareSpec], max_gpus: int, max_replicas: int,
                gpus_per_node: int) -> list[Candidate]:
@@ -189,9 +276,7 @@ def candidates(bounds: Iterable[LayoutBound], stats: TrafficStats, cost: CostCon
                            makespan_s=3600.0, gpu_busy_s=util * gpus * 3600.0, output_tokens=1)
             price = fleet_cost(cost, hw, use)["usd_per_hour"]
             out.append(Candidate(b.layout, r, price, pruned=r < b.min_replicas, analytic_utilization=util))
-    out.sort(key=lambda c: (c.usd_per_hour, c.gpus, c.layout.hardware, c.layout.tp, c.layout.pp,
-                            c.layout.max_batch_size, c.layout.max_tokens_per_step, c.replicas))
-    return out
+    return order(out)
 
 
 def search(cands: list[Candidate], slo: Slo, simulate: Callable[[Candidate], dict[str, Any]],
