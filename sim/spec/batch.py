@@ -41,7 +41,8 @@ class BatchShape:
 
     @classmethod
     def from_sequences(cls, context_len, new_tokens, sampled=None) -> "BatchShape":
-        """Build from per-sequence arrays; ``sampled`` marks sequences that emit logits this step.
+        """Build from per-sequence arrays; ``sampled``: per sequence, the positions whose logits
+        are computed this step (1/0 marks; a verification pass gives its token count).
 
         Sampled sequences need the LM head on each of their new tokens (decode and speculative
         verification); a prefill chunk that completes its prompt samples one token.

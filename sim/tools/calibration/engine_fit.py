@@ -78,6 +78,60 @@ class Measurement:
     mnk: tuple[int, int, int] | None = None
     label: str = ""
     dtype: str = "bf16"
+    weights: str = "bf16"       # the step's weight format (a ``step`` row may give fp8 etc.)
+    family: str = ""            # shape family (:func:`shape_family`)
+
+
+#: Shape families the validation holds out one at a time (:func:`shape_family`).
+FAMILIES = ("decode", "long_context", "big_batch", "prefill", "mixed", "gemm")
+
+
+def shape_family(kind: str, batch: BatchShape | None, sizes: tuple[int, int, int] = (1, 0, 0)) -> str:
+    """Which family a measured row belongs to: ``gemm`` (matmul sweep), ``mixed`` (a step
+    with both prompt tokens and decodes), ``prefill`` (prompts only, batched or not),
+    ``long_context`` (decode at >= 8,192 cached tokens per sequence), ``big_batch`` (decode of
+    >= 64 sequences), ``decode`` (the rest). ``sizes``: (sequences, mean context, prompt tokens)."""
+    if kind == "gemm_sweep":
+        return "gemm"
+    seqs, context, prompt_tokens = sizes
+    if kind == "prefill" or (prompt_tokens and prompt_tokens == (batch.new_tokens if batch is not None else 0)):
+        return "prefill"
+    if prompt_tokens:
+        return "mixed"
+    if context >= 8192:
+        return "long_context"
+    if seqs >= 64:
+        return "big_batch"
+    return "decode"
+
+
+def _step_row(r: dict[str, Any], p: Path, lineno: int) -> tuple[BatchShape, str, tuple[int, int, int]]:
+    """A ``step`` row's batch, label suffix and family sizes: ``sequences`` of
+    ``{context_len, new_tokens[, sampled]}`` as ``python -m sim.steptime`` takes them
+    (``sampled``: positions with logits, default 1; a sequence adding several tokens with at
+    most one sampled is a prompt chunk, one sampling all of them a verification pass)."""
+    seqs = r["sequences"]
+    if not isinstance(seqs, list) or not seqs:
+        raise ConfigError(f"{p.name} line {lineno}: step row needs a non-empty sequences list")
+    ctx, new, sampled = [], [], []
+    for i, q in enumerate(seqs):
+        if not isinstance(q, dict) or not isinstance(q.get("new_tokens"), int) or q["new_tokens"] < 1 \
+                or not isinstance(q.get("context_len", 0), int) or q.get("context_len", 0) < 0:
+            raise ConfigError(f"{p.name} line {lineno}: sequences[{i}]={q!r} needs integers context_len >= 0 "
+                              f"and new_tokens >= 1")
+        smp = q.get("sampled", 1)
+        if isinstance(smp, bool) or not isinstance(smp, int) or not 0 <= smp <= q["new_tokens"]:
+            raise ConfigError(f"{p.name} line {lineno}: sequences[{i}].sampled={smp!r} must be an integer from 0 "
+                              f"to new_tokens")
+        ctx.append(int(q.get("context_len", 0)))
+        new.append(int(q["new_tokens"]))
+        sampled.append(smp)
+    prompt = sum(n for n, k in zip(new, sampled) if n > 1 and k <= 1)
+    decodes = sum(1 for n, k in zip(new, sampled) if n == 1 or k == n)
+    batch = BatchShape.from_sequences(ctx, new, sampled)
+    label = f"step {len(seqs)} seqs ({prompt} prompt tokens, {decodes} decodes)"
+    mean_ctx = int(sum(c for c, n, k in zip(ctx, new, sampled) if n == 1 or k == n) / decodes) if decodes else 0
+    return batch, label, (len(seqs), mean_ctx, prompt)
 
 
 def read_measurements(path: str | Path) -> list[Measurement]:
@@ -114,28 +168,40 @@ def read_measurements(path: str | Path) -> list[Measurement]:
                 probe = ModelSpec(name=r["model"], **shape)
                 tied = abs(probe.params - untied - r["params"]) < abs(probe.params - r["params"])
                 models[r["model"]] = ModelSpec(name=r["model"], tie_word_embeddings=tied, **shape)
-            elif kind in ("decode", "prefill") and "ms" in r:
+            elif kind in ("decode", "prefill", "step") and "ms" in r:
                 model = models[r["model"]]
+                weights = str(r.get("weights", "bf16"))
+                if weights not in WEIGHT_FORMATS:
+                    raise ConfigError(f"{p.name} line {lineno}: weights={weights!r} is not one of {list(WEIGHT_FORMATS)}")
+                mode = r.get("mode", "graph")
                 if kind == "decode":
                     batch = BatchShape.decode(int(r["B"]), int(r["S"]), int(r.get("T", 1)))
-                    label = f"{r['model']} decode B={r['B']} S={r['S']} T={r.get('T', 1)} {r['mode']}"
-                else:
+                    label = f"{r['model']} decode B={r['B']} S={r['S']} T={r.get('T', 1)} {mode}"
+                    sizes = (int(r["B"]), int(r["S"]), 0)
+                elif kind == "prefill":
                     batch = BatchShape.prefill(int(r["P"]), int(r.get("B", 1)))
-                    label = f"{r['model']} prefill P={r['P']} {r['mode']}"
-                rows.append(Measurement(kind, r["ms"] * 1e-3, r.get("mode", "graph"), model, batch, label=label))
+                    label = f"{r['model']} prefill P={r['P']} {mode}"
+                    sizes = (int(r.get("B", 1)), 0, int(r["P"]) * int(r.get("B", 1)))
+                else:
+                    batch, what, sizes = _step_row(r, p, lineno)
+                    label = f"{r['model']} {what} {mode}"
+                if weights != "bf16":
+                    label += f" {weights}"
+                rows.append(Measurement(kind, r["ms"] * 1e-3, mode, model, batch, label=label, weights=weights,
+                                        family=shape_family(kind, batch, sizes)))
             elif kind == "gemm_sweep":
                 rows.append(Measurement(kind, r["ms"] * 1e-3, "graph", mnk=(r["M"], r["K"], r["N"]),
-                                        label=f"gemm M={r['M']} K={r['K']} N={r['N']}"))
+                                        label=f"gemm M={r['M']} K={r['K']} N={r['N']}", family="gemm"))
             elif kind == "gemm_peak":
                 n, dtype = int(r["mnk"]), str(r.get("dtype", "bf16"))
                 if dtype not in WEIGHT_FORMATS:
                     raise ConfigError(f"{p.name} line {lineno}: gemm_peak dtype={dtype!r} is not one of {list(WEIGHT_FORMATS)}")
                 rows.append(Measurement("gemm_sweep", r["ms"] * 1e-3, "graph", mnk=(n, n, n), dtype=dtype,
-                                        label=f"gemm {dtype} M=K=N={n}"))
+                                        label=f"gemm {dtype} M=K=N={n}", family="gemm"))
         except KeyError as exc:
             raise ConfigError(f"{p.name} line {lineno}: {kind} row lacks field {exc}") from None
     if not rows:
-        raise ConfigError(f"data={str(path)!r}: no decode, prefill or gemm_sweep rows")
+        raise ConfigError(f"data={str(path)!r}: no decode, prefill, step or gemm_sweep rows")
     return rows
 
 
@@ -151,6 +217,8 @@ def predict(row: Measurement, hardware: HardwareSpec, engine: EngineProfile,
             hardware.hbm_bandwidth_Bps * engine.hbm_efficiency)
         c, mm = soft_roofline(t_c, t_m, engine.roofline_sharpness)
         return c + mm + engine.kernel_overhead_us * 1e-6
+    if row.weights != precision.weights:
+        precision = replace(precision, weights=row.weights)
     predictor = StepTimePredictor(row.model, hardware, engine, precision)  # type: ignore[arg-type]
     return predictor.stage(row.batch).total_s  # type: ignore[arg-type]
 

@@ -48,13 +48,14 @@ def validation_table(data: Path, hardware: str = "h100") -> pa.Table:
     hw = load_hardware(hardware)
     rows = read_measurements(data)
     engines = {mode: load_engine(name) for mode, name in ENGINE_FOR_MODE.items()}
-    out: dict[str, list[Any]] = {k: [] for k in ("label", "kind", "mode", "model", "engine", "measured_s", "predicted_s", "error")}
+    out: dict[str, list[Any]] = {k: [] for k in ("label", "kind", "family", "mode", "model", "engine", "measured_s",
+                                                 "predicted_s", "error")}
     for r in rows:
         eng = engines[r.mode]
         p = predict(r, hw, eng)
-        for k, v in (("label", r.label), ("kind", r.kind), ("mode", r.mode), ("model", _model_of(r.label)),
-                     ("engine", eng.name), ("measured_s", r.measured_s), ("predicted_s", p),
-                     ("error", p / r.measured_s - 1.0)):
+        for k, v in (("label", r.label), ("kind", r.kind), ("family", r.family), ("mode", r.mode),
+                     ("model", _model_of(r.label)), ("engine", eng.name), ("measured_s", r.measured_s),
+                     ("predicted_s", p), ("error", p / r.measured_s - 1.0)):
             out[k].append(v)
     return pa.table(out)
 
@@ -70,37 +71,78 @@ def group_errors(table: pa.Table) -> dict[str, dict[str, float]]:
             for k, v in sorted(groups.items())}
 
 
-def leave_one_model_out(data: Path, hardware: str = "h100") -> list[dict[str, Any]]:
-    """Refit without each model's rows; parameter drift and held-out error."""
-    hw = load_hardware(hardware)
-    rows = [r for r in read_measurements(data) if r.mode == "graph"]
-    start = replace(load_engine("pytorch_cudagraph"))
-    full = fit_engine(rows, hw, start).engine
+def _hold_out(rows: list, hw, start, full, held_of) -> list[dict[str, Any]]:
+    """Refit without each group of rows (``held_of(row)``: its group, None: always kept);
+    per group the fitted parameters' drift from the full fit and the held-out errors."""
     out = []
-    for model in sorted({_model_of(r.label) for r in rows} - {"gemm"}):
-        kept = [r for r in rows if _model_of(r.label) != model]
-        held = [r for r in rows if _model_of(r.label) == model]
+    for name in sorted({g for g in map(held_of, rows) if g is not None}):
+        kept = [r for r in rows if held_of(r) != name]
+        held = [r for r in rows if held_of(r) == name]
+        if not kept:
+            continue
         eng = fit_engine(kept, hw, start).engine
         # relative change of every fitted parameter; one at its zero bound (the per-step
         # overhead of the measured engine) is compared in absolute terms instead
         drift = {p: abs(getattr(eng, p) / getattr(full, p) - 1.0) for p in FIT_PARAMS if getattr(full, p) > 1e-6}
         at_zero = {p: abs(getattr(eng, p) - getattr(full, p)) for p in FIT_PARAMS if getattr(full, p) <= 1e-6}
         errs = [abs(predict(r, hw, eng) / r.measured_s - 1.0) for r in held]
-        out.append({"held_out": model, "max_param_drift": max(drift.values()), "drift": drift,
-                    "change_at_zero_bound": at_zero, "held_out_median_abs_error": float(np.median(errs))})
+        worst = max(drift, key=drift.__getitem__)
+        out.append({"held_out": name, "rows": len(held), "max_param_drift": drift[worst], "most_drifting_param": worst,
+                    "drift": drift, "change_at_zero_bound": at_zero,
+                    "held_out_median_abs_error": float(np.median(errs)),
+                    "held_out_p90_abs_error": float(np.percentile(errs, 90)), "held_out_errors": errs})
     return out
 
 
-def markdown(table: pa.Table, groups: dict, loo: list[dict[str, Any]], data: Path) -> str:
+def _graph_fit(data: Path, hardware: str):
+    hw = load_hardware(hardware)
+    rows = [r for r in read_measurements(data) if r.mode == "graph"]
+    start = replace(load_engine("pytorch_cudagraph"))
+    return hw, rows, start, fit_engine(rows, hw, start).engine
+
+
+def leave_one_model_out(data: Path, hardware: str = "h100") -> list[dict[str, Any]]:
+    """Refit without each model's rows (the matmul sweep always kept); parameter drift and
+    held-out error."""
+    hw, rows, start, full = _graph_fit(data, hardware)
+    return _hold_out(rows, hw, start, full, lambda r: None if _model_of(r.label) == "gemm" else _model_of(r.label))
+
+
+def leave_one_family_out(data: Path, hardware: str = "h100") -> list[dict[str, Any]]:
+    """Refit without each shape family's rows (long context, big batch, prefill, mixed
+    steps, plain decode, the matmul sweep: :data:`FAMILIES`); drift and held-out error: does
+    a fit on the other shapes predict the one it never saw?"""
+    hw, rows, start, full = _graph_fit(data, hardware)
+    return _hold_out(rows, hw, start, full, lambda r: r.family)
+
+
+def pooled(held: list[dict[str, Any]]) -> dict[str, float]:
+    """Median and p90 over every held-out row of a hold-out study, and its largest drift."""
+    errs = [e for h in held for e in h["held_out_errors"]]
+    return {"held_out_rows": len(errs), "held_out_median_abs_error": float(np.median(errs)) if errs else float("nan"),
+            "held_out_p90_abs_error": float(np.percentile(errs, 90)) if errs else float("nan"),
+            "max_param_drift": max((h["max_param_drift"] for h in held), default=float("nan"))}
+
+
+def markdown(table: pa.Table, groups: dict, loo: list[dict[str, Any]], data: Path,
+             lofo: list[dict[str, Any]] | None = None) -> str:
     d = table.to_pydict()
     lines = [f"# Validation against {data.name}", "",
              "| group | rows | median abs error | worst abs error |", "|---|---|---|---|"]
     for k, g in groups.items():
         lines.append(f"| {k} | {g['rows']} | {g['median_abs_error']:.1%} | {g['worst_abs_error']:.1%} |")
-    lines += ["", "Leave one model out (graph mode): refit on the others, predict the held-out model.", "",
-              "| held-out model | largest parameter change | held-out median abs error |", "|---|---|---|"]
-    for r in loo:
-        lines.append(f"| {r['held_out']} | {r['max_param_drift']:.1%} | {r['held_out_median_abs_error']:.1%} |")
+    for title, held, what in (("Leave one model out", loo, "model"), ("Leave one shape family out", lofo or [], "family")):
+        if not held:
+            continue
+        p = pooled(held)
+        lines += ["", f"{title} (graph mode): refit on the others, predict the held-out {what}. Pooled over held-out "
+                      f"rows: median {p['held_out_median_abs_error']:.1%}, p90 {p['held_out_p90_abs_error']:.1%}; "
+                      f"largest parameter change {p['max_param_drift']:.1%}.", "",
+                  f"| held-out {what} | rows | largest parameter change (which) | held-out median | held-out p90 |",
+                  "|---|---|---|---|---|"]
+        for r in held:
+            lines.append(f"| {r['held_out']} | {r['rows']} | {r['max_param_drift']:.1%} ({r['most_drifting_param']}) | "
+                         f"{r['held_out_median_abs_error']:.1%} | {r['held_out_p90_abs_error']:.1%} |")
     lines += ["", "| measurement | engine | measured ms | predicted ms | error |", "|---|---|---|---|---|"]
     for i in range(table.num_rows):
         lines.append(f"| {d['label'][i]} | {d['engine'][i]} | {d['measured_s'][i] * 1e3:.3f} | "
@@ -123,12 +165,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     table = validation_table(data, hardware)
     groups = group_errors(table)
     loo = leave_one_model_out(data, hardware)
+    lofo = leave_one_family_out(data, hardware)
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, out / "validation.parquet")
-    (out / "validation.md").write_text(markdown(table, groups, loo, data))
+    (out / "validation.md").write_text(markdown(table, groups, loo, data, lofo))
+    hidden = ("drift", "change_at_zero_bound", "held_out_errors")
     report: dict[str, Any] = {"data": str(data), "groups": groups,
-              "leave_one_model_out": [{k: v for k, v in r.items() if k not in ("drift", "change_at_zero_bound")}
-                                      for r in loo],
+              "leave_one_model_out": [{k: v for k, v in r.items() if k not in hidden} for r in loo],
+              "leave_one_family_out": [{k: v for k, v in r.items() if k not in hidden} for r in lofo],
+              "held_out": {"model": pooled(loo), "family": pooled(lofo)},
               "written": [str(out / "validation.md"), str(out / "validation.parquet")]}
     if args.get("published", "true") == "true":
         from sim.tools.validation import published
