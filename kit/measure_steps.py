@@ -29,6 +29,12 @@ What is measured (one JSON row per measurement)
                 tokens.
     prefill     one forward pass over a prompt of P tokens (batch ``--prefill-batch``),
                 causal attention, no cache; LM head over the last token of each prompt.
+    step        the steps a continuous-batching scheduler forms besides those, as
+                ``sequences`` of ``{context_len, new_tokens, sampled}`` (``python -m
+                sim.steptime`` takes the same): a prompt chunk of C tokens mixed with B
+                decodes at S cached tokens (``--mixed C:B:S``; all tokens go through each
+                matmul together, each part attends to its own cache), and several prompts of
+                unequal lengths prefilled together (``--ragged-prefill P+P+...``).
 
 Modes and timing
     ``graph``: the step is captured once into a ``torch.cuda.CUDAGraph`` (after 3 warm-up
@@ -113,6 +119,35 @@ def _int_list(flag: str, text: str, minimum: int = 1) -> list[int]:
         out.append(v)
     if not out:
         raise UsageError(f"{flag}: empty list")
+    return out
+
+
+def _mixed_list(text: str) -> list[tuple[int, int, int]]:
+    """``C:B:S,...`` -> [(chunk tokens, decodes, decode context)]."""
+    out = []
+    for item in text.split(","):
+        parts = item.split(":")
+        try:
+            c, b, ctx = (int(x) for x in parts)
+        except ValueError:
+            raise UsageError(f"--mixed: {item!r} is not CHUNK:DECODES:CONTEXT (three integers)") from None
+        if c < 1 or b < 1 or ctx < 0:
+            raise UsageError(f"--mixed: {item!r} needs CHUNK >= 1, DECODES >= 1, CONTEXT >= 0")
+        out.append((c, b, ctx))
+    return out
+
+
+def _ragged_list(text: str) -> list[list[int]]:
+    """``P+P+...,...`` -> [[prompt lengths]]."""
+    out = []
+    for item in text.split(","):
+        try:
+            lens = [int(x) for x in item.split("+")]
+        except ValueError:
+            raise UsageError(f"--ragged-prefill: {item!r} is not P+P+... (integers)") from None
+        if not lens or min(lens) < 1:
+            raise UsageError(f"--ragged-prefill: {item!r} needs prompt lengths >= 1")
+        out.append(lens)
     return out
 
 
@@ -201,11 +236,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=str, default=None,
                    help="build only N layers of each model (recorded as L=N, name suffixed -LN)")
     p.add_argument("--no-models", action="store_true", help="skip decode/prefill (device, gemm rows only)")
-    p.add_argument("--batch", default=None, help="decode batch sizes B (default 1,4,16,64,256; cpu 1,4)")
-    p.add_argument("--context", default=None, help="decode KV-cache lengths S (default 1024,4096; cpu 64,256)")
+    p.add_argument("--batch", default=None, help="decode batch sizes B (default 1,4,16,64,256,512; cpu 1,4)")
+    p.add_argument("--context", default=None,
+                   help="decode KV-cache lengths S (default 1024,4096,32768; cpu 64,256); cells that do not fit are skipped")
     p.add_argument("--new-tokens", default=None, help="new tokens per sequence T (default 1,4; cpu 1,4)")
     p.add_argument("--prompt", default=None, help="prefill prompt lengths P (default 128,512,2048,8192; cpu 32,128)")
     p.add_argument("--prefill-batch", type=str, default="1", help="prompts per prefill pass (default 1)")
+    p.add_argument("--mixed", default=None,
+                   help="mixed steps CHUNK:DECODES:CONTEXT[,...]: a CHUNK-token prompt chunk with DECODES decodes at "
+                        "CONTEXT cached tokens (default 512:16:4096,2048:64:4096,512:256:1024; cpu 32:4:64)")
+    p.add_argument("--ragged-prefill", default=None,
+                   help="batched prefill of unequal prompts P+P+...[,...] (default 128+512+1024,512+512+512+512; "
+                        "cpu 16+48)")
     p.add_argument("--modes", default=None, help="graph,eager (default both on CUDA; eager on CPU)")
     p.add_argument("--warmup", type=str, default="5", help="untimed calls before timing (default 5)")
     p.add_argument("--repeats", type=str, default="20", help="timed calls; median is reported (default 20)")
@@ -250,11 +292,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         cpu = dev.type == "cpu"
         a.layers = None if a.layers is None else _positive("--layers", a.layers)
         a.models = [] if a.no_models else resolve_models(a.model, a.shape, a.layers)
-        a.batch = _int_list("--batch", a.batch or ("1,4" if cpu else "1,4,16,64,256"))
-        a.context = _int_list("--context", a.context or ("64,256" if cpu else "1024,4096"), minimum=0)
+        a.batch = _int_list("--batch", a.batch or ("1,4" if cpu else "1,4,16,64,256,512"))
+        a.context = _int_list("--context", a.context or ("64,256" if cpu else "1024,4096,32768"), minimum=0)
         a.new_tokens = _int_list("--new-tokens", a.new_tokens or "1,4")
         a.prompt = _int_list("--prompt", a.prompt or ("32,128" if cpu else "128,512,2048,8192"))
         a.prefill_batch = _positive("--prefill-batch", a.prefill_batch)
+        a.mixed = _mixed_list(a.mixed or ("32:4:64" if cpu else "512:16:4096,2048:64:4096,512:256:1024"))
+        a.ragged_prefill = _ragged_list(a.ragged_prefill or ("16+48" if cpu else "128+512+1024,512+512+512+512"))
         a.warmup = _positive("--warmup", a.warmup, minimum=0)
         a.repeats = _positive("--repeats", a.repeats)
         a.gemm_m = _int_list("--gemm-m", a.gemm_m or ("1,8,64" if cpu else ",".join(str(2 ** i) for i in range(14))))
@@ -397,6 +441,64 @@ class Decoder:
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.rmsnorm(x, self.norm), self.lm_head).argmax(dim=-1)
+
+    def ragged_layer(self, x: torch.Tensor, p: dict, segments: list[dict[str, Any]]) -> torch.Tensor:
+        """One layer over the tokens of several segments at once (``x``: [tokens, h]): the
+        matmuls, norms and MLP see every token together; each segment (``B`` sequences of ``T``
+        tokens) applies its rotary, writes its cache and attends on its own."""
+        s = self.s
+        nh, nkv, hd = s["nh"], s["nkv"], s["hd"]
+        qkv = F.linear(self.rmsnorm(x, p["ln1"]), p["wqkv"])
+        outs = []
+        for seg in segments:
+            B, T = seg["B"], seg["T"]
+            part = qkv[seg["rows"]].view(B, T, nh + 2 * nkv, hd).transpose(1, 2)
+            q, k, v = part.split([nh, nkv, nkv], dim=1)
+            q = self.apply_rotary(q, seg["cos"], seg["sin"])
+            k = self.apply_rotary(k, seg["cos"], seg["sin"])
+            if seg["cache"] is not None:
+                kc, vc = seg["cache"]
+                kc[:, :, seg["start"]:seg["start"] + T].copy_(k)
+                vc[:, :, seg["start"]:seg["start"] + T].copy_(v)
+                o = self.attention(q, kc, vc, seg["mask"], False)
+            else:
+                o = self.attention(q, k, v.contiguous(), None, True)
+            outs.append(o.transpose(1, 2).reshape(B * T, nh * hd))
+        x = x + F.linear(torch.cat(outs), p["wo"])
+        gate, up = F.linear(self.rmsnorm(x, p["ln2"]), p["wgu"]).chunk(2, dim=-1)
+        return x + F.linear(F.silu(gate) * up, p["wdown"])
+
+    def ragged_step(self, parts: list[tuple[int, int, int, bool]]) -> tuple[Callable[[], torch.Tensor], list]:
+        """One step over ``parts`` = [(sequences B, new tokens T, cached positions S, sampled)]:
+        a part with S > 0 or T == 1 writes and reads a KV cache of S + T positions (a decode or
+        a later prompt chunk), one with S == 0 and T > 1 is a whole prompt (causal, no cache).
+        LM head over the last token of each sampled sequence."""
+        s = self.s
+        segments, heads, keep, row = [], [], [], 0
+        for B, T, S, sampled in parts:
+            cos, sin = self.rotary(S, T)
+            cache = None
+            if S > 0 or T == 1:
+                cache = (torch.zeros(B, s["nkv"], S + T, s["hd"], device=self.device, dtype=self.dtype),
+                         torch.zeros(B, s["nkv"], S + T, s["hd"], device=self.device, dtype=self.dtype))
+            segments.append(dict(rows=slice(row, row + B * T), B=B, T=T, start=S, cos=cos, sin=sin, cache=cache,
+                                 mask=self.decode_mask(T, S + T)))
+            if sampled:
+                heads.extend(range(row + T - 1, row + B * T, T))
+            row += B * T
+        tokens = torch.randint(0, s["vocab"], (row,), device=self.device)
+        head_rows = torch.tensor(heads, device=self.device, dtype=torch.long)
+        caches = [[dict(seg, cache=None if seg["cache"] is None else tuple(t.clone() for t in seg["cache"]))
+                   for seg in segments] for _ in self.layers]
+
+        def step() -> torch.Tensor:
+            x = self.embed[tokens]
+            for p, segs in zip(self.layers, caches):
+                x = self.ragged_layer(x, p, segs)
+            return self.head(x[head_rows])
+
+        keep += [tokens, head_rows, caches]
+        return step, keep
 
     # -- steps -------------------------------------------------------------------------
     def decode_step(self, B: int, S: int, T: int) -> tuple[Callable[[], torch.Tensor], list]:
@@ -696,6 +798,28 @@ def measure_model(m: dict[str, Any], a: argparse.Namespace, out: Writer) -> None
         except _oom_types():
             out.row(dict(kind="prefill", **key, skipped="memory"))
         _free_cuda(a.device)
+    for kind_steps in (
+            [[(1, c, 0, False), (b, 1, ctx, True)] for c, b, ctx in a.mixed],
+            [[(1, p, 0, True) for p in lens] for lens in a.ragged_prefill]):
+        for parts in kind_steps:
+            sequences = [{"context_len": S, "new_tokens": T, "sampled": int(smp)}
+                         for B, T, S, smp in parts for _ in range(B)]
+            key = {"model": name, "sequences": sequences}
+            tokens = sum(B * T for B, T, _, _ in parts)
+            kv = sum(B * (S + T) for B, T, S, _ in parts if S > 0 or T == 1) * mrow["kv_bytes_per_token"] * 2
+            if not fits(a, kv + act_bytes(tokens, len(sequences))):
+                out.row(dict(kind="step", **key, skipped="memory"))
+                continue
+            try:
+                with torch.no_grad():
+                    step, keep = model.ragged_step(parts)
+                for mode in modes:
+                    r = measure(step, mode, a)
+                    out.row(dict(kind="step", mode=mode, **key, **r))
+                del step, keep
+            except _oom_types():
+                out.row(dict(kind="step", **key, skipped="memory"))
+            _free_cuda(a.device)
     del model
     _free_cuda(a.device)
 

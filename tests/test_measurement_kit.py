@@ -53,7 +53,8 @@ def steps_file(tmp_path_factory):
            "--new-tokens", ",".join(map(str, NEW_TOKENS)), "--prompt", ",".join(map(str, PROMPT)),
            "--modes", "graph,eager", "--warmup", "1", "--repeats", "3",
            "--gemm-m", "1,16", "--gemm-k", "64", "--gemm-n", "128", "--gemm-peak", "64",
-           "--copy-bytes", "1048576", "--launch-kernels", "50", "--out", str(out)]
+           "--copy-bytes", "1048576", "--launch-kernels", "50", "--mixed", "6:2:8", "--ragged-prefill", "4+12",
+           "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return out
@@ -111,6 +112,10 @@ def test_steps_file_reads_and_fits(steps_file):
         assert spec.tie_word_embeddings == model_rows[name]["tied"]
         assert spec.num_hidden_layers == model_rows[name]["L"]
     assert by_name["toytied-L2"].tie_word_embeddings and not by_name["tiny"].tie_word_embeddings
+    # mixed and batched-prefill steps come through as step rows of their families
+    steps_rows = [m for m in measured if m.kind == "step"]
+    assert sorted(m.family for m in steps_rows) == ["mixed", "mixed", "prefill", "prefill"]
+    assert all("(6 prompt tokens, 2 decodes)" in m.label for m in steps_rows if m.family == "mixed")
     batches = {m.label for m in measured if m.kind == "decode"}
     assert len(batches) == 2 * len(BATCH) * len(CONTEXT) * len(NEW_TOKENS)
     result = fit_engine(measured, load_hardware("h100"), EngineProfile(name="cpu_kit_test"))
@@ -303,3 +308,37 @@ def test_collectives_bad_size_is_a_one_line_error():
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "--max-bytes: '12Q' is not a size" in proc.stderr
+
+
+def test_a_ragged_step_computes_what_its_parts_compute_alone(steps_mod):
+    """A prompt chunk mixed with decodes (one matmul per weight over all tokens, attention per
+    part) gives each part the logits it gets alone; so does a batch of unequal prompts."""
+    model = _logits_model(steps_mod)
+    with torch.no_grad():
+        step, keep = model.ragged_step([(1, 5, 0, True), (2, 1, 4, True)])
+        tokens = keep[0]
+        pre, pkeep = model.prefill_step(1, 5)
+        pkeep[0].copy_(tokens[:5].view(1, 5))
+        dec, dkeep = model.decode_step(2, 4, 1)
+        dkeep[1].copy_(tokens[5:].view(2, 1))
+        out = step()
+        assert out.shape[0] == 3
+        assert torch.allclose(out[0], pre()[0, -1], atol=1e-4)
+        assert torch.allclose(out[1:], dec()[:, 0], atol=1e-4)
+        step, keep = model.ragged_step([(1, 3, 0, True), (1, 7, 0, True)])
+        tokens = keep[0]
+        ends = []
+        for start, n in ((0, 3), (3, 7)):
+            pre, pkeep = model.prefill_step(1, n)
+            pkeep[0].copy_(tokens[start:start + n].view(1, n))
+            ends.append(pre()[0, -1])
+        assert torch.allclose(step(), torch.stack(ends), atol=1e-4)
+
+
+def test_bad_mixed_and_ragged_flags_are_one_line(tmp_path):
+    for flag, value, needle in (("--mixed", "5:2", "is not CHUNK:DECODES:CONTEXT"),
+                                ("--mixed", "0:2:8", "needs CHUNK >= 1"),
+                                ("--ragged-prefill", "4+x", "is not P+P+...")):
+        proc = subprocess.run([sys.executable, str(STEPS), "--device", "cpu", "--model", "tiny", flag, value, "--out",
+                               str(tmp_path / "x.jsonl")], capture_output=True, text=True, timeout=60)
+        assert proc.returncode != 0 and needle in proc.stderr and "Traceback" not in proc.stderr
