@@ -540,5 +540,7 @@ def build_simulation(cfg: RunConfig, plan: ClusterPlan, table: workloads.Request
                                         accept, MAX_SPAN_STEPS if spans and single_stage else 1, swap_s))
     if cluster.kv is not None:
         cluster.kv.add_replicas(cluster.replicas[:prefill_count], cluster.replicas[prefill_count:],
-                                [list(rp.predictor.stage_layers) for rp in plan.replicas])
+                                [list(rp.predictor.stage_layers) for rp in plan.replicas],
+                                1 if cfg.model.is_mla else cfg.model.num_key_value_heads,
+                                [rp.predictor.ep > 1 for rp in plan.replicas])
     return cluster

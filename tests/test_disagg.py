@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import simpy
-from helpers import run_sim
+from helpers import assert_equal_tables, run_sim
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -242,3 +242,61 @@ def test_a_mixed_hardware_pool_pair_runs_and_prices_each_pool(tmp_path):
     groups = summary["cost"]["groups"]
     assert [g["hardware"] for g in groups] == ["h200", "h100"] and groups[0]["usd_per_hour"] != groups[1]["usd_per_hour"]
     assert json.dumps(summary["kv_transfer"])
+
+
+def test_replicated_heads_and_latents_reach_every_rank_that_holds_them():
+    layers = [40, 40]
+    dst = [[f"d{s}.{t}" for t in range(8)] for s in range(2)]
+    # 2 KV heads over 8 decode ranks: each rank holds one head, four ranks per head
+    shares = pair_shares(kv_shards([["p0", "p1"]], [80], 2), kv_shards(dst, layers, 2), 80)
+    for g in (x for st_ in dst for x in st_):
+        assert sum(s.fraction for s in shares if s.dst == g) == pytest.approx(0.5 * 0.5, rel=1e-12)
+    assert sum(s.fraction for s in shares) == pytest.approx(4.0, rel=1e-12)
+    # MLA's latent (one head every rank holds): every decode rank gets its stage's whole latent,
+    # the sources taking turns
+    shares = pair_shares(kv_shards([["p0", "p1", "p2", "p3"]], [80], 1), kv_shards(dst, layers, 1), 80)
+    assert all(s.fraction == pytest.approx(0.5) for s in shares) and len(shares) == 16
+    assert {s.src for s in shares} == {"p0", "p1", "p2", "p3"}
+    # data-parallel attention: the request's rank on each side, one pair per stage
+    shares = pair_shares(kv_shards([["p0", "p1", "p2", "p3"]], [80], 1, dp_rank=6),
+                         kv_shards(dst, layers, 1, dp_rank=6), 80)
+    assert [(s.src, s.dst, s.fraction) for s in shares] == [("p2", "d0.6", 0.5), ("p2", "d1.6", 0.5)]
+
+
+def test_flows_converging_on_one_gpu_share_its_links_in_the_closed_form():
+    """Eight prefill ranks sending into one decode GPU through its NIC (one flat InfiniBand
+    leaf): the closed form shares the NIC's links between them, as the message-by-message
+    simulation queues them. (Rail-optimised, the eight flows arrive on eight NICs and meet only
+    at the decode GPU's NVLink port, which carries 450 GB/s: no slower than one flow.)"""
+    cfg = parse_config(compose_config(["disagg=pools", "disagg.decode.tp=1", "model=llama3_8b",
+                                       "topology=multi_node_ib", "topology.rail_optimized=false"]))
+    fabric = make_fabric(cfg, build_cluster(cfg).graph)
+    fan_in = [Flow(f"gpu{r}", "gpu8", 2e6) for r in range(8)]
+    ends = []
+    for cls in (CollectiveNetwork, MessageNetwork):
+        env = simpy.Environment()
+        env.run(cls(env, fabric).send_flows(fan_in))
+        ends.append(env.now)
+    path = fabric.pair("gpu0", "gpu8")
+    assert ends[0] == pytest.approx(fabric.software_s + path.latency_s + 16e6 / path.bandwidth_Bps, rel=0.05)
+    assert ends[0] == pytest.approx(ends[1], rel=1e-9)
+
+
+@pytest.mark.parametrize("transfer", ["layerwise", "whole"])
+def test_freed_blocks_wake_the_replica_waiting_for_them(tmp_path, transfer):
+    """Blocks freed when a transfer ends (prefill side) or a one-token request drops its
+    reservation (decode side) let waiting requests in at once: nothing stalls, and stepping
+    and fast-forwarding agree (regressions: both used to wait for an unrelated event)."""
+    trace = tmp_path / "trace.csv"
+    rows = ([(0.0, 30000, 10)] * 3 + [(0.01, 8000, 1)] * 5 + [(0.02, 8000, 10)]
+            + [(0.03 + 0.001 * i, 3000, 300) for i in range(10)])
+    trace.write_text("arrival_s,prompt_tokens,output_tokens\n" + "".join(f"{a},{p},{o}\n" for a, p, o in rows))
+    common = ["disagg=pools", f"disagg.transfer={transfer}", "disagg.prefill.tp=1", "disagg.decode.tp=1",
+              "disagg.decode.replicas=2", "model=llama3_8b", "engine.gpu_memory_utilization=0.3",
+              "scheduler.chunked_prefill=false", f"workload.path={trace}", "debug.check_invariants=true"]
+    on = _run(tmp_path / "ff", *common)
+    off = _run(tmp_path / "step", *common, "sim.fast_forward=false")
+    for summary, req, steps, transfers in (on, off):
+        _check_pools(summary, req, steps, transfers, 1, 131072.0)
+    for table in ("requests.parquet", "transfers.parquet"):
+        assert_equal_tables(pq.read_table(tmp_path / "ff" / table), pq.read_table(tmp_path / "step" / table), table)

@@ -252,7 +252,7 @@ class RunConfig:
             if self.disagg.enabled:
                 out.append(replace(self, hardware=g.hardware, fleet=(),
                                    topology=replace(topo, kind="multi_node_ib", nodes="auto"),
-                                   parallel=replace(self.parallel, tp=g.tp, pp=g.pp, dp=g.replicas)))
+                                   parallel=self._group_parallel(g)))
                 continue
             gpus = g.tp * g.pp * g.replicas
             if g.hardware.scaleup_link == "pcie" and topo.kind in ("hgx", "multi_node_ib", "nvl72"):
@@ -261,8 +261,12 @@ class RunConfig:
                 topo = replace(topo, kind="hgx")
             if topo.kind == "hgx" and gpus > topo.gpus_per_node:
                 topo = replace(topo, kind="multi_node_ib", nodes="auto")
-            out.append(replace(self, hardware=g.hardware, topology=topo, fleet=(),
-                               parallel=replace(self.parallel, tp=g.tp, pp=g.pp, dp=g.replicas)))
+            out.append(replace(self, hardware=g.hardware, topology=topo, fleet=(), parallel=self._group_parallel(g)))
         return out
+
+    def _group_parallel(self, g: FleetGroup) -> ParallelConfig:
+        """A group's parallel plan: its tp, pp and replicas; expert parallelism, when on, over
+        its own tp GPUs."""
+        return replace(self.parallel, tp=g.tp, pp=g.pp, dp=g.replicas, ep=g.tp if self.parallel.ep > 1 else 1)
 
 

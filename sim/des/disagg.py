@@ -20,10 +20,13 @@ the output, as the routers in front of these systems do). A request of one outpu
 finishes at the prefill pool and moves nothing.
 
 Which bytes go where: a replica's KV is a (layers x KV heads) grid, split by pipeline stage
-over layers and by tensor rank over heads; every prefill GPU sends every decode GPU the part
-of its block the decode GPU holds (rectangle overlaps), so a request moves exactly
-``prompt tokens x model KV bytes per token`` in all (a KV head replicated over several ranks
-of one side is moved once). Layer by layer, a pair's part is one message per layer they share.
+over layers and by tensor rank over heads; every decode GPU receives the part of the grid it
+holds, from a prefill GPU holding it (rectangle overlaps, :func:`pair_shares`), so with at
+least as many KV heads as tensor ranks a request moves exactly ``prompt tokens x model KV
+bytes per token``; a head replicated over several decode ranks (fewer KV heads than ranks,
+MLA's latent under tensor parallelism) is sent to each of them, and under data-parallel
+attention (expert parallelism) a request's KV goes from its prefill rank to its decode rank,
+one GPU pair per stage. Layer by layer, a pair's part is one message per layer they share.
 """
 from __future__ import annotations
 
@@ -57,14 +60,26 @@ class KVShard:
     head1: float
 
 
-def kv_shards(stage_gpus: Sequence[Sequence[str]], stage_layers: Sequence[int]) -> list[KVShard]:
-    """Each GPU's part of a replica's KV: stage ``s`` holds its layers, its ``tp`` ranks equal
-    fractions of the heads (ranks in placement order)."""
+def kv_shards(stage_gpus: Sequence[Sequence[str]], stage_layers: Sequence[int], kv_heads: int = 1 << 30,
+              dp_rank: int | None = None) -> list[KVShard]:
+    """Each GPU's part of a replica's KV: stage ``s`` holds its layers; its ``tp`` ranks hold
+    equal fractions of the ``kv_heads`` KV heads, or, with fewer heads than ranks, one head
+    each (replicated: ranks ``t`` holds head ``t * kv_heads // tp``; MLA's latent is one head
+    every rank holds). With data-parallel attention (``dp_rank``) a request's whole KV is on
+    one GPU of each stage, that rank's."""
     out, first = [], 0
     for s, (gpus, layers) in enumerate(zip(stage_gpus, stage_layers)):
         n = len(gpus)
-        for t, g in enumerate(gpus):
-            out.append(KVShard(g, s, first, first + layers, t / n, (t + 1) / n))
+        if dp_rank is not None:
+            out.append(KVShard(gpus[dp_rank % n], s, first, first + layers, 0.0, 1.0))
+        else:
+            for t, g in enumerate(gpus):
+                if kv_heads >= n:
+                    h0, h1 = t / n, (t + 1) / n
+                else:
+                    head = t * kv_heads // n
+                    h0, h1 = head / kv_heads, (head + 1) / kv_heads
+                out.append(KVShard(g, s, first, first + layers, h0, h1))
         first += layers
     return out
 
@@ -83,18 +98,25 @@ class PairShare:
 
 
 def pair_shares(src: list[KVShard], dst: list[KVShard], layers: int) -> list[PairShare]:
-    """The rectangle overlaps of two shardings of one ``layers``-layer KV grid (they sum to 1)."""
+    """What every decode GPU needs and which prefill GPU sends it: each destination's
+    (layers x heads) rectangle, cut by the distinct source rectangles it overlaps; where
+    several source GPUs hold the same rectangle (replicated heads) one sends it, chosen in
+    turn. Without replication on the destination side the fractions sum to 1; a replicated
+    head is sent to every rank that holds it."""
     out = []
     stage_first: dict[int, int] = {}
+    blocks: dict[tuple, list[KVShard]] = {}
     for a in src:
         stage_first.setdefault(a.stage, a.layer0)
-    for a in src:
-        for b in dst:
-            l0, l1 = max(a.layer0, b.layer0), min(a.layer1, b.layer1)
-            h0, h1 = max(a.head0, b.head0), min(a.head1, b.head1)
+        blocks.setdefault((a.stage, a.layer0, a.layer1, a.head0, a.head1), []).append(a)
+    for i, b in enumerate(dst):
+        for (stage, l0_, l1_, h0_, h1_), holders in blocks.items():
+            l0, l1 = max(l0_, b.layer0), min(l1_, b.layer1)
+            h0, h1 = max(h0_, b.head0), min(h1_, b.head1)
             if l1 > l0 and h1 > h0:
-                first = stage_first[a.stage]
-                out.append(PairShare(a.gpu, b.gpu, a.stage, (l1 - l0) / layers * (h1 - h0), l0 - first, l1 - first))
+                a = holders[i % len(holders)]
+                first = stage_first[stage]
+                out.append(PairShare(a.gpu, b.gpu, stage, (l1 - l0) / layers * (h1 - h0), l0 - first, l1 - first))
     return out
 
 
@@ -119,31 +141,42 @@ class KVHandoff:
         self.transfers, self.deliver, self.cached_prefix = transfers, deliver, cached_prefix
         self.prefill: list[Replica] = []
         self.decode: list[Replica] = []
-        self._shares: dict[tuple[int, int], list[PairShare]] = {}
+        self._shares: dict[tuple, list[PairShare]] = {}
         self._layers: dict[int, list[int]] = {}   # replica -> layers per stage
+        self._dp: dict[int, bool] = {}            # replica -> attention data-parallel (expert parallelism)
+        self.kv_heads = 1 << 30                   # set by add_replicas
         self.source: dict[int, int] = {}          # slot -> its prefill replica (global index)
         self._waiting_parts: dict[int, int] = {}  # slot -> streams or prefill ends still to come
         self._started: dict[int, float] = {}      # slot -> when its transfer began
         self._ready: dict[int, float] = {}        # slot -> when its prefill ended
         self._messages: dict[int, int] = {}
+        self._bytes: dict[int, float] = {}         # slot -> bytes its transfer moves
         self.bytes_moved = 0.0
         self.durations_s = array("d")           # per transfer: end - start
         self.exposed_s = array("d")             # per transfer: end - ready (after the prefill step)
 
-    def add_replicas(self, prefill: list[Replica], decode: list[Replica], stage_layers: list[list[int]]) -> None:
-        """The pools' replicas (global index order) and each replica's layers per stage."""
+    def add_replicas(self, prefill: list[Replica], decode: list[Replica], stage_layers: list[list[int]],
+                     kv_heads: int, data_parallel_attention: list[bool]) -> None:
+        """The pools' replicas (global index order), each replica's layers per stage, the
+        model's KV heads (1 for MLA's latent) and which replicas run attention data-parallel."""
         self.prefill, self.decode = prefill, decode
+        self.kv_heads = kv_heads
         for rep in prefill + decode:
             rep.kv = self
             self._layers[rep.index] = stage_layers[rep.index]
+            self._dp[rep.index] = data_parallel_attention[rep.index]
 
-    def shares(self, src: Replica, dst: Replica) -> list[PairShare]:
-        key = (src.index, dst.index)
+    def shares(self, src: Replica, dst: Replica, request_id: int = 0) -> list[PairShare]:
+        """Who sends what for a request (data-parallel attention: the request's own ranks)."""
+        dp_src, dp_dst = self._dp[src.index], self._dp[dst.index]
+        key = (src.index, dst.index, request_id % len(src.stage_gpus[0]) if dp_src else None,
+               request_id % len(dst.stage_gpus[0]) if dp_dst else None)
         out = self._shares.get(key)
         if out is None:
             layers = self._layers[src.index]
-            out = self._shares[key] = pair_shares(kv_shards(src.stage_gpus, layers),
-                                                  kv_shards(dst.stage_gpus, self._layers[dst.index]), sum(layers))
+            out = self._shares[key] = pair_shares(
+                kv_shards(src.stage_gpus, layers, self.kv_heads, key[2]),
+                kv_shards(dst.stage_gpus, self._layers[dst.index], self.kv_heads, key[3]), sum(layers))
         return out
 
     # ----- the request's way ----------------------------------------------------------------
@@ -208,7 +241,7 @@ class KVHandoff:
         self.source.pop(slot, None)
         if self.layerwise and req.replica[slot] >= 0:
             k = req.replica[slot] - len(self.prefill)
-            self.decode[k].batcher.release(slot)
+            self.decode[k].release_kv(slot)
             self.decode_router.done(k, req.prompt[slot], req.output[slot])
         req.replica[slot] = replica.index
 
@@ -218,18 +251,20 @@ class KVHandoff:
         message per layer, layer ``l`` of the stage ready at ``start + (l + 1) d / layers``) or
         all of them in one message per pair (``stage`` None)."""
         nbytes = self.requests.prompt[slot] * self.kv_bytes_per_token
+        shares = self.shares(src, dst, self.requests.request_id[slot])
         flows = []
         if stage is None:
-            flows = [Flow(s.src, s.dst, nbytes * s.fraction) for s in self.shares(src, dst)]
+            flows = [Flow(s.src, s.dst, nbytes * s.fraction) for s in shares]
         else:
             per_layer_s = duration_s / self._layers[src.index][stage]
             flows = [Flow(s.src, s.dst, nbytes * s.fraction, s.layer1 - s.layer0,
                           start_s + (s.layer0 + 1) * per_layer_s, per_layer_s)
-                     for s in self.shares(src, dst) if s.stage == stage]
+                     for s in shares if s.stage == stage]
         if slot not in self._started:
             self._started[slot] = self.env.now
             self._waiting_parts[slot] = (len(src.stage_gpus) + 1) if stage is not None else 1
             self._messages[slot] = 0
+            self._bytes[slot] = nbytes * sum(s.fraction for s in shares)
         self._messages[slot] += sum(f.messages for f in flows)
         done = self.network.send_flows(flows)
         done.callbacks.append(lambda _: self._part_done(slot))
@@ -243,8 +278,8 @@ class KVHandoff:
         del self._waiting_parts[slot]
         req = self.requests
         src = self.source.pop(slot)
-        self.prefill[src].batcher.release(slot)
-        nbytes = req.prompt[slot] * self.kv_bytes_per_token
+        self.prefill[src].release_kv(slot)
+        nbytes = self._bytes.pop(slot)
         self.bytes_moved += nbytes
         now, ready, start = self.env.now, self._ready.pop(slot), self._started.pop(slot)
         self.durations_s.append(now - start)

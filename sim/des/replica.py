@@ -108,6 +108,12 @@ class Replica:
         self.batcher.accept_kv(request)
         self._poke()
 
+    def release_kv(self, request: int) -> None:
+        """``request``'s KV blocks here are no longer needed (sent to the decode pool, or a
+        reservation it will not use): free them, and let waiting work see the free blocks."""
+        self.batcher.release(request)
+        self._poke()
+
     def _reserve(self) -> None:
         """Between steps: blocks for the KV coming from the prefill pool, where free."""
         if self.batcher.incoming:

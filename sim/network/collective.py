@@ -48,12 +48,23 @@ class CollectiveNetwork:
         """One event at the last flow's last arrival, in closed form: a flow's messages leave
         at their ready times plus the software latency, queue behind one another at the route's
         bottleneck bandwidth and arrive one route latency after they leave it, so its last
-        message arrives at ``max(first + L m / beta, last + m / beta) + alpha``."""
+        message arrives at ``max(first + L m / beta, last + m / beta) + alpha``. Flows of one
+        call that cross the same link share it fluidly (``beta``: the least over the route of
+        a link's bandwidth over the flows crossing it: eight prefill ranks sending into one
+        decode GPU share its NIC); flows of different calls do not contend at this fidelity."""
         now = self.env.now
         software = self.fabric.software_s
+        paths = [self.fabric.pair(f.src, f.dst) for f in flows]
+        users: dict = {}
+        for path in paths:
+            for edge, _, _ in path.hops:
+                users[edge] = users.get(edge, 0) + 1
         end = now
-        for f in flows:
-            end = max(end, flow_end_s(self.fabric.pair(f.src, f.dst), f, now, software))
+        for f, path in zip(flows, paths):
+            if not path.hops:       # a GPU sending to itself moves nothing over the network
+                continue
+            beta = min(bw / users[edge] for edge, _, bw in path.hops)
+            end = max(end, flow_end_s(path, f, now, software, beta))
         return event_at(self.env, end)
 
     def run_stage(self, program: StageProgram) -> Generator[simpy.Event, object, StepTime]:
@@ -63,10 +74,11 @@ class CollectiveNetwork:
         return t
 
 
-def flow_end_s(path, flow: Flow, now: float, software_s: float) -> float:
-    """When ``flow``'s last message arrives over ``path`` (a :class:`~sim.cost.collectives.PairPath`),
-    uncontended (see :meth:`CollectiveNetwork.send_flows`)."""
-    per_message_s = flow.nbytes / flow.messages / path.bandwidth_Bps
+def flow_end_s(path, flow: Flow, now: float, software_s: float, bandwidth_Bps: float | None = None) -> float:
+    """When ``flow``'s last message arrives over ``path`` (a :class:`~sim.cost.collectives.PairPath`)
+    at ``bandwidth_Bps`` (default: the route's bottleneck, uncontended; see
+    :meth:`CollectiveNetwork.send_flows`)."""
+    per_message_s = flow.nbytes / flow.messages / (path.bandwidth_Bps if bandwidth_Bps is None else bandwidth_Bps)
     first = max(now, flow.first_ready_s) + software_s
     last = max(now, flow.first_ready_s + (flow.messages - 1) * flow.interval_s) + software_s
     return max(first + flow.messages * per_message_s, last + per_message_s) + path.latency_s
