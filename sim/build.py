@@ -482,9 +482,11 @@ def build_simulation(cfg: RunConfig, plan: ClusterPlan, table: workloads.Request
     rng = random_stream(cfg.seed, "speculative")
     acceptance = request_acceptance(rng, cfg.speculative, n) if cfg.speculative.enabled else None
 
+    rates = cfg.speculative.request_rates
+
     def accept(slot: int, proposed: int) -> int:
         assert acceptance is not None
-        return sample_accepted(rng, float(acceptance[requests.request_id[slot]]), proposed)
+        return sample_accepted(rng, rates(float(acceptance[requests.request_id[slot]])), proposed)
 
     disagg = cfg.disagg.enabled
     require(not (disagg and cfg.speculative.enabled),

@@ -163,3 +163,39 @@ def test_steptime_reports_expected_tokens_and_time_per_token():
     (base,) = predict(compose_config([]), [{"size": 1, "context_len": 1024}])
     assert r["time_per_token_s"] < base["time_per_token_s"] / 1.4
     print(json.dumps({"speedup": base["time_per_token_s"] / r["time_per_token_s"]}))
+
+
+def test_acceptance_falling_with_draft_depth():
+    """Per-position acceptance (EAGLE/MTP heads): the expectation is 1 + sum of survival
+    products, equal to the constant-rate closed form when the rates are equal; sampling
+    agrees with it; a request's draw scales every rate; the auto policy drafts less when the
+    later positions are rarely accepted."""
+    import numpy as np
+
+    from sim.errors import ConfigError
+    from sim.policy.speculative import SpeculativeConfig, expected_tokens, sample_accepted
+
+    assert expected_tokens((0.8,), 4) == pytest.approx(expected_tokens(0.8, 4), rel=1e-12)
+    assert expected_tokens((0.9, 0.5), 3) == pytest.approx(1 + 0.9 + 0.9 * 0.5 + 0.9 * 0.25, rel=1e-12)
+    assert list(expected_tokens((0.9, 0.5), np.array([0, 1, 2]))) == pytest.approx([1.0, 1.9, 2.35])
+    rng = np.random.default_rng(0)
+    rates = (0.95, 0.8, 0.6, 0.4)
+    draws = [sample_accepted(rng, rates, 4) + 1 for _ in range(40000)]
+    assert np.mean(draws) == pytest.approx(expected_tokens(rates, 4), rel=0.01)
+    cfg = SpeculativeConfig(method="self", acceptance=0.8, acceptance_by_position=[0.9, 0.6])
+    assert cfg.rates == (0.9, 0.6) and cfg.request_rates(0.4) == pytest.approx((0.45, 0.3))
+    assert cfg.request_rates(1.0) == (1.0, 0.75)
+    with pytest.raises(ConfigError, match="acceptance_by_position"):
+        SpeculativeConfig(method="self", acceptance_by_position=[1.2])
+
+
+def test_auto_drafts_fewer_tokens_when_late_positions_are_rarely_accepted():
+    from sim.build import build_step_model
+    from sim.config.compose import compose_config
+
+    def gamma(*over: str) -> int:
+        m = build_step_model(compose_config(["speculative=self", "speculative.num_tokens=auto", *over]))
+        return m.spec.gamma_for(1, 1024)
+    flat = gamma("speculative.acceptance=0.8")
+    falling = gamma("speculative.acceptance=0.8", "speculative.acceptance_by_position=[0.8,0.3,0.1]")
+    assert falling < flat

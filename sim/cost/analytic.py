@@ -91,7 +91,7 @@ class AnalyticModel:
         candidates = range(0, sc.max_num_tokens + 1) if gamma == "auto" else [int(gamma)]
         passes = {g: spec.pass_time(b, ctx, g) for g in candidates}
         totals = {g: np.broadcast_to(np.asarray(t_g.total_s, dtype=np.float64), b.shape) for g, t_g in passes.items()}
-        gam, tokens, _ = best_gamma(totals, sc.acceptance)
+        gam, tokens, _ = best_gamma(totals, sc.rates)
         chosen = [gam == g for g in passes]
         pass_s = np.select(chosen, list(totals.values()))
         latency = pass_s / tokens

@@ -9,7 +9,12 @@ Modelling assumptions (physics.md section 3):
 * drafts are accepted left to right, each with probability ``a`` independently, so the
   accepted count is ``min(gamma, Geometric)`` and a pass yields ``k + 1`` tokens (the accepted
   drafts plus the target's own next token); the expectation is ``(1 - a^(gamma+1)) / (1 - a)``;
-  ``a`` is one number, or per request from a Beta distribution with that mean;
+  ``a`` is one number, or per request from a Beta distribution with that mean; with
+  ``acceptance_by_position`` draft ``k`` is accepted with its own probability ``a_k`` (EAGLE and
+  MTP heads are surer of the next token than of the fifth: acceptance falls with depth), the
+  last rate repeating past the list, so a pass yields ``1 + sum_k prod_{j<=k} a_j`` tokens on
+  average; a request's Beta draw then scales every rate by its ratio to ``acceptance``
+  (an easier task accepts more at every depth);
 * rejected positions are rolled back from the KV cache;
 * drafting precedes verification and runs ``gamma`` sequential draft-model steps (a separate
   draft model, ``method=draft``, on the target's GPUs or its own), or ``gamma`` passes of a
@@ -39,8 +44,15 @@ class SpeculativeConfig:
     placement: str = "same"
     draft_tp: int | None = None
     draft_layers: int = 1
+    acceptance_by_position: tuple[float, ...] | None = None   # per draft depth (null: ``acceptance`` at every depth)
 
     def __post_init__(self) -> None:
+        if self.acceptance_by_position is not None:
+            rates = self.acceptance_by_position
+            require(isinstance(rates, (list, tuple)) and len(rates) >= 1
+                    and all(isinstance(r, (int, float)) and not isinstance(r, bool) and 0.0 <= r <= 1.0 for r in rates),
+                    f"speculative.acceptance_by_position={rates!r} must be null or a non-empty list of probabilities in [0, 1]")
+            object.__setattr__(self, "acceptance_by_position", tuple(float(r) for r in rates))
         require(self.method in ("none", "draft", "self"),
                 f"speculative.method={self.method!r} is not one of ['none', 'draft', 'self']")
         require(0.0 <= self.acceptance <= 1.0, f"speculative.acceptance={self.acceptance!r} must be in [0, 1]")
@@ -64,13 +76,37 @@ class SpeculativeConfig:
         return self.method != "none" and self.num_tokens != 0
 
     @property
+    def rates(self) -> float | tuple[float, ...]:
+        """The acceptance model for expectations: one rate, or the per-position rates."""
+        return self.acceptance_by_position if self.acceptance_by_position is not None else self.acceptance
+
+    def request_rates(self, request_acceptance: float) -> float | tuple[float, ...]:
+        """A request's acceptance model given its draw (per-position rates scaled by it)."""
+        if self.acceptance_by_position is None:
+            return request_acceptance
+        f = request_acceptance / self.acceptance if self.acceptance > 0 else 1.0
+        return tuple(min(1.0, r * f) for r in self.acceptance_by_position)
+
+    @property
     def extra_gpus(self) -> int:
         """GPUs per replica beyond the target's (a draft model on its own GPUs)."""
         return (self.draft_tp or 1) if self.method == "draft" and self.placement == "separate" else 0
 
 
+def _survival(rates: tuple[float, ...], depth: int) -> np.ndarray:
+    """``P(drafts 1..k all accepted)`` for k = 0..depth (the last rate repeats)."""
+    r = np.array([rates[min(k, len(rates) - 1)] for k in range(depth)], dtype=np.float64)
+    return np.concatenate([[1.0], np.cumprod(r)])
+
+
 def expected_tokens(acceptance, gamma):
-    """Expected tokens per verification pass: ``(1 - a^(gamma+1)) / (1 - a)`` (``gamma + 1`` at a = 1)."""
+    """Expected tokens per verification pass: ``(1 - a^(gamma+1)) / (1 - a)`` (``gamma + 1`` at
+    a = 1); for per-position rates (a tuple) ``1 + sum_{k<=gamma} prod_{j<=k} a_j``."""
+    if isinstance(acceptance, tuple):
+        g = np.asarray(gamma, dtype=np.int64)
+        cum = np.cumsum(_survival(acceptance, int(g.max()) if g.size else 0))
+        e = cum[g]
+        return float(e) if np.ndim(e) == 0 else e.astype(np.float64)
     a = np.asarray(acceptance, dtype=np.float64)
     g = np.asarray(gamma, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -78,10 +114,17 @@ def expected_tokens(acceptance, gamma):
     return float(e) if e.ndim == 0 else e
 
 
-def sample_accepted(rng: np.random.Generator, acceptance: float, gamma: int) -> int:
-    """Accepted drafts of one pass: leading successes of ``gamma`` Bernoulli(a) trials."""
+def sample_accepted(rng: np.random.Generator, acceptance, gamma: int) -> int:
+    """Accepted drafts of one pass: leading successes of ``gamma`` Bernoulli(a) trials (per
+    position ``a_k`` when ``acceptance`` is a tuple of rates)."""
     if gamma <= 0:
         return 0
+    if isinstance(acceptance, tuple):
+        u = rng.random(gamma)
+        for k in range(gamma):
+            if u[k] >= acceptance[min(k, len(acceptance) - 1)]:
+                return k
+        return gamma
     if acceptance >= 1.0:
         return gamma
     if acceptance <= 0.0:
@@ -97,7 +140,7 @@ def request_acceptance(rng: np.random.Generator, cfg: SpeculativeConfig, n: int)
     return rng.beta(cfg.acceptance * k, (1.0 - cfg.acceptance) * k, size=n)
 
 
-def best_gamma(pass_s: Mapping[int, Any], acceptance: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def best_gamma(pass_s: Mapping[int, Any], acceptance: float | tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The draft length maximising expected tokens per second of one pass, per element.
 
     ``pass_s[g]``: the pass time at ``gamma = g`` (a number or an array, e.g. one per batch
@@ -190,6 +233,6 @@ class SpeculativeDecoder:
         if g is None:
             ctx = (key[1] + 0.5) * 256
             times = {k: self.pass_time(n_decode, ctx, k).total_s for k in range(cfg.max_num_tokens + 1)}
-            g = int(best_gamma(times, cfg.acceptance)[0])
+            g = int(best_gamma(times, cfg.rates)[0])
             self._gamma_cache[key] = g
         return g

@@ -114,7 +114,7 @@ def predict(cfg_map: dict[str, Any], batches: list[dict[str, Any]]) -> list[dict
             # one speculative pass: gamma draft steps + verification of gamma + 1 tokens
             gamma = spec.gamma_for(b["size"], b["context_len"])
             t = spec.pass_time(b["size"], b["context_len"], gamma)
-            per_seq = expected_tokens(cfg.speculative.acceptance, gamma) if gamma else 1.0
+            per_seq = expected_tokens(cfg.speculative.rates, gamma) if gamma else 1.0
             tokens = b["size"] * per_seq
             row.update({"gamma": gamma, "expected_tokens_per_pass": per_seq})
         else:
