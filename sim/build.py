@@ -240,7 +240,7 @@ def make_predictor(cfg: RunConfig, fabric: Fabric, stage_gpus: list[list[str]]) 
 
     return StepTimePredictor(cfg.model, cfg.hardware, cfg.engine, cfg.precision, cfg.parallel.tp,
                              cfg.parallel.pp, comm, pp_send_s, tp_cols=cfg.parallel.tp_cols, ep=cfg.parallel.ep,
-                             ep_skew=cfg.parallel.ep_skew)
+                             ep_skew=cfg.parallel.ep_skew, ep_attention=cfg.parallel.ep_attention)
 
 
 def predictor_key(fabric: Fabric, stage_gpus: list[list[str]], tp_cols: int, group: int) -> tuple:
@@ -544,5 +544,5 @@ def build_simulation(cfg: RunConfig, plan: ClusterPlan, table: workloads.Request
         cluster.kv.add_replicas(cluster.replicas[:prefill_count], cluster.replicas[prefill_count:],
                                 [list(rp.predictor.stage_layers) for rp in plan.replicas],
                                 1 if cfg.model.is_mla else cfg.model.num_key_value_heads,
-                                [rp.predictor.ep > 1 for rp in plan.replicas])
+                                [rp.predictor.dp_share < 1.0 for rp in plan.replicas])
     return cluster

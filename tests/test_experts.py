@@ -175,9 +175,28 @@ def test_expert_parallel_runs_compose_with_disaggregation_and_message_fidelity(t
     (["parallel.ep=8"], "of a mixture-of-experts model (llama3_70b)"),
     (["model=qwen3_moe", "parallel.ep=8", "parallel.ep_skew=-1"], "parallel.ep_skew=-1 must be a number between 0"),
     (["model=deepseek_v3", "model.kv_lora_rank=512", "model.v_head_dim=0"], "needs qk_nope_head_dim"),
+    (["model=qwen3_moe", "parallel.ep=8", "parallel.ep_attention=sp"], "parallel.ep_attention='sp' is not one of"),
 ])
 def test_bad_expert_settings_are_one_line(tmp_path, overrides, message):
     proc = run_sim("-m", "sim", f"hydra.run.dir={tmp_path}", "workload.max_requests=3", *overrides)
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr[-1500:]
+
+
+def test_expert_parallelism_with_tensor_parallel_attention():
+    """vLLM's TP + expert parallel: attention, dense layers and shared experts split as under
+    tensor parallelism (same KV per GPU, same two all-reduces per layer), routed experts
+    whole, 1/ep per GPU."""
+    tp = build_step_model(compose_config(DS)).predictor
+    ep = build_step_model(compose_config([*DS, "parallel.ep=16", "parallel.ep_attention=tp"])).predictor
+    m = ep.model
+    assert ep.kv_bytes_per_token_per_gpu(0) == tp.kv_bytes_per_token_per_gpu(0)
+    b = BatchShape.from_sequences([2048] * 64, [1] * 64)
+    assert ep.stage(b).network_s == tp.stage(b).network_s          # the same all-reduces
+    attention_etc = tp.weight_bytes_per_gpu(0) - (m.moe_layers * m.mlp_params_per_layer / 16)   # fp8: 1 byte each
+    experts = m.moe_layers * ((256 / 16 + 1 / 16) * m.expert_params + m.hidden_size * 256)
+    assert ep.weight_bytes_per_gpu(0) == pytest.approx(attention_etc + experts, rel=1e-9)
+    # the busiest GPU's whole experts: at batch 1 a token's 8 experts fall on ~6 of 16 GPUs,
+    # the one holding the most reads the most; never more than its 16 experts
+    assert ep.experts.busiest_touched(1.0) <= 16

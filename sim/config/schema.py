@@ -30,6 +30,7 @@ class ParallelConfig:
     router: str = "least_outstanding_tokens"
     ep: int = 1                 # expert parallelism over the tp GPUs of a stage (1: experts tensor-parallel)
     ep_skew: float = 0.0        # Zipf exponent of expert popularity under expert parallelism (0: uniform)
+    ep_attention: str = "dp"    # attention under expert parallelism: dp (data-parallel, all-to-alls) | tp
 
     def __post_init__(self) -> None:
         require(isinstance(self.ep, int) and not isinstance(self.ep, bool) and self.ep >= 1
@@ -38,6 +39,8 @@ class ParallelConfig:
                 f"GPUs, attention data-parallel among them)")
         require(isinstance(self.ep_skew, (int, float)) and not isinstance(self.ep_skew, bool) and 0 <= self.ep_skew <= 4,
                 f"parallel.ep_skew={self.ep_skew!r} must be a number between 0 (uniform) and 4")
+        require(self.ep_attention in ("dp", "tp"),
+                f"parallel.ep_attention={self.ep_attention!r} is not one of ['dp', 'tp']")
         require(self.ep == 1 or self.tp_cols == 1, f"parallel.ep={self.ep} with parallel.tp_cols={self.tp_cols}: "
                                                    f"2-D tensor parallelism and expert parallelism do not combine")
         for f in ("tp", "pp", "dp"):

@@ -144,17 +144,24 @@ class StepTimePredictor:
 
     def __init__(self, model: ModelSpec, hardware: HardwareSpec, engine: EngineProfile,
                  precision: Precision, tp: int = 1, pp: int = 1,
-                 comm=None, pp_send_s=None, tp_cols: int = 1, ep: int = 1, ep_skew: float = 0.0) -> None:
-        """``ep > 1`` (= ``tp``): expert parallelism over the stage's ``tp`` GPUs with attention
-        and dense layers data-parallel among them (SGLang's DP attention with DeepEP, vLLM's
-        wide EP): each GPU runs 1/ep of the batch's sequences with whole attention weights,
-        holds 1/ep of the routed experts whole, and every mixture-of-experts layer dispatches
-        its tokens to their experts' GPUs and combines the results with two all-to-alls.
+                 comm=None, pp_send_s=None, tp_cols: int = 1, ep: int = 1, ep_skew: float = 0.0,
+                 ep_attention: str = "dp") -> None:
+        """``ep > 1`` (= ``tp``): expert parallelism over the stage's ``tp`` GPUs; each holds
+        1/ep of the routed experts whole. ``ep_attention="dp"`` (SGLang's DP attention with
+        DeepEP, vLLM's wide EP): attention and dense layers data-parallel among them, each GPU
+        running 1/ep of the batch's sequences with whole attention weights, every
+        mixture-of-experts layer dispatching its tokens to their experts' GPUs and combining
+        the results with two all-to-alls. ``ep_attention="tp"`` (vLLM's TP + expert
+        parallel): attention, dense layers and shared experts tensor-parallel as without
+        expert parallelism; after the attention all-reduce every GPU holds all tokens, runs
+        the ones routed to its experts, and the layer's all-reduce combines the partial
+        outputs (the same two all-reduces per layer as tensor parallelism).
         ``ep_skew``: the Zipf exponent of expert popularity (:mod:`sim.cost.experts`)."""
         require(ep == 1 or (ep == tp and model.is_moe and model.num_local_experts % ep == 0),
                 f"parallel.ep={ep} must be 1 or equal parallel.tp={tp} (the GPUs the experts spread over) and divide "
                 f"model.num_local_experts={model.num_local_experts} of a mixture-of-experts model ({model.name})")
-        if ep == 1:
+        require(ep_attention in ("dp", "tp"), f"parallel.ep_attention={ep_attention!r} is not one of ['dp', 'tp']")
+        if ep == 1 or ep_attention == "tp":
             require(model.num_attention_heads % tp == 0,
                     f"parallel.tp={tp} must divide model.num_attention_heads={model.num_attention_heads} ({model.name})")
             require(model.is_mla or model.num_key_value_heads % tp == 0 or tp % model.num_key_value_heads == 0,
@@ -168,9 +175,10 @@ class StepTimePredictor:
         self.model, self.hardware, self.engine, self.precision = model, hardware, engine, precision
         self.tp, self.pp, self.tp_cols = tp, pp, tp_cols
         self.ep = ep
+        dp_attention = ep > 1 and ep_attention == "dp"
         #: data-parallel attention under expert parallelism: a GPU's share of the batch, whole heads
-        self.dp_share = 1.0 / ep
-        self.shard = 1 if ep > 1 else tp          # the split of attention heads and dense MLPs
+        self.dp_share = 1.0 / ep if dp_attention else 1.0
+        self.shard = 1 if dp_attention else tp    # the split of attention heads, dense MLPs and shared experts
         self.experts = ExpertLoad(model.num_local_experts, model.num_experts_per_tok, ep, ep_skew) if ep > 1 else None
         self.tp_rows = tp // tp_cols
         # Per pipeline stage (stages may sit on different nodes), a mapping from group tag
@@ -234,7 +242,7 @@ class StepTimePredictor:
         moe = self.stage_moe_layers[stage]
         dense = self.stage_layers[stage] - moe
         if self.ep > 1:
-            experts = (m.num_local_experts / self.ep + m.n_shared_experts) * m.expert_params + h * m.num_local_experts
+            experts = (m.num_local_experts / self.ep + m.n_shared_experts / shard) * m.expert_params + h * m.num_local_experts
         else:
             experts = m.mlp_params_per_layer / self.tp
         total = 0.0
@@ -389,7 +397,7 @@ class StepTimePredictor:
         host = kernels * e.host_launch_us * 1e-6
         per_layer: tuple[Collective, ...] = ()
         collective_layers = None
-        if self.experts is not None:
+        if self.experts is not None and self.dp_share < 1.0:
             # every mixture-of-experts layer: dispatch each token's hidden state once to every
             # GPU holding one of its experts, and combine the results back
             sent = local * self.experts.ranks_per_token * m.hidden_size * act
@@ -427,7 +435,7 @@ class StepTimePredictor:
                 part = self._stage_parts[key] = self._stage_fixed(b.new_tokens, head_tokens, stage)
         c_rest, m_rest, fixed, host, per_layer, pre, post, collective_layers = part
         layers = self.stage_layers[stage]
-        c_attn, m_attn = self._attention(b if self.ep == 1 else b.scaled(self.dp_share))
+        c_attn, m_attn = self._attention(b if self.dp_share == 1.0 else b.scaled(self.dp_share))
         compute = layers * c_attn + c_rest
         memory = layers * m_attn + m_rest
         if not e.cuda_graphs:
