@@ -125,7 +125,7 @@ def _int_list(flag: str, text: str, minimum: int = 1) -> list[int]:
 def _mixed_list(text: str) -> list[tuple[int, int, int]]:
     """``C:B:S,...`` -> [(chunk tokens, decodes, decode context)]."""
     out = []
-    for item in text.split(","):
+    for item in filter(None, text.split(",")):
         parts = item.split(":")
         try:
             c, b, ctx = (int(x) for x in parts)
@@ -140,7 +140,7 @@ def _mixed_list(text: str) -> list[tuple[int, int, int]]:
 def _ragged_list(text: str) -> list[list[int]]:
     """``P+P+...,...`` -> [[prompt lengths]]."""
     out = []
-    for item in text.split(","):
+    for item in filter(None, text.split(",")):
         try:
             lens = [int(x) for x in item.split("+")]
         except ValueError:
@@ -297,8 +297,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         a.new_tokens = _int_list("--new-tokens", a.new_tokens or "1,4")
         a.prompt = _int_list("--prompt", a.prompt or ("32,128" if cpu else "128,512,2048,8192"))
         a.prefill_batch = _positive("--prefill-batch", a.prefill_batch)
-        a.mixed = _mixed_list(a.mixed or ("32:4:64" if cpu else "512:16:4096,2048:64:4096,512:256:1024"))
-        a.ragged_prefill = _ragged_list(a.ragged_prefill or ("16+48" if cpu else "128+512+1024,512+512+512+512"))
+        # an empty value (--mixed= / --ragged-prefill=) measures none
+        a.mixed = _mixed_list(("32:4:64" if cpu else "512:16:4096,2048:64:4096,512:256:1024")
+                              if a.mixed is None else a.mixed)
+        a.ragged_prefill = _ragged_list(("16+48" if cpu else "128+512+1024,512+512+512+512")
+                                        if a.ragged_prefill is None else a.ragged_prefill)
         a.warmup = _positive("--warmup", a.warmup, minimum=0)
         a.repeats = _positive("--repeats", a.repeats)
         a.gemm_m = _int_list("--gemm-m", a.gemm_m or ("1,8,64" if cpu else ",".join(str(2 ** i) for i in range(14))))

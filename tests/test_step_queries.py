@@ -47,11 +47,11 @@ def test_mixed_and_batched_prefill_queries_price_what_the_simulation_charges():
     model = build_step_model(cfg).predictor
     work = [SeqWork(0, 1536, 512, False)] + [SeqWork(i, 4096, 1, True) for i in range(1, 32)]
     assert rows[0]["total_s"] == model.step(_shape(work)).total_s
-    assert rows[0]["new_tokens_total"] == 543 and rows[0]["tokens_per_step"] == 31
+    assert rows[0]["new_tokens_total"] == 543 and rows[0]["logit_positions"] == 31
     # one prompt of 2,048 tokens and three prompts of 2,048 in all: the matmuls see the same
     # tokens, the batched prompts attend to fewer positions
     assert rows[2]["total_s"] == pytest.approx(rows[3]["total_s"], rel=1e-12)
-    assert rows[1]["total_s"] < rows[2]["total_s"] and rows[1]["tokens_per_step"] == 3
+    assert rows[1]["total_s"] < rows[2]["total_s"] and rows[1]["logit_positions"] == 3
 
 
 def test_a_query_sets_its_own_weight_format():
@@ -133,3 +133,19 @@ def test_leaving_one_shape_family_out_reports_held_out_error_and_drift(tmp_path)
         assert h["held_out_p90_abs_error"] >= h["held_out_median_abs_error"] - 1e-12
     p = pooled(held)
     assert p["held_out_rows"] == sum(h["rows"] for h in held)
+
+
+def test_one_token_chunks_are_prompt_and_a_bad_query_format_is_one_line(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"kind": "model", "model": "m", "h": 64, "L": 2, "nh": 4, "nkv": 2, "hd": 16, "ffn": 128, '
+                    '"vocab": 256, "params": 1}\n'
+                    + json.dumps({"kind": "step", "model": "m", "ms": 1.0, "sequences":
+                                  [{"context_len": 0, "new_tokens": 1, "sampled": 0}]
+                                  + [{"context_len": 9000, "new_tokens": 1}] * 4}) + "\n"
+                    + json.dumps({"kind": "step", "model": "m", "ms": 1.0, "sequences":
+                                  [{"context_len": 9000, "new_tokens": 1}] * 4}) + "\n")
+    mixed, long = [r for r in read_measurements(path) if r.kind == "step"]
+    assert mixed.family == "mixed" and "(1 prompt tokens, 4 decodes)" in mixed.label
+    assert long.family == "long_context"
+    with pytest.raises(ConfigError, match="must be a weight format name"):
+        predict(compose_config([]), [{"sequences": MIXED, "precision.weights": ["fp8"]}])

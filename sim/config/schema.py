@@ -35,8 +35,8 @@ class ParallelConfig:
     def __post_init__(self) -> None:
         require(isinstance(self.ep, int) and not isinstance(self.ep, bool) and self.ep >= 1
                 and (self.ep == 1 or self.ep == self.tp),
-                f"parallel.ep={self.ep!r} must be 1 or equal parallel.tp={self.tp} (experts spread over the stage's "
-                f"GPUs, attention data-parallel among them)")
+                f"parallel.ep={self.ep!r} must be 1 or equal parallel.tp={self.tp} (the routed experts spread over "
+                f"the stage's GPUs)")
         require(isinstance(self.ep_skew, (int, float)) and not isinstance(self.ep_skew, bool) and 0 <= self.ep_skew <= 4,
                 f"parallel.ep_skew={self.ep_skew!r} must be a number between 0 (uniform) and 4")
         require(self.ep_attention in ("dp", "tp"),

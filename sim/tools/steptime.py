@@ -88,6 +88,8 @@ def predict(cfg_map: dict[str, Any], batches: list[dict[str, Any]]) -> list[dict
 
     def model_for(values: dict[str, Any]):
         weights = values.get("precision.weights")
+        if weights is not None and not isinstance(weights, str):
+            raise ConfigError(f"precision.weights={weights!r} in a query must be a weight format name (e.g. \"fp8\")")
         if weights not in models:
             mapping = cfg_map if weights is None else {**cfg_map, "precision": {**cfg_map.get("precision", {}),
                                                                               "weights": weights}}
@@ -104,7 +106,9 @@ def predict(cfg_map: dict[str, Any], batches: list[dict[str, Any]]) -> list[dict
         if "sequences" in values:
             t = predictor.step(batch)
             tokens = batch.sampled_tokens
-            row.update({**t.as_dict(), "tokens_per_step": tokens, "new_tokens_total": batch.new_tokens,
+            # the forward pass as given (a verification pass is a sequence with sampled =
+            # new_tokens; drafting is not added): positions with logits, not emitted tokens
+            row.update({**t.as_dict(), "logit_positions": tokens, "new_tokens_total": batch.new_tokens,
                         "precision_weights": cfg.precision.weights, "hardware": cfg.hardware.name,
                         "model": cfg.model.name, "engine": cfg.engine.name, "tp": cfg.parallel.tp, "pp": cfg.parallel.pp,
                         "speculative": cfg.speculative.method})

@@ -126,11 +126,14 @@ def _step_row(r: dict[str, Any], p: Path, lineno: int) -> tuple[BatchShape, str,
         ctx.append(int(q.get("context_len", 0)))
         new.append(int(q["new_tokens"]))
         sampled.append(smp)
-    prompt = sum(n for n, k in zip(new, sampled) if n > 1 and k <= 1)
-    decodes = sum(1 for n, k in zip(new, sampled) if n == 1 or k == n)
+    # a decode (or verification pass) computes logits at every new position; a prompt chunk at
+    # most at its last one (a one-token chunk with sampled 0 is still a chunk)
+    decoding = [k == n and k >= 1 for n, k in zip(new, sampled)]
+    prompt = sum(n for n, d in zip(new, decoding) if not d)
+    decodes = sum(decoding)
     batch = BatchShape.from_sequences(ctx, new, sampled)
     label = f"step {len(seqs)} seqs ({prompt} prompt tokens, {decodes} decodes)"
-    mean_ctx = int(sum(c for c, n, k in zip(ctx, new, sampled) if n == 1 or k == n) / decodes) if decodes else 0
+    mean_ctx = int(sum(c for c, d in zip(ctx, decoding) if d) / decodes) if decodes else 0
     return batch, label, (len(seqs), mean_ctx, prompt)
 
 

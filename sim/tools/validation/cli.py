@@ -78,7 +78,7 @@ def _hold_out(rows: list, hw, start, full, held_of) -> list[dict[str, Any]]:
     for name in sorted({g for g in map(held_of, rows) if g is not None}):
         kept = [r for r in rows if held_of(r) != name]
         held = [r for r in rows if held_of(r) == name]
-        if not kept:
+        if len(kept) <= len(FIT_PARAMS):      # too few rows left to pin the parameters: no hold-out
             continue
         eng = fit_engine(kept, hw, start).engine
         # relative change of every fitted parameter; one at its zero bound (the per-step
@@ -116,12 +116,13 @@ def leave_one_family_out(data: Path, hardware: str = "h100") -> list[dict[str, A
     return _hold_out(rows, hw, start, full, lambda r: r.family)
 
 
-def pooled(held: list[dict[str, Any]]) -> dict[str, float]:
+def pooled(held: list[dict[str, Any]]) -> dict[str, Any]:
     """Median and p90 over every held-out row of a hold-out study, and its largest drift."""
     errs = [e for h in held for e in h["held_out_errors"]]
-    return {"held_out_rows": len(errs), "held_out_median_abs_error": float(np.median(errs)) if errs else float("nan"),
-            "held_out_p90_abs_error": float(np.percentile(errs, 90)) if errs else float("nan"),
-            "max_param_drift": max((h["max_param_drift"] for h in held), default=float("nan"))}
+    # None (JSON null), not NaN, when nothing could be held out
+    return {"held_out_rows": len(errs), "held_out_median_abs_error": float(np.median(errs)) if errs else None,
+            "held_out_p90_abs_error": float(np.percentile(errs, 90)) if errs else None,
+            "max_param_drift": max((h["max_param_drift"] for h in held), default=None)}
 
 
 def markdown(table: pa.Table, groups: dict, loo: list[dict[str, Any]], data: Path,
