@@ -241,7 +241,21 @@ def test_a_mixed_hardware_pool_pair_runs_and_prices_each_pool(tmp_path):
     _check_pools(summary, req, steps, transfers, 1, KV_70B)
     groups = summary["cost"]["groups"]
     assert [g["hardware"] for g in groups] == ["h200", "h100"] and groups[0]["usd_per_hour"] != groups[1]["usd_per_hour"]
-    assert json.dumps(summary["kv_transfer"])
+    assert json.dumps(summary["kv_transfer"], allow_nan=False)
+    k = summary["kv_transfer"]
+    assert k["p50_s"] <= k["p90_s"] <= k["p99_s"] and k["exposed_p99_s"] <= k["p99_s"] + 1e-12
+
+
+def test_a_run_that_moves_no_kv_reports_null_times():
+    from array import array
+    from types import SimpleNamespace
+
+    from sim.des.disagg import transfer_stats
+
+    empty = SimpleNamespace(bytes_moved=0.0, durations_s=array("d"), exposed_s=array("d"), mode="whole")
+    stats = transfer_stats(empty)
+    assert stats["transfers"] == 0 and stats["mean_s"] is None and stats["exposed_p99_s"] is None
+    assert json.dumps(stats, allow_nan=False)
 
 
 def test_replicated_heads_and_latents_reach_every_rank_that_holds_them():

@@ -26,18 +26,15 @@ class ExpertLoad:
         self.pick = np.minimum(1.0, top_k * popularity)            # P(a token picks expert e)
         rank_of = np.arange(experts) % ranks
         load = np.bincount(rank_of, weights=self.pick, minlength=ranks) / self.pick.sum()
-        self.busiest = int(np.argmax(load))
         #: fraction of the layer's token-expert pairs the busiest rank computes (1/ranks balanced)
-        self.share = float(load[self.busiest])
+        self.share = float(load.max())
         # per rank, its experts' miss probabilities (ranks x experts/ranks, padded with 1: never picked)
         per = -(-experts // ranks)
         self._miss = np.ones((ranks, per))
         for r in range(ranks):
             mine = 1.0 - self.pick[rank_of == r]
             self._miss[r, :len(mine)] = mine
-        miss = np.ones(ranks)
-        for r in range(ranks):
-            miss[r] = np.prod(1.0 - self.pick[rank_of == r])
+        miss = self._miss.prod(axis=1)              # P(a token picks none of a rank's experts)
         #: expected ranks a token's experts are on (its hidden state is sent once to each): for
         #: uniform routing exactly (k distinct experts of E, E/ranks per rank), else with
         #: independent picks

@@ -32,12 +32,13 @@ from __future__ import annotations
 
 from array import array
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import simpy
 
 from sim.network.interface import Flow, Network
+from sim.observe.metrics import percentiles
 from sim.observe.recorder import ColumnRecorder
 from sim.policy.batching import StepPlan
 from sim.policy.requests import RequestStore
@@ -289,14 +290,13 @@ class KVHandoff:
         self.deliver(slot)
 
 
-def transfer_stats(kv: KVHandoff) -> dict[str, float]:
+def transfer_stats(kv: KVHandoff) -> dict[str, Any]:
     """``summary.json``'s ``kv_transfer``: bytes moved, transfers, and the time from the first
-    message's ready time to the last byte (mean, p50, p99) and the part after the prefill step
-    (``exposed_*``: what the transfer adds to TTFT, block waits of ``whole`` included)."""
-    d, e = np.frombuffer(kv.durations_s, dtype=np.float64), np.frombuffer(kv.exposed_s, dtype=np.float64)
-    out: dict[str, float] = {"bytes": kv.bytes_moved, "transfers": int(len(d)), "transfer": kv.mode}   # type: ignore[dict-item]
-    for name, x in (("", d), ("exposed_", e)):
-        out[f"{name}mean_s"] = float(x.mean()) if len(x) else float("nan")
-        out[f"{name}p50_s"] = float(np.percentile(x, 50)) if len(x) else float("nan")
-        out[f"{name}p99_s"] = float(np.percentile(x, 99)) if len(x) else float("nan")
+    message's ready time to the last byte (mean, p50, p90, p99) and the part after the prefill
+    step (``exposed_*``: what the transfer adds to TTFT, block waits of ``whole`` included);
+    null without transfers."""
+    out: dict[str, Any] = {"bytes": kv.bytes_moved, "transfers": len(kv.durations_s), "transfer": kv.mode}
+    for name, values in (("", kv.durations_s), ("exposed_", kv.exposed_s)):
+        for stat, v in percentiles(np.frombuffer(values, dtype=np.float64)).items():
+            out[f"{name}{stat}_s"] = v
     return out

@@ -113,7 +113,7 @@ class SimResult:
     request_stats: RequestStats | None = None   # what the summary needs of requests.parquet
     prefix_cache: dict[str, float] | None = None   # scheduler.prefix_caching: hits, lookups, evictions
     swap: dict[str, int] | None = None             # scheduler.preemption=swap: swaps out and in
-    kv_transfer: dict[str, float] | None = None    # disagg=pools: KV moved between the pools
+    kv_transfer: dict[str, Any] | None = None      # disagg=pools: KV moved between the pools
 
 
 @dataclass(frozen=True)

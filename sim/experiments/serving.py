@@ -96,18 +96,23 @@ def _pool_row(job: Path, point: dict[str, Any], deployment: str) -> dict[str, An
         "usd_per_million_tokens": s["cost"]["usd_per_million_output_tokens"],
         "prefix_hit_rate": (s.get("prefix_cache") or {}).get("hit_rate", 0.0),
         "kv_moved_GB": kv.get("bytes", 0.0) / 1e9, "kv_exposed_p99_s": kv.get("exposed_p99_s", float("nan")),
-        "gpus": 32, "job": str(job),
+        "gpus": s["cost"]["gpus"], "job": str(job),
     }
+
+
+def _run_all(base: list[str], points: list[dict[str, Any]], root: Path, study: str) -> None:
+    """Every point under ``root/<i>/``; a point that cannot run stops the study (RuntimeError)."""
+    sweep = run_points(base, points, root)
+    errors = [e for e in sweep.column("error").to_pylist() if e]
+    if errors:
+        raise RuntimeError(f"serving {study} study: {errors[0]}")
 
 
 def run_pools(root: str | Path, quick: bool = False) -> pa.Table:
     """The pools study under ``root/pools/<i>/``: one row per point (see the module docstring)."""
     root = Path(root) / "pools"
     points = pool_points(quick)
-    sweep = run_points(BASE, points, root)
-    errors = [e for e in sweep.column("error").to_pylist() if e]
-    if errors:
-        raise RuntimeError(f"serving pools study: {errors[0]}")
+    _run_all(BASE, points, root, "pools")
     per_dep = len(CACHING)
     deps = list(DEPLOYMENTS)
     rows = [_pool_row(root / str(i), p, deps[i // per_dep]) for i, p in enumerate(points)]
@@ -133,10 +138,7 @@ def run_moe(root: str | Path, quick: bool = False) -> pa.Table:
     """The MoE study under ``root/moe/<i>/``: mean and p99 TPOT per (load, ep, latency, bandwidth)."""
     root = Path(root) / "moe"
     points = moe_points(quick)
-    sweep = run_points(MOE_BASE, points, root)
-    errors = [e for e in sweep.column("error").to_pylist() if e]
-    if errors:
-        raise RuntimeError(f"serving MoE study: {errors[0]}")
+    _run_all(MOE_BASE, points, root, "MoE")
     rows = []
     for i, p in enumerate(points):
         s = json.loads((root / str(i) / "summary.json").read_text())

@@ -137,6 +137,28 @@ class Candidate:
         return self.replicas * self.layout.gpus_per_replica
 
 
+def largest_batch(step_s: Callable[[int], float], most: int, target_s: float) -> tuple[int, float]:
+    """The largest batch in ``1..most`` whose step (growing with the batch) is within
+    ``target_s``, by bisection, and its step time; (0, 0.0) if none is."""
+    lo, hi, best_b, best_t = 1, most, 0, 0.0
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        t = step_s(mid)
+        if t <= target_s:
+            best_b, best_t, lo = mid, t, mid + 1
+        else:
+            hi = mid - 1
+    return best_b, best_t
+
+
+def burst_replicas(need: int, prefill_tok_s: float, stats: TrafficStats, slo: Slo) -> int:
+    """At least ``need`` replicas, and enough that 99 % of the prompt tokens arriving within
+    any window of W seconds are prefilled within W + ttft_p99_s at ``prefill_tok_s`` each."""
+    for window_s, tokens in stats.window_prompt_tokens:
+        need = max(need, math.ceil(0.99 * tokens / (prefill_tok_s * (window_s + slo.ttft_p99_s))))
+    return need
+
+
 def layout_bound(layout: Layout, model, stats: TrafficStats, slo: Slo,
                  steady_step_s: Callable[[Any, int, float, float, float], float]) -> LayoutBound:
     """The analytic verdict for one layout (``model``: a :class:`sim.build.StepModel`)."""
@@ -161,10 +183,7 @@ def layout_bound(layout: Layout, model, stats: TrafficStats, slo: Slo,
     most = min(layout.max_batch_size, kv_cap, max(1, int(budget // (1.0 + ratio))))
     if kv_cap < 1:
         return LayoutBound(layout, False, "the KV cache holds no request of mean length", prefill_p99_s=prefill)
-    best_b, best_t = 0, 0.0
-    lo, hi = 1, most
-
-    # step time grows with the batch: the largest batch within the TPOT target, by bisection
+    # step time grows with the batch: the largest batch within the TPOT target
     def step(b: int) -> float:
         return steady_step_s(model, b, stats.mean_prompt, stats.mean_output, min(b * ratio, max(0, budget - b)))
     # the slowest decode steps share the step with a full prefill chunk; a request whose
@@ -174,13 +193,7 @@ def layout_bound(layout: Layout, model, stats: TrafficStats, slo: Slo,
     if tail > slo.tpot_p99_s:
         return LayoutBound(layout, False, f"a decode step sharing a {budget}-token prefill chunk "
                                           f"takes {tail:.4f} s > tpot_p99_s={slo.tpot_p99_s}", prefill_p99_s=prefill)
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        t = step(mid)
-        if t <= slo.tpot_p99_s:
-            best_b, best_t, lo = mid, t, mid + 1
-        else:
-            hi = mid - 1
+    best_b, best_t = largest_batch(step, most, slo.tpot_p99_s)
     # output tokens per step: B, unless the budget cannot also prefill B requests' prompts
     best_b_out = min(best_b, max(0, budget - best_b) / ratio) if ratio > 0 else best_b
     tput = best_b_out / best_t
@@ -188,9 +201,7 @@ def layout_bound(layout: Layout, model, stats: TrafficStats, slo: Slo,
     # bursts: 99 % of the prompts arriving within any window of W seconds must be prefilled
     # within W + ttft_p99_s, at most ``budget`` tokens per step of a replica
     chunk_step = steady_step_s(model, 1, stats.mean_prompt, stats.mean_output, max(0, budget - 1))
-    prefill_tok_s = max(0, budget - 1) / chunk_step
-    for window_s, tokens in stats.window_prompt_tokens:
-        need = max(need, math.ceil(0.99 * tokens / (prefill_tok_s * (window_s + slo.ttft_p99_s))))
+    need = burst_replicas(need, max(0, budget - 1) / chunk_step, stats, slo)
     return LayoutBound(layout, True, replica_tok_s=tput, batch=best_b, min_replicas=need, prefill_p99_s=prefill)
 
 
@@ -205,23 +216,16 @@ def pool_bound(layout: Layout, model, stats: TrafficStats, slo: Slo,
     budget = layout.max_tokens_per_step
     # prefill pool: full chunks, no decode sharing them
     prefill_tok_s = budget / steady_step_s(model, 0, stats.mean_prompt, 0.0, budget)
-    need_p = max(1, math.ceil(stats.requests * stats.mean_prompt / stats.duration_s / prefill_tok_s))
-    for window_s, tokens in stats.window_prompt_tokens:
-        need_p = max(need_p, math.ceil(0.99 * tokens / (prefill_tok_s * (window_s + slo.ttft_p99_s))))
+    need_p = burst_replicas(max(1, math.ceil(stats.requests * stats.mean_prompt / stats.duration_s / prefill_tok_s)),
+                            prefill_tok_s, stats, slo)
     # decode pool: decode steps only, the largest batch within the TPOT target
     kv_cap = int(model.capacity.tokens // max(1.0, stats.mean_prompt + stats.mean_output))
     most = min(layout.max_batch_size, kv_cap, budget)
     if most < 1 or steady_step_s(model, 1, stats.mean_prompt, stats.mean_output, 0) > slo.tpot_p99_s:
         return PoolBound(layout, False, "a decode step of one sequence misses tpot_p99_s" if most >= 1
                          else "the KV cache holds no request of mean length")
-    lo, hi, best_b, best_t = 1, most, 0, 0.0
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        t = steady_step_s(model, mid, stats.mean_prompt, stats.mean_output, 0)
-        if t <= slo.tpot_p99_s:
-            best_b, best_t, lo = mid, t, mid + 1
-        else:
-            hi = mid - 1
+    best_b, best_t = largest_batch(lambda b: steady_step_s(model, b, stats.mean_prompt, stats.mean_output, 0),
+                                   most, slo.tpot_p99_s)
     tput = best_b / best_t
     need_d = max(1, math.ceil(stats.output_tokens_per_s / tput))
     return PoolBound(layout, True, min_prefill=need_p, min_decode=need_d, decode_tok_s=tput, batch=best_b)
@@ -230,25 +234,40 @@ def pool_bound(layout: Layout, model, stats: TrafficStats, slo: Slo,
 def pool_candidates(bounds: Iterable[PoolBound], stats: TrafficStats, cost: CostConfig,
                     hardware: Callable[[str], HardwareSpec], max_gpus: int, max_replicas: int,
                     gpus_per_node: int) -> list[Candidate]:
-    """Every (feasible layout, prefill replicas, decode replicas) within the limits."""
+    """Every (feasible layout, prefill replicas, decode replicas) within the limits (every
+    GPU of the pools has an InfiniBand port)."""
     out = []
+    for b, r, gpus, hw in _sizes(bounds, hardware, max_gpus, max_replicas, 2):
+        for p in range(1, r):
+            d = r - p
+            util = min(1.0, stats.output_tokens_per_s / (d * b.decode_tok_s))
+            out.append(Candidate(b.layout, r, _usd_per_hour(cost, hw, gpus, util, gpus_per_node, gpus),
+                                 pruned=p < b.min_prefill or d < b.min_decode, analytic_utilization=util,
+                                 prefill_replicas=p))
+    return out
+
+
+def _sizes(bounds: Iterable[Any], hardware: Callable[[str], HardwareSpec], max_gpus: int, max_replicas: int,
+           fewest: int):
+    """(bound, replicas, GPUs, hardware) for every feasible layout and replica count from
+    ``fewest`` within the limits."""
     for b in bounds:
         if not b.feasible:
             continue
         hw = hardware(b.layout.hardware)
-        for r in range(2, max_replicas + 1):
+        for r in range(fewest, max_replicas + 1):
             gpus = r * b.layout.gpus_per_replica
             if gpus > max_gpus:
                 break
-            for p in range(1, r):
-                d = r - p
-                util = min(1.0, stats.output_tokens_per_s / (d * b.decode_tok_s))
-                use = FleetUse(gpus=gpus, nodes=gpus / gpus_per_node, network_ports=gpus, makespan_s=3600.0,
-                               gpu_busy_s=util * gpus * 3600.0, output_tokens=1)
-                out.append(Candidate(b.layout, r, fleet_cost(cost, hw, use)["usd_per_hour"],
-                                     pruned=p < b.min_prefill or d < b.min_decode, analytic_utilization=util,
-                                     prefill_replicas=p))
-    return out
+            yield b, r, gpus, hw
+
+
+def _usd_per_hour(cost: CostConfig, hw: HardwareSpec, gpus: int, util: float, gpus_per_node: int,
+                  network_ports: int) -> float:
+    """The cost model's $/h of ``gpus`` GPUs busy ``util`` of the time."""
+    use = FleetUse(gpus=gpus, nodes=gpus / gpus_per_node, network_ports=network_ports, makespan_s=3600.0,
+                   gpu_busy_s=util * gpus * 3600.0, output_tokens=1)
+    return fleet_cost(cost, hw, use)["usd_per_hour"]
 
 
 def order(cands: list[Candidate]) -> list[Candidate]:
@@ -263,19 +282,10 @@ def candidates(bounds: Iterable[LayoutBound], stats: TrafficStats, cost: CostCon
                gpus_per_node: int) -> list[Candidate]:
     """Every (feasible layout, replicas) pair within the limits, cheapest first."""
     out = []
-    for b in bounds:
-        if not b.feasible:
-            continue
-        hw = hardware(b.layout.hardware)
-        for r in range(1, max_replicas + 1):
-            gpus = r * b.layout.gpus_per_replica
-            if gpus > max_gpus:
-                break
-            util = min(1.0, stats.output_tokens_per_s / (r * b.replica_tok_s))
-            use = FleetUse(gpus=gpus, nodes=gpus / gpus_per_node, network_ports=gpus if gpus > gpus_per_node else 0,
-                           makespan_s=3600.0, gpu_busy_s=util * gpus * 3600.0, output_tokens=1)
-            price = fleet_cost(cost, hw, use)["usd_per_hour"]
-            out.append(Candidate(b.layout, r, price, pruned=r < b.min_replicas, analytic_utilization=util))
+    for b, r, gpus, hw in _sizes(bounds, hardware, max_gpus, max_replicas, 1):
+        util = min(1.0, stats.output_tokens_per_s / (r * b.replica_tok_s))
+        price = _usd_per_hour(cost, hw, gpus, util, gpus_per_node, gpus if gpus > gpus_per_node else 0)
+        out.append(Candidate(b.layout, r, price, pruned=r < b.min_replicas, analytic_utilization=util))
     return order(out)
 
 
