@@ -502,6 +502,7 @@ def build_simulation(cfg: RunConfig, plan: ClusterPlan, table: workloads.Request
                       Router(cfg.parallel.router, prefill_count or len(plan.replicas)),
                       ColumnRecorder(schemas.STEPS, steps_path), progress, admission, plan.gpus)
     cluster.network = network
+    cluster.frontend_s = cfg.engine.request_overhead_us * 1e-6
     if disagg:
         # the decode pool is routed by what a router can count (its pool has no prefix cache)
         cluster.kv = KVHandoff(env, network, cfg.disagg.transfer, requests, cluster.router,

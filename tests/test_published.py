@@ -45,7 +45,10 @@ def test_every_row_is_evaluated_with_its_engine_and_source(table):
     d = table.to_pydict()
     for i in range(table.num_rows):
         assert math.isfinite(d["predicted"][i]) and d["predicted"][i] > 0, d["id"][i]
-        assert d["engine"][i] in ("optimized", "pytorch_cudagraph", "pytorch_eager"), d["id"][i]
+        assert d["engine"][i] in ("optimized", "pytorch_cudagraph", "pytorch_eager", "vllm", "sglang", "trtllm"), d["id"][i]
+        assert d["role"][i] in ("fit", "predicted") and d["origin"][i]
+        if d["role"][i] == "predicted":
+            assert d["held_out_error"][i] == d["error"][i]
         assert d["source"][i] and d["tier"][i] in ("A", "B")
         assert d["error"][i] == pytest.approx(d["predicted"][i] / d["measured"][i] - 1.0)
     groups = set(d["group"])
@@ -108,11 +111,11 @@ def test_bad_rows_are_one_line_errors(tmp_path):
     with pytest.raises(ConfigError, match="missing field 'measured'"):
         bad = tmp_path / "rows.yaml"
         bad.write_text(yaml.safe_dump([{"id": "x", "group": "g", "kind": "decode_ms", "source": "s", "tier": "A",
-                                        "config": []}]))
+                                        "config": [], "origin": "o"}]))
         load_rows(bad)
     with pytest.raises(ConfigError, match="kind='nope'"):
         bad.write_text(yaml.safe_dump([{"id": "x", "group": "g", "kind": "nope", "source": "s", "tier": "A",
-                                        "measured": 1, "config": []}]))
+                                        "measured": 1, "config": [], "origin": "o"}]))
         load_rows(bad)
     with pytest.raises(ConfigError, match="tau"):
         acceptance_for(9.0, 4)

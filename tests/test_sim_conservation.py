@@ -80,8 +80,8 @@ def recording_batcher():
                     and all(v > 0 for v in pool.held.values())):
                 self.pool_violations.append(f"{when}: free={pool.free_blocks} held={held} total={pool.total_blocks}")
 
-        def plan(self, gamma=0):
-            p = super().plan(gamma)
+        def plan(self, gamma=0, verified=None):
+            p = super().plan(gamma, verified)
             self._check_pool("plan")
             if p is not None:
                 for w in p.work:  # every sequence of a step holds the KV blocks it writes
@@ -488,11 +488,11 @@ def test_pipeline_run_under_kv_pressure_finishes(tmp_path):
     class Bounded(ContinuousBatcher):
         plans = 0
 
-        def plan(self, gamma=0):
+        def plan(self, gamma=0, verified=None):
             Bounded.plans += 1
             if Bounded.plans > 5000:
                 raise _PlanLimit(f"{Bounded.plans} steps planned for 2 requests (livelock)")
-            return super().plan(gamma)
+            return super().plan(gamma, verified)
 
     with mock.patch.object(sim.build, "ContinuousBatcher", Bounded):
         try:

@@ -15,6 +15,7 @@ from sim.build import analytic_model
 from sim.config.compose import compose_config
 from sim.config.parse import parse_config
 from sim.cost.analytic import Split
+from sim.errors import ConfigError
 from sim.policy.speculative import SpeculativeConfig, best_gamma, expected_tokens, sample_accepted
 from sim.tools.frontier import search
 from sim.tools.steptime import predict
@@ -131,16 +132,19 @@ def test_des_matches_analytic_expected_tokens(tmp_path):
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2 ** 16), gamma=st.integers(0, 6), a=st.floats(0.0, 1.0),
        out_len=st.integers(1, 40), prompt_len=st.integers(1, 300),
-       method=st.sampled_from(["self", "draft"]), chunked=st.booleans(), dist=st.sampled_from(["fixed", "beta"]))
+       method=st.sampled_from(["self", "draft"]), chunked=st.booleans(), dist=st.sampled_from(["fixed", "beta"]),
+       tree=st.sampled_from([0, 9, 64]))
 def test_output_tokens_exact_under_speculation(tmp_path_factory, seed, gamma, a, out_len, prompt_len, method,
-                                               chunked, dist):
+                                               chunked, dist, tree):
     out = tmp_path_factory.mktemp("spec")
-    cfg = compose_config(["model=llama3_8b", "parallel.tp=2", "workload=synthetic", "workload.max_requests=12",
+    trees = [f"speculative.tree_tokens={max(tree, gamma + 1)}"] if tree and gamma >= 1 else []
+    cfg = compose_config(trees + ["model=llama3_8b", "parallel.tp=2", "workload=synthetic", "workload.max_requests=12",
                           f"seed={seed}", "workload.rate_per_s=20",
                           f"workload.output_tokens={out_len}", f"workload.prompt_tokens={prompt_len}",
                           f"speculative={method}", f"speculative.num_tokens={gamma}", f"speculative.acceptance={a}",
                           f"speculative.acceptance_dist={dist}", f"scheduler.chunked_prefill={str(chunked).lower()}",
-                          "scheduler.max_tokens_per_step=256", "output.progress=never"])
+                          "scheduler.max_tokens_per_step=256", "output.progress=never",
+                          "debug.check_invariants=true"])
     summary = run(cfg, out)
     req = pq.read_table(out / "requests.parquet").to_pydict()
     steps = pq.read_table(out / "steps.parquet").to_pydict()
@@ -153,6 +157,36 @@ def test_output_tokens_exact_under_speculation(tmp_path_factory, seed, gamma, a,
     assert all(f >= s for f, s in zip(req["finish_s"], req["first_token_s"]))
     if gamma == 0 or a == 0.0:
         assert accepted == 0
+
+
+def test_tree_verification_prices_its_tokens(tmp_path):
+    """A draft tree verifies ``tree_tokens`` per sequence and drafts a level of
+    ``(tree_tokens - 1) / gamma`` tokens per pass; the simulator agrees with the analytic pass."""
+    from sim.spec.batch import BatchShape
+
+    cfg = SpeculativeConfig(method="self", num_tokens=5, tree_tokens=26)
+    assert cfg.width == 5.0 and cfg.verified(5) == 26 and cfg.verified(2) == 11 and cfg.verified(1) == 6
+    assert SpeculativeConfig(method="self", num_tokens=4).verified(3) == 4
+    extra = ["speculative=self", "speculative.num_tokens=5", "speculative.tree_tokens=26", "model=llama3_8b",
+             "parallel.tp=1"]
+    model = analytic_model(parse_config(compose_config(extra)))
+    spec = model.speculative(Split(1))
+    verify = spec.target.step(BatchShape.from_sequences(np.full(8, 700), np.full(8, 26), np.full(8, 26)))
+    level = spec.draft.step(BatchShape.from_sequences(np.full(8, 700), np.full(8, 5)))
+    expect = verify.total_s + 5 * level.total_s
+    assert float(spec.pass_time(8, 700, 5).total_s) == pytest.approx(expect, rel=1e-9)
+    chain = analytic_model(parse_config(compose_config(extra[:2] + extra[3:]))).speculative(Split(1))
+    assert float(spec.pass_time(8, 700, 5).total_s) > float(chain.pass_time(8, 700, 5).total_s)
+    speed, req = _decode_speed(tmp_path, "steady", extra, batch=8, output=401)
+    r = model.decode(Split(1), [8], context_len=512 + 200)
+    assert speed == pytest.approx(r["speed_tok_s"][0], rel=0.03)
+
+
+def test_tree_config_errors_are_one_line():
+    with pytest.raises(ConfigError, match="speculative.tree_tokens"):
+        SpeculativeConfig(method="self", num_tokens="auto", tree_tokens=26)
+    with pytest.raises(ConfigError, match="speculative.tree_tokens"):
+        SpeculativeConfig(method="self", num_tokens=5, tree_tokens=5)
 
 
 def test_steptime_reports_expected_tokens_and_time_per_token():

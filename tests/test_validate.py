@@ -6,7 +6,16 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from sim.tools.validation.cli import DEFAULT_DATA, group_errors, leave_one_model_out, main, validation_table
+from sim.tools.validation.cli import (
+    DEFAULT_DATA,
+    group_errors,
+    leave_one_family_out,
+    leave_one_model_out,
+    main,
+    matmul_sweep_held_out,
+    pooled,
+    validation_table,
+)
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "h100_pytorch_cudagraph.jsonl"
 
@@ -45,6 +54,20 @@ def test_leave_one_model_out_predicts_the_held_out_model():
         assert r["max_param_drift"] <= 0.05, r
         assert not r["change_at_zero_bound"], r
 
+def test_leave_one_shape_family_out_meets_the_transfer_targets():
+    """Every step-shape family held out in turn (long context, big batch, prefill, decode):
+    pooled held-out median <= 5 %, p90 <= 12 %, every fitted parameter within 5 % (measured
+    2.9 %, 7.7 %, 3.2 %). The matmul sweep held out moves compute efficiency by 6.6 %: the
+    steps alone identify it less well, which the report shows apart."""
+    lofo = leave_one_family_out(FIXTURE)
+    assert {r["held_out"] for r in lofo} == {"big_batch", "decode", "long_context", "prefill"}
+    p = pooled(lofo)
+    assert p["held_out_median_abs_error"] <= 0.05 and p["held_out_p90_abs_error"] <= 0.12
+    assert p["max_param_drift"] <= 0.05
+    (sweep,) = matmul_sweep_held_out(FIXTURE)
+    assert sweep["held_out"] == "gemm" and sweep["max_param_drift"] > p["max_param_drift"]
+
+
 def test_published_part_of_the_report(tmp_path):
     report = main([f"data={FIXTURE}", f"out={tmp_path}", "groups=single_gpu_decode,custom_allreduce"])
     assert set(report["published"]) == {"single_gpu_decode", "custom_allreduce", "all"}
@@ -57,7 +80,7 @@ def test_published_part_of_the_report(tmp_path):
 def test_validate_cli_rejects_bad_arguments(tmp_path):
     import subprocess
     import sys
-    for arg, msg in (("groups=nope", "unknown group"), ("published=maybe", "published='maybe'"), ("x=1", "unknown argument")):
+    for arg, msg in (("groups=nope", "unknown group"), ("published=maybe", "published='maybe'"), ("fit=maybe", "fit='maybe'"), ("x=1", "unknown argument")):
         r = subprocess.run([sys.executable, "-m", "sim.validate", f"data={FIXTURE}", f"out={tmp_path}", arg],
                            capture_output=True, text=True, timeout=120)
         assert r.returncode != 0 and msg in r.stderr and "Traceback" not in r.stderr, (arg, r.stderr)

@@ -23,7 +23,20 @@ def load_preset(group: str, name: str, conf_dir: Path = CONF_DIR) -> dict[str, A
     path = conf_dir / group / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"{group}={name!r} is not a known preset; allowed: {preset_names(group, conf_dir)}")
-    data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{group}={name!r}: {path.name} must hold a mapping")
+    # a preset may build on others of its group, as Hydra composes it: ``defaults: [base, _self_]``
+    bases = list(raw.pop("defaults", None) or [])
+    merged: Any = OmegaConf.create({})
+    for base in bases if "_self_" in bases else [*bases, "_self_"]:
+        if base == "_self_":
+            merged = OmegaConf.merge(merged, raw)
+        elif isinstance(base, str) and base != name:
+            merged = OmegaConf.merge(merged, load_preset(group, base, conf_dir))
+        else:
+            raise ConfigError(f"{group}={name!r}: defaults entry {base!r} must name another {group} preset")
+    data = OmegaConf.to_container(merged, resolve=True)
     assert isinstance(data, dict)
     return {str(k): v for k, v in data.items()}
 

@@ -162,6 +162,15 @@ def nccl_model_s(kind: str, n: int, ranks_per_node: int, nodes: int, nbytes, ban
     return best
 
 
+def custom_allreduce_stages(n: int, nbytes: float) -> str:
+    """vLLM's choice between its one-stage and two-stage custom all-reduce kernels
+    (``csrc/custom_all_reduce.cuh``, fully NVLink-connected GPUs): one-shot for 2 ranks, for
+    up to 4 ranks below 512 KB and up to 8 ranks below 256 KB; two-shot otherwise."""
+    if n <= 2 or (n <= 4 and nbytes < 512 * 1024) or (n <= 8 and nbytes < 256 * 1024):
+        return "oneshot"
+    return "twoshot"
+
+
 def ring_allreduce_closed_form_s(n: int, nbytes: float, alpha_s: float, beta_Bps: float,
                                  software_s: float = 0.0) -> float:
     """Textbook ring all-reduce: ``software + 2(n-1) (alpha + S/(n beta))``."""
@@ -191,7 +200,10 @@ class GroupCollectives:
     ``ring_paths[r]`` routes rank r to r+1 (mod n); ``oneshot_paths[r][k]`` routes rank r to
     rank r+k+1. ``oneshot_ok`` says whether the group shares one switch domain where
     engines use one-shot all-reduce kernels; ``algorithm`` is ``ring``, ``oneshot`` or
-    ``auto`` (one-shot up to ``oneshot_max_bytes``, ring above).
+    ``auto`` (one-shot up to ``oneshot_max_bytes``, ring above) or ``custom`` (vLLM's custom
+    all-reduce: one-shot or two-shot by :func:`custom_allreduce_stages`, ring above
+    ``oneshot_max_bytes``; its peer-memory routes are ``oneshot_paths`` at the achieved P2P
+    bandwidth).
 
     ``hop_us`` (optional) gives ``nccl_model`` the fabric's own per-hop latencies (see
     :func:`nccl_model_s`).
@@ -257,7 +269,21 @@ class GroupCollectives:
             return "ring"
         if self.algorithm == "oneshot":
             return "oneshot"
-        return "oneshot" if nbytes <= self.oneshot_max_bytes else "ring"
+        if nbytes > self.oneshot_max_bytes:
+            return "ring"
+        return custom_allreduce_stages(self.n, nbytes) if self.algorithm == "custom" else "oneshot"
+
+    def _peer_exchange_s(self, nbytes):
+        """One-shot (whole buffer to every peer) or two-shot (``1/n`` of it to every peer, twice:
+        reduce-scatter, then all-gather) through peer memory, by size."""
+        one = oneshot_schedule_s(self.oneshot_paths, nbytes)
+        if self.algorithm != "custom":
+            return one
+        two = 2.0 * oneshot_schedule_s(self.oneshot_paths, nbytes / self.n)
+        if isinstance(nbytes, np.ndarray):
+            stages = np.array([custom_allreduce_stages(self.n, float(x)) for x in nbytes])
+            return np.where(stages == "oneshot", one, two)
+        return one if custom_allreduce_stages(self.n, nbytes) == "oneshot" else two
 
     def _cached_array(self, kind: str, nbytes: np.ndarray, compute) -> np.ndarray:
         """``compute(nbytes)`` for an array of sizes, remembered by the sizes' bytes (the
@@ -274,10 +300,9 @@ class GroupCollectives:
         ring = self._ring_s(nbytes, 2 * (self.n - 1), True)
         if self.algorithm == "ring" or not self.oneshot_ok:
             return ring + self.software_s
-        oneshot = oneshot_schedule_s(self.oneshot_paths, nbytes)
         if self.algorithm == "oneshot":
-            return oneshot + self.software_s
-        return np.where(nbytes <= self.oneshot_max_bytes, oneshot, ring) + self.software_s
+            return oneshot_schedule_s(self.oneshot_paths, nbytes) + self.software_s
+        return np.where(nbytes <= self.oneshot_max_bytes, self._peer_exchange_s(nbytes), ring) + self.software_s
 
     def _timed(self, kind: str, nbytes, scalar_s, array_s):
         """Time of collective ``kind`` for ``nbytes`` (a float or an array of sizes), remembered
@@ -298,7 +323,7 @@ class GroupCollectives:
         if self.allreduce_algorithm(nbytes) == "ring":
             t = self._ring_s(nbytes, 2 * (self.n - 1), True)
         else:
-            t = oneshot_schedule_s(self.oneshot_paths, nbytes)
+            t = self._peer_exchange_s(nbytes)
         return t + self.software_s
 
     def _allgather_s(self, nbytes):
@@ -313,7 +338,7 @@ class GroupCollectives:
         return self._timed("allgather", nbytes, self._allgather_s, self._allgather_s)
 
     def _alltoall_s(self, nbytes):
-        paths = self.oneshot_paths
+        paths = self.oneshot_paths if self.algorithm != "custom" else ()   # custom: those run below link speed
         if not paths:
             assert self._all_pairs is not None, "an all-to-all needs every rank's routes"
             paths = self.oneshot_paths_all = tuple(tuple(row) for row in self._all_pairs())

@@ -44,6 +44,15 @@ class Fabric:
             self._pairs[key] = p
         return p
 
+    def peer(self, src: str, dst: str) -> PairPath:
+        """The route of a peer-memory copy by an all-reduce kernel: under the engine's custom
+        all-reduce, every hop at ``p2p_link_efficiency`` of its bandwidth."""
+        p = self.pair(src, dst)
+        eff = self.engine.p2p_link_efficiency
+        if self.engine.allreduce_algorithm != "custom" or eff == 1.0:
+            return p
+        return PairPath(tuple((edge, lat, bw * eff) for edge, lat, bw in p.hops))
+
     def edges(self, src: str, dst: str):
         return self.paths.edges(src, dst)
 
@@ -80,10 +89,11 @@ class Fabric:
         n = len(key)
         e = self.engine
         ring = [self.pair(key[r], key[(r + 1) % n]) for r in range(n)] if n > 1 else []
-        oneshot_ok = (self.oneshot_capable and self.same_server(key) and e.allreduce_algorithm in ("auto", "oneshot")
-                      and not self.over_pcie(key))
-        # every rank's route to every other rank: only where one-shot kernels can run
-        oneshot = ([[self.pair(key[r], key[(r + k) % n]) for k in range(1, n)] for r in range(n)]
+        oneshot_ok = (self.oneshot_capable and self.same_server(key)
+                      and e.allreduce_algorithm in ("auto", "oneshot", "custom") and not self.over_pcie(key))
+        # every rank's route to every other rank: only where one-shot kernels can run (the
+        # custom all-reduce's peer-memory reads at their achieved share of each link)
+        oneshot = ([[self.peer(key[r], key[(r + k) % n]) for k in range(1, n)] for r in range(n)]
                    if n > 1 and oneshot_ok else [])
         servers = [self.graph.nodes[r]["server"] for r in key]
         per_node = max(servers.count(s) for s in set(servers))

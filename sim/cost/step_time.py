@@ -196,6 +196,14 @@ class StepTimePredictor:
         self._networks: dict[tuple, float] = {}
         self._peak = hardware.peak_flops(precision.compute_format)
         self._matmul_rate = self._peak * engine.matmul_efficiency(precision.compute_format)  # achieved FLOP/s
+        # an fp8/int8/fp4 matmul path with separate activation-quantisation kernels: their
+        # kernels per layer, and the bytes they move per matmul input element
+        low = precision.compute_format in ("fp8", "int8", "fp4") and engine.low_precision_kernels_per_layer > 0
+        self._quant_kernels = engine.low_precision_kernels_per_layer if low else 0.0
+        self._quant_bytes = engine.low_precision_bytes_per_input if low else 0.0
+        # host time of a step outside the model: per step (first stage only) and per sequence
+        self._host_step_s = engine.step_overhead_us_per_tp_rank * (tp - 1) * 1e-6
+        self._host_seq_s = engine.step_overhead_us_per_sequence * 1e-6
         self._peak_attn = hardware.peak_flops("bf16")
         self._bw = hardware.hbm_bandwidth_Bps * engine.hbm_efficiency
         self.heads_per_gpu = model.num_attention_heads // self.shard
@@ -284,7 +292,7 @@ class StepTimePredictor:
         w = k * n if weight_elems is None else weight_elems
         fl = 2.0 * tokens * k * n if flops is None else flops
         t_c = fl / self._matmul_rate
-        t_m = (w * self.precision.weight_bytes + tokens * (k + n) * ab) / self._bw
+        t_m = (w * self.precision.weight_bytes + tokens * (k + n) * ab + tokens * k * self._quant_bytes) / self._bw
         return soft_roofline(t_c, t_m, e.roofline_sharpness)
 
     def _attention(self, b: BatchShape) -> tuple[Any, Any]:
@@ -392,7 +400,7 @@ class StepTimePredictor:
             memory = memory + vwhere(head_tokens > 0, mm, 0.0)
             if sharded:
                 post.append(Collective("allgather", head_tokens * m.vocab_size / self.tp * act))
-        kernels = layers * e.kernels_per_layer + e.kernels_per_step
+        kernels = layers * (e.kernels_per_layer + self._quant_kernels) + e.kernels_per_step
         fixed = kernels * e.kernel_overhead_us * 1e-6 + e.step_overhead_us * 1e-6
         host = kernels * e.host_launch_us * 1e-6
         per_layer: tuple[Collective, ...] = ()
@@ -440,6 +448,8 @@ class StepTimePredictor:
         memory = layers * m_attn + m_rest
         if not e.cuda_graphs:
             fixed = fixed + vmax(0.0, host - (compute + memory + fixed))
+        if stage == 0 and (self._host_step_s or self._host_seq_s):
+            fixed = fixed + self._host_step_s + self._host_seq_s * b.num_seqs
         return StageWork(StepTime(compute, memory, 0.0, fixed), layers, per_layer, pre, post, key, collective_layers)
 
     def network_s(self, work: StageWork, stage: int = 0) -> float:

@@ -79,6 +79,9 @@ class Replica:
         self.pp = len(self.stage_gpus)
         self.cluster = cluster
         self.speculative = speculative          # a SpeculativeDecoder, or None
+        # a draft tree's verified tokens per drafted levels (None: a chain verifies 1 + levels)
+        self._verified = (speculative.cfg.verified if speculative is not None and speculative.cfg.tree_tokens
+                          else None)
         self.accept = accept                    # (request, proposed) -> accepted drafts
         self.max_span = max_span
         self.inflight: list[simpy.Process] = []
@@ -137,7 +140,7 @@ class Replica:
         while True:
             self._reserve()
             gamma = self.speculative.gamma_for(*batcher.decode_ready()) if self.speculative else 0
-            plan = batcher.plan(gamma)
+            plan = batcher.plan(gamma, self._verified)
             if plan is None:
                 self._wake = env.event()
                 yield self._wake
@@ -251,7 +254,7 @@ class Replica:
             self._reserve()
             while len(self.inflight) < self.pp:
                 gamma = self.speculative.gamma_for(*self.batcher.decode_ready()) if self.speculative else 0
-                plan = self.batcher.plan(gamma)
+                plan = self.batcher.plan(gamma, self._verified)
                 if plan is None:
                     break
                 self.inflight.append(env.process(self._microbatch(plan)))

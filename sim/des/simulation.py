@@ -178,6 +178,9 @@ class Cluster:
         self.checker: InvariantChecker | None = None   # debug.check_invariants (set by the builder)
         self.timeline: Timeline | None = None          # output.timeline (set by the builder)
         self.kv: KVHandoff | None = None               # disagg=pools (set by the builder)
+        #: the engine's per-request front-end time (engine.request_overhead_us): a request
+        #: reaches the scheduler this long after it arrives; its TTFT counts from its arrival
+        self.frontend_s = 0.0
 
     def link_hops(self) -> int | None:
         """Link traversals the network simulated (message fidelity), or None."""
@@ -275,8 +278,9 @@ class Cluster:
         env, req = self.env, self.requests
         arrival, prompt, output = self.arrivals.arrival_s, self.arrivals.prompt, self.arrivals.output
         priority = self.arrivals.priority
+        frontend = self.frontend_s
         for r in range(len(self.arrivals)):
-            delay = arrival[r] - env.now
+            delay = arrival[r] + frontend - env.now
             if delay > 0:
                 yield env.timeout(delay)
             self.arrived = r + 1

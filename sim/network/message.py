@@ -144,8 +144,10 @@ class MessageNetwork:
                 yield from self._software()
                 yield from self._oneshot(ranks, nbytes / n)
                 return
-            if group.algorithm == "nccl_model":
-                # NCCL's tuning formula is not a message schedule: one timed event on no link.
+            if group.algorithm == "nccl_model" or (group.algorithm == "custom" and kind == "allreduce"
+                                                   and group.allreduce_algorithm(nbytes) != "ring"):
+                # NCCL's tuning formula is not a message schedule, and the custom all-reduce's
+                # peer-memory reads run below the links' bandwidth: one timed event on no link.
                 yield self.env.timeout(group.allreduce_s(nbytes) if kind == "allreduce" else group.allgather_s(nbytes))
                 return
             yield from self._software()

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -244,11 +244,12 @@ class ContinuousBatcher:
                 ctx += self.computed[r]
         return n, (ctx / n if n else 0.0)
 
-    def plan(self, gamma: int = 0) -> StepPlan | None:
+    def plan(self, gamma: int = 0, verified: Callable[[int], int] | None = None) -> StepPlan | None:
         """Choose the next step's sequences and token counts, or None if nothing can run.
 
         With ``gamma > 0`` every decoding sequence verifies its last token plus up to ``gamma``
-        draft tokens (never more than it still needs to finish its output).
+        draft tokens (never more than it still needs to finish its output); ``verified(k)``
+        (a draft tree's token count for ``k`` levels) replaces ``1 + k`` when given.
         """
         cfg, pool = self.config, self.pool
         running, busy, computed, generated, prompt = self.running, self.busy, self.computed, self.generated, self.prompt
@@ -275,6 +276,13 @@ class ContinuousBatcher:
             if gamma > 0 and pending == 1 and generated[r] >= 1:
                 proposed = max(0, min(gamma, self.output[r] - generated[r] - 1, budget - 1))
                 n = 1 + proposed
+                if verified is not None and proposed:
+                    n = verified(proposed)
+                    while n > budget and proposed > 1:      # a tree that does not fit: fewer levels
+                        proposed -= 1
+                        n = verified(proposed)
+                    if n > budget:
+                        proposed, n = 0, 1
             grown = pool.grow(r, ctx + n)
             while not grown:
                 victim: int | None

@@ -22,7 +22,14 @@ Modelling assumptions (physics.md section 3):
   draft model, ``method=draft``, on the target's GPUs or its own), or ``gamma`` passes of a
   one-layer draft head on the target's GPUs (``method=self``, EAGLE/MTP-like);
 * ``num_tokens: auto`` picks, per step, the ``gamma`` that maximises expected tokens per second
-  for the current batch (backing off as batches grow and verification gets expensive).
+  for the current batch (backing off as batches grow and verification gets expensive);
+* ``tree_tokens`` (Medusa, EAGLE, Hydra): the drafts form a tree of ``gamma`` levels whose
+  ``tree_tokens - 1`` nodes are verified together with the last token in one pass (tree
+  attention), so verification prices ``tree_tokens`` tokens per sequence and every draft pass
+  proposes ``(tree_tokens - 1) / gamma`` tokens per sequence (one tree level); the accepted path
+  is still at most ``gamma`` deep, with the same acceptance model (a tree's many candidates per
+  level are what make its per-level rates high). A sequence drafting fewer levels (near its
+  output's end) verifies a proportional share of the tree.
 """
 from __future__ import annotations
 
@@ -47,6 +54,7 @@ class SpeculativeConfig:
     draft_tp: int | None = None
     draft_layers: int = 1
     acceptance_by_position: tuple[float, ...] | None = None   # per draft depth (null: ``acceptance`` at every depth)
+    tree_tokens: int | None = None    # tokens verified per pass with a draft tree (null: a chain, gamma + 1)
 
     def __post_init__(self) -> None:
         if self.acceptance_by_position is not None:
@@ -70,6 +78,10 @@ class SpeculativeConfig:
         require(self.draft_tp is None or self.draft_tp >= 1,
                 f"speculative.draft_tp={self.draft_tp!r} must be null or >= 1")
         require(self.draft_layers >= 1, f"speculative.draft_layers={self.draft_layers!r} must be >= 1")
+        require(self.tree_tokens is None or (isinstance(self.num_tokens, int) and self.num_tokens >= 1
+                                             and self.tree_tokens >= self.num_tokens + 1),
+                f"speculative.tree_tokens={self.tree_tokens!r} must be null or at least speculative.num_tokens + 1 "
+                f"(num_tokens={self.num_tokens!r}, the tree's depth, a fixed integer >= 1)")
         require(self.method != "draft" or bool(self.draft_model),
                 "speculative.method=draft needs speculative.draft_model=<model preset>")
 
@@ -88,6 +100,17 @@ class SpeculativeConfig:
             return request_acceptance
         f = request_acceptance / self.acceptance if self.acceptance > 0 else 1.0
         return tuple(min(1.0, r * f) for r in self.acceptance_by_position)
+
+    @property
+    def width(self) -> float:
+        """Draft tokens per sequence and draft pass (tree level): 1 for a chain."""
+        if self.tree_tokens is None:
+            return 1.0
+        return (self.tree_tokens - 1) / float(self.num_tokens)
+
+    def verified(self, proposed: int) -> int:
+        """Tokens a sequence verifies after drafting ``proposed`` levels."""
+        return 1 + (proposed if self.tree_tokens is None else int(np.ceil(proposed * self.width - 1e-9)))
 
     @property
     def extra_gpus(self) -> int:
@@ -168,6 +191,7 @@ class Speculation(Protocol):
     """What a replica asks of its speculative decoding (:class:`SpeculativeDecoder`)."""
 
     draft: Any
+    cfg: SpeculativeConfig
 
     def gamma_for(self, n_decode: int, mean_context: float) -> int: ...
 
@@ -200,7 +224,8 @@ class SpeculativeDecoder:
         if ctx:
             total = total + self.draft.step(BatchShape.from_sequences(ctx, new))
         if gamma > 1 and decode_ctx:
-            rest = self.draft.step(BatchShape.from_sequences(np.asarray(decode_ctx) + 1, np.ones(len(decode_ctx))))
+            w = self.cfg.width        # a tree level's tokens per sequence
+            rest = self.draft.step(BatchShape.from_sequences(np.asarray(decode_ctx) + 1, np.full(len(decode_ctx), w)))
             total = total + rest.scaled(gamma - 1)
         if gamma > 0 and decode_ctx and self.handoff_s:
             total = total + StepTime(network_s=2.0 * self.handoff_s)
@@ -208,17 +233,18 @@ class SpeculativeDecoder:
 
     def pass_time(self, batch, context: float, gamma: int):
         """StepTime of one steady decode pass: ``gamma`` draft steps plus verifying ``gamma+1``
-        tokens for ``batch`` sequences at ``context`` cached tokens (``batch`` may be an array)."""
+        tokens (a tree's ``tree_tokens``) for ``batch`` sequences at ``context`` cached tokens (``batch`` may be an array)."""
         from sim.cost.step_time import StepTime
         from sim.spec.batch import BatchShape
 
         b = np.asarray(batch, dtype=np.float64)
-        n = gamma + 1
+        n = self.cfg.verified(gamma) if gamma > 0 else 1
         verify = self.target.step(BatchShape(b, b * n, b * (context + n), b * n * (context + (n + 1) / 2.0),
                                              b * n if gamma > 0 else b, b * -(-n // 64)))
         if gamma == 0 or self.draft is None:
             return verify
-        one = BatchShape(b, b, b * (context + 1), b * (context + 1), b, b)
+        w = self.cfg.width        # tokens per sequence of one draft pass (a tree level)
+        one = BatchShape(b, b * w, b * (context + w), b * w * (context + (w + 1) / 2.0), b * w, b * np.ceil(w / 64))
         draft = self.draft.step(one).scaled(gamma)
         handoff = StepTime(network_s=2.0 * self.handoff_s)
         return verify + draft + handoff

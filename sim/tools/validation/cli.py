@@ -1,4 +1,4 @@
-"""``python -m sim.validate [data=FILE.jsonl] [out=DIR] [hardware=h100] [published=true|false] [groups=G1,G2]``.
+"""``python -m sim.validate [data=FILE.jsonl] [out=DIR] [hardware=h100] [published=true|false] [groups=G1,G2] [fit=true]``.
 
 Predicted vs measured, in two parts.
 
@@ -16,7 +16,10 @@ Second, predicted vs published (``published.md`` and ``published.parquet``): eve
 Llama-3.3-70B TP2 ITL and TTFT, TensorRT-LLM TTFT and throughput tables, MLPerf Llama-2-70B
 offline and server, NCCL and custom all-reduce latencies, Spec-Bench speedups), each with the
 engine profile and config that express it and its error (see :mod:`sim.tools.validation.published`).
-``groups=`` restricts the published part to some groups; ``published=false`` skips it.
+``groups=`` restricts the published part to some groups; ``published=false`` skips it. The
+serving-engine profiles (``vllm``, ``sglang``, ``trtllm``) are fitted on the rows marked
+``role: fit``; every fitted row is also predicted by the fit that left its source out.
+``fit=true`` prints that fit's values (``engine_fit``: what ``conf/engine/*.yaml`` hold).
 """
 from __future__ import annotations
 
@@ -109,11 +112,19 @@ def leave_one_model_out(data: Path, hardware: str = "h100") -> list[dict[str, An
 
 
 def leave_one_family_out(data: Path, hardware: str = "h100") -> list[dict[str, Any]]:
-    """Refit without each shape family's rows (long context, big batch, prefill, mixed
-    steps, plain decode, the matmul sweep: :data:`FAMILIES`); drift and held-out error: does
-    a fit on the other shapes predict the one it never saw?"""
+    """Refit without each step-shape family's rows (long context, big batch, prefill, mixed
+    steps, plain decode: :data:`FAMILIES`); drift and held-out error: does a fit on the other
+    shapes predict the one it never saw? The matmul sweep is a microbenchmark, not a step
+    shape: as in leave-one-model-out it is always kept (:func:`matmul_sweep_held_out` holds it
+    out on its own)."""
     hw, rows, start, full = _graph_fit(data, hardware)
-    return _hold_out(rows, hw, start, full, lambda r: r.family)
+    return _hold_out(rows, hw, start, full, lambda r: None if r.family == "gemm" else r.family)
+
+
+def matmul_sweep_held_out(data: Path, hardware: str = "h100") -> list[dict[str, Any]]:
+    """Refit on the model steps alone (the matmul sweep held out): what the steps alone pin."""
+    hw, rows, start, full = _graph_fit(data, hardware)
+    return _hold_out(rows, hw, start, full, lambda r: "gemm" if r.family == "gemm" else None)
 
 
 def pooled(held: list[dict[str, Any]]) -> dict[str, Any]:
@@ -126,13 +137,14 @@ def pooled(held: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def markdown(table: pa.Table, groups: dict, loo: list[dict[str, Any]], data: Path,
-             lofo: list[dict[str, Any]] | None = None) -> str:
+             lofo: list[dict[str, Any]] | None = None, sweep: list[dict[str, Any]] | None = None) -> str:
     d = table.to_pydict()
     lines = [f"# Validation against {data.name}", "",
              "| group | rows | median abs error | worst abs error |", "|---|---|---|---|"]
     for k, g in groups.items():
         lines.append(f"| {k} | {g['rows']} | {g['median_abs_error']:.1%} | {g['worst_abs_error']:.1%} |")
-    for title, held, what in (("Leave one model out", loo, "model"), ("Leave one shape family out", lofo or [], "family")):
+    for title, held, what in (("Leave one model out", loo, "model"), ("Leave one shape family out", lofo or [], "family"),
+                              ("The matmul sweep held out", sweep or [], "rows")):
         if not held:
             continue
         p = pooled(held)
@@ -154,12 +166,13 @@ def markdown(table: pa.Table, groups: dict, loo: list[dict[str, Any]], data: Pat
 @guarded
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = dict(key_values(sys.argv[1:] if argv is None else argv))
-    allowed = {"data", "out", "hardware", "published", "groups"}
+    allowed = {"data", "out", "hardware", "published", "groups", "fit"}
     unknown = sorted(set(args) - allowed)
     if unknown:
         fail(f"unknown argument(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
-    if args.get("published", "true") not in ("true", "false"):
-        fail(f"published={args['published']!r} is not one of ['true', 'false']")
+    for flag, default in (("published", "true"), ("fit", "false")):
+        if args.get(flag, default) not in ("true", "false"):
+            fail(f"{flag}={args[flag]!r} is not one of ['true', 'false']")
     data = Path(args["data"]) if "data" in args else next((p for p in DEFAULT_DATA if p.is_file()), DEFAULT_DATA[0])
     out = Path(args.get("out", "."))
     hardware = args.get("hardware", "h100")
@@ -167,14 +180,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     groups = group_errors(table)
     loo = leave_one_model_out(data, hardware)
     lofo = leave_one_family_out(data, hardware)
+    sweep = matmul_sweep_held_out(data, hardware)
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, out / "validation.parquet")
-    (out / "validation.md").write_text(markdown(table, groups, loo, data, lofo))
+    (out / "validation.md").write_text(markdown(table, groups, loo, data, lofo, sweep))
     hidden = ("drift", "change_at_zero_bound", "held_out_errors")
     report: dict[str, Any] = {"data": str(data), "groups": groups,
               "leave_one_model_out": [{k: v for k, v in r.items() if k not in hidden} for r in loo],
               "leave_one_family_out": [{k: v for k, v in r.items() if k not in hidden} for r in lofo],
-              "held_out": {"model": pooled(loo), "family": pooled(lofo)},
+              "held_out": {"model": pooled(loo), "family": pooled(lofo), "matmul_sweep": pooled(sweep)},
               "written": [str(out / "validation.md"), str(out / "validation.parquet")]}
     if args.get("published", "true") == "true":
         from sim.tools.validation import published
@@ -188,6 +202,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         pq.write_table(ptable, out / "published.parquet")
         (out / "published.md").write_text(published.markdown(ptable, psummary))
         report["published"] = psummary
+        if args.get("fit") == "true":
+            from sim.tools.validation.engine_overheads import fit_engines
+            report["engine_fit"] = fit_engines(rows)
         report["written"] += [str(out / "published.md"), str(out / "published.parquet")]
     print(json.dumps(report))
     return report

@@ -4,13 +4,16 @@ Each row names a published measurement (its source, trust tier and value), the s
 config that expresses it (hardware, model, engine profile, parallelism, precision as
 overrides of ``conf/config.yaml``) and what to predict. Every prediction goes through the
 simulator's own cost models (the step predictor, the fabric's collective model, the
-speculative decoder) or, for serving under load, a discrete-event run: nothing is fitted
-to these rows here.
+speculative decoder) or, for serving under load, a discrete-event run. Only the serving-engine
+profiles' overheads are fitted, on the rows marked ``role: fit``
+(:mod:`sim.tools.validation.engine_overheads`); each row names its ``origin`` (the source it
+comes from: what leave-one-source-out holds out).
 
 Prediction kinds and their modelling assumptions:
 
 * ``decode_ms``: one decode step of ``size`` sequences at ``context_len`` cached tokens.
-* ``ttft_ms``: one prefill step of ``prompt_len`` tokens at batch 1 (no queueing).
+* ``ttft_ms``: one prefill step of ``prompt_len`` tokens at batch 1 (no queueing), plus the
+  engine's per-request front-end time (``engine.request_overhead_us``).
 * ``itl_ms``: ``concurrency`` requests of ``isl``/``osl`` tokens served back to back
   (closed loop). In steady state every step decodes one token of each request at the mean
   context ``isl + osl/2`` and, on average, runs ``(concurrency - 1) isl / osl`` prompt
@@ -31,7 +34,8 @@ Prediction kinds and their modelling assumptions:
   ``ROW`` itself is then not a prediction (its error is zero by construction).
 * ``spec_speedup``: time per generated token without over with speculation at batch 1,
   with the per-token acceptance solved so that the expected tokens per verification pass
-  equal the published mean accepted tokens ``tau`` at ``gamma`` proposed tokens.
+  equal the published mean accepted tokens ``tau`` at ``gamma`` proposed tokens (tree levels;
+  ``tree_tokens``, when given, the tokens the method's draft tree verifies per pass).
 """
 from __future__ import annotations
 
@@ -54,8 +58,8 @@ from sim.spec.batch import BatchShape
 from sim.tools.steptime import predict as steptime_predict
 
 ROWS_FILE = Path(__file__).with_name("published_rows.yaml")
-COLUMNS = ("id", "group", "kind", "metric", "unit", "engine", "config", "assumption", "source", "tier",
-           "measured", "predicted", "error")
+COLUMNS = ("id", "group", "origin", "role", "kind", "metric", "unit", "engine", "config", "assumption", "source",
+           "tier", "measured", "predicted", "error", "held_out_predicted", "held_out_error")
 
 
 def load_rows(path: Path = ROWS_FILE) -> list[dict[str, Any]]:
@@ -63,7 +67,7 @@ def load_rows(path: Path = ROWS_FILE) -> list[dict[str, Any]]:
     if not isinstance(rows, list):
         raise ConfigError(f"{path.name}: expected a list of rows")
     for i, r in enumerate(rows):
-        for key in ("id", "group", "kind", "source", "tier", "measured", "config"):
+        for key in ("id", "group", "kind", "source", "tier", "measured", "config", "origin"):
             if key not in r:
                 raise ConfigError(f"{path.name} row {i} ({r.get('id', '?')}): missing field {key!r}")
         if r["kind"] not in PREDICTORS:
@@ -72,10 +76,15 @@ def load_rows(path: Path = ROWS_FILE) -> list[dict[str, Any]]:
 
 
 class Evaluator:
-    """Evaluates rows, caching composed configs, built step models and discrete-event runs."""
+    """Evaluates rows, caching composed configs, built step models and discrete-event runs.
 
-    def __init__(self) -> None:
-        self._maps: dict[tuple[str, ...], dict[str, Any]] = {}
+    ``engine_values`` (engine preset name -> {field: value}) replaces fields of those engine
+    profiles (what a fit tries); ``maps`` shares composed configs between evaluators."""
+
+    def __init__(self, engine_values: dict[str, dict[str, float]] | None = None,
+                 maps: dict[tuple[str, ...], dict[str, Any]] | None = None) -> None:
+        self._maps: dict[tuple[str, ...], dict[str, Any]] = {} if maps is None else maps
+        self._engine_values = engine_values or {}
         self._models: dict[tuple[str, ...], StepModel] = {}
         self._runs: dict[tuple, dict[str, Any]] = {}
         self._isl: dict[str, float] = {}
@@ -84,7 +93,10 @@ class Evaluator:
         key = tuple(overrides)
         if key not in self._maps:
             self._maps[key] = compose_config(list(overrides))
-        return self._maps[key]
+        values = self._engine_values.get(self._maps[key]["engine"]["name"])
+        if not values:
+            return self._maps[key]
+        return {**self._maps[key], "engine": {**self._maps[key]["engine"], **values}}
 
     def model(self, overrides: list[str]) -> StepModel:
         key = tuple(overrides)
@@ -123,7 +135,9 @@ def _decode_ms(ev: Evaluator, cfg: list[str], p: dict, row: dict) -> float:
 
 def _ttft_ms(ev: Evaluator, cfg: list[str], p: dict, row: dict) -> float:
     m = ev.model(cfg)
-    return m.predictor.step(BatchShape.prefill(int(p["prompt_len"]))).total_s * 1e3
+    # one prefill step, plus the engine's per-request front-end time (HTTP, tokenisation)
+    return (m.predictor.step(BatchShape.prefill(int(p["prompt_len"]))).total_s
+            + m.cfg.engine.request_overhead_us * 1e-6) * 1e3
 
 
 def _itl_ms(ev: Evaluator, cfg: list[str], p: dict, row: dict) -> float:
@@ -146,10 +160,12 @@ def _offline_tok_s(ev: Evaluator, cfg: list[str], p: dict, row: dict) -> float:
     return best * replicas
 
 
-def _server(ev: Evaluator, cfg: list[str], p: dict, row: dict) -> float:
+def _server_run(ev: Evaluator, cfg: list[str], p: dict) -> dict[str, Any]:
+    """Summary of a discrete-event run of Poisson arrivals at ``p['rate_per_s']`` (remembered)."""
     from sim.app import run
 
-    key = (tuple(cfg), tuple(sorted(p.items())))
+    keep = ("rate_per_s", "isl", "osl", "requests", "seed")
+    key = (tuple(cfg), tuple((k, p[k]) for k in keep if k in p))
     if key not in ev._runs:
         overrides = list(cfg) + [
             "workload=synthetic", f"workload.rate_per_s={p['rate_per_s']}", "workload.arrival=poisson",
@@ -158,8 +174,12 @@ def _server(ev: Evaluator, cfg: list[str], p: dict, row: dict) -> float:
             "output.progress=never", "output.write_parquet=false"]
         with tempfile.TemporaryDirectory() as tmp:
             ev._runs[key] = run(ev.config(overrides), tmp)
+    return ev._runs[key]
+
+
+def _server(ev: Evaluator, cfg: list[str], p: dict, row: dict) -> float:
     group, stat = row["metric"].split(".")
-    return float(ev._runs[key][group][stat])
+    return float(_server_run(ev, cfg, p)[group][stat])
 
 
 def _allreduce_us(ev: Evaluator, cfg: list[str], p: dict, row: dict) -> float:
@@ -185,8 +205,9 @@ def _spec_speedup(ev: Evaluator, cfg: list[str], p: dict, row: dict) -> float:
     a = acceptance_for(float(p["tau"]), gamma)
     batch = [{"size": 1, "context_len": int(p.get("context_len", 512))}]
     base = steptime_predict(ev.config([c for c in cfg if not c.startswith("speculative")]), batch)[0]
+    tree = [f"speculative.tree_tokens={int(p['tree_tokens'])}"] if p.get("tree_tokens") else []
     spec = steptime_predict(ev.config(list(cfg) + [f"speculative.acceptance={a}",
-                                                   f"speculative.num_tokens={gamma}"]), batch)[0]
+                                                   f"speculative.num_tokens={gamma}", *tree]), batch)[0]
     return base["time_per_token_s"] / spec["time_per_token_s"]
 
 
@@ -204,32 +225,52 @@ def engine_of(cfg: list[str]) -> str:
 
 def published_table(rows: list[dict[str, Any]] | None = None, groups: set[str] | None = None,
                     evaluator: Evaluator | None = None) -> pa.Table:
-    """One row per published number: config, measured, predicted, relative error."""
+    """One row per published number: config, measured, predicted, relative error; for a row
+    the serving-engine fit used (``role: fit``), also its prediction by the fit that left its
+    source out (``held_out_*``; a predicted row's are its own)."""
+    from sim.tools.validation.engine_overheads import leave_one_source_out
+
     rows = load_rows() if rows is None else rows
     ev = evaluator or Evaluator()
     by_id = {r["id"]: r for r in rows}
+    wanted = [r for r in rows if not groups or r["group"] in groups]
+    held = leave_one_source_out(rows, ev._maps) if any(r.get("role") == "fit" for r in wanted) else {}
     out: dict[str, list] = {k: [] for k in COLUMNS}
-    for r in rows:
-        if groups and r["group"] not in groups:
-            continue
+    for r in wanted:
         pred = ev.predict(r, by_id)
-        values = {"id": r["id"], "group": r["group"], "kind": r["kind"], "metric": r.get("metric", r["kind"]),
+        measured = float(r["measured"])
+        alone = held.get(r["id"], pred)
+        values = {"id": r["id"], "group": r["group"], "origin": r["origin"], "role": r.get("role", "predicted"),
+                  "kind": r["kind"], "metric": r.get("metric", r["kind"]),
                   "unit": UNITS[r["kind"]], "engine": engine_of(r["config"]), "config": " ".join(r["config"]),
                   "assumption": r.get("assumption", ""), "source": r["source"], "tier": r["tier"],
-                  "measured": float(r["measured"]), "predicted": pred, "error": pred / float(r["measured"]) - 1.0}
+                  "measured": measured, "predicted": pred, "error": pred / measured - 1.0,
+                  "held_out_predicted": alone, "held_out_error": alone / measured - 1.0}
         for k in COLUMNS:
             out[k].append(values[k])
     return pa.table(out)
 
 
-def group_summary(table: pa.Table) -> dict[str, dict[str, float]]:
-    """Median and worst absolute error per group and over all published rows."""
+def group_summary(table: pa.Table) -> dict[str, dict[str, Any]]:
+    """Median and worst absolute error per group and over all published rows; over the rows
+    the serving-engine fit used (in sample), over those it did not (predicted), and over
+    every row with each fitted row predicted by the fit that left its source out
+    (``held_out_median_abs_error``)."""
     d = table.to_pydict()
-    groups: dict[str, list[float]] = {}
-    for g, e in zip(d["group"], d["error"]):
-        groups.setdefault(g, []).append(abs(e))
-        groups.setdefault("all", []).append(abs(e))
-    return {g: {"rows": len(v), "median_abs_error": float(np.median(v)), "worst_abs_error": float(np.max(v))}
+    groups: dict[str, list[tuple[float, float, str]]] = {}
+    for g, e, h, role in zip(d["group"], d["error"], d["held_out_error"], d["role"]):
+        for key in (g, "all"):
+            groups.setdefault(key, []).append((abs(e), abs(h), role))
+
+    def median(v: list[float]) -> float | None:
+        return float(np.median(v)) if v else None
+
+    return {g: {"rows": len(v), "median_abs_error": float(np.median([e for e, _, _ in v])),
+                "worst_abs_error": float(np.max([e for e, _, _ in v])),
+                "fitted_rows": sum(role == "fit" for _, _, role in v),
+                "fitted_median_abs_error": median([e for e, _, role in v if role == "fit"]),
+                "predicted_median_abs_error": median([e for e, _, role in v if role != "fit"]),
+                "held_out_median_abs_error": median([h for _, h, _ in v])}
             for g, v in groups.items()}
 
 
@@ -237,15 +278,25 @@ def markdown(table: pa.Table, summary: dict[str, dict[str, float]]) -> str:
     d = table.to_pydict()
     lines = ["# Validation against published numbers", "",
              "Rows: `sim/tools/validation/published_rows.yaml` (sources in `shared/reference/published_numbers.md` beside the repository).", "",
-             "| group | rows | median abs error | worst abs error |", "|---|---|---|---|"]
+             "Rows marked `fit` fitted the serving-engine profiles' overheads "
+             "(`sim/tools/validation/engine_overheads.py`); every other row is a prediction. *Held out*: "
+             "each fitted row predicted instead by the fit that left its source out.", "",
+             "| group | rows | median abs error | worst abs error | fitted rows (median, in sample) | "
+             "predicted rows median | held-out median |", "|---|---|---|---|---|---|---|"]
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1%}"
+
     for g, s in summary.items():
-        lines.append(f"| {g} | {s['rows']} | {s['median_abs_error']:.1%} | {s['worst_abs_error']:.1%} |")
-    lines += ["", "| row | metric | engine | config | measured | predicted | error | source (tier) |",
-              "|---|---|---|---|---|---|---|---|"]
+        lines.append(f"| {g} | {s['rows']} | {s['median_abs_error']:.1%} | {s['worst_abs_error']:.1%} | "
+                     f"{s['fitted_rows']} ({pct(s['fitted_median_abs_error'])}) | "
+                     f"{pct(s['predicted_median_abs_error'])} | {pct(s['held_out_median_abs_error'])} |")
+    lines += ["", "| row | role | metric | engine | config | measured | predicted | error | held-out error | source (tier) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for i in range(table.num_rows):
-        lines.append(f"| {d['id'][i]} | {d['metric'][i]} ({d['unit'][i]}) | {d['engine'][i]} | `{d['config'][i]}` | "
-                     f"{d['measured'][i]:.4g} | {d['predicted'][i]:.4g} | {d['error'][i]:+.1%} | "
-                     f"{d['source'][i]} ({d['tier'][i]}) |")
+        lines.append(f"| {d['id'][i]} | {d['role'][i]} | {d['metric'][i]} ({d['unit'][i]}) | {d['engine'][i]} | "
+                     f"`{d['config'][i]}` | {d['measured'][i]:.4g} | {d['predicted'][i]:.4g} | {d['error'][i]:+.1%} | "
+                     f"{d['held_out_error'][i]:+.1%} | {d['source'][i]} ({d['tier'][i]}) |")
     notes = sorted({a for a in d["assumption"] if a})
     if notes:
         lines += ["", "Assumptions:", ""] + [f"- {a}" for a in notes]
