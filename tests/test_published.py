@@ -45,7 +45,7 @@ def test_every_row_is_evaluated_with_its_engine_and_source(table):
     d = table.to_pydict()
     for i in range(table.num_rows):
         assert math.isfinite(d["predicted"][i]) and d["predicted"][i] > 0, d["id"][i]
-        assert d["engine"][i] in ("optimized", "pytorch_cudagraph", "pytorch_eager", "vllm", "sglang", "trtllm"), d["id"][i]
+        assert d["engine"][i] in ("optimized", "pytorch_cudagraph", "pytorch_eager", "vllm", "sglang", "trtllm", "hf_eager"), d["id"][i]
         assert d["role"][i] in ("fit", "predicted") and d["origin"][i]
         if d["role"][i] == "predicted":
             assert d["held_out_error"][i] == d["error"][i]

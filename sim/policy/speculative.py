@@ -21,6 +21,8 @@ Modelling assumptions (physics.md section 3):
 * drafting precedes verification and runs ``gamma`` sequential draft-model steps (a separate
   draft model, ``method=draft``, on the target's GPUs or its own), or ``gamma`` passes of a
   one-layer draft head on the target's GPUs (``method=self``, EAGLE/MTP-like);
+* a Python-driven loop (the engine's ``speculative_pass_overhead_us`` and
+  ``speculative_level_overhead_us``) adds host time to every pass, counted with the draft;
 * ``num_tokens: auto`` picks, per step, the ``gamma`` that maximises expected tokens per second
   for the current batch (backing off as batches grow and verification gets expensive);
 * ``tree_tokens`` (Medusa, EAGLE, Hydra): the drafts form a tree of ``gamma`` levels whose
@@ -229,7 +231,14 @@ class SpeculativeDecoder:
             total = total + rest.scaled(gamma - 1)
         if gamma > 0 and decode_ctx and self.handoff_s:
             total = total + StepTime(network_s=2.0 * self.handoff_s)
+        if gamma > 0 and decode_ctx:
+            total = total + StepTime(fixed_s=self.loop_s(gamma))
         return total
+
+    def loop_s(self, gamma: int) -> float:
+        """Host time of the speculative loop around one pass of ``gamma`` drafted levels."""
+        e = self.target.engine
+        return (e.speculative_pass_overhead_us + gamma * e.speculative_level_overhead_us) * 1e-6
 
     def pass_time(self, batch, context: float, gamma: int):
         """StepTime of one steady decode pass: ``gamma`` draft steps plus verifying ``gamma+1``
@@ -246,7 +255,7 @@ class SpeculativeDecoder:
         w = self.cfg.width        # tokens per sequence of one draft pass (a tree level)
         one = BatchShape(b, b * w, b * (context + w), b * w * (context + (w + 1) / 2.0), b * w, b * np.ceil(w / 64))
         draft = self.draft.step(one).scaled(gamma)
-        handoff = StepTime(network_s=2.0 * self.handoff_s)
+        handoff = StepTime(network_s=2.0 * self.handoff_s, fixed_s=self.loop_s(gamma))
         return verify + draft + handoff
 
     def gamma_for(self, n_decode: int, mean_context: float) -> int:

@@ -38,6 +38,12 @@ Modelling assumptions (see ``docs``/README "Step-time model"):
   kernels per layer (dynamic activation quantisation before each quantised matmul group: it
   reads the 16-bit activations and writes the 8-bit copy, ``low_precision_bytes_per_input``
   bytes per input element, and pays a kernel boundary);
+* a speculative pass driven from Python (Hugging Face-style loops: candidate and tree
+  bookkeeping, the acceptance check, compacting the accepted tokens' KV, updating the inputs)
+  costs ``speculative_pass_overhead_us`` of host time per verification pass plus
+  ``speculative_level_overhead_us`` per drafted level (top-k and tree expansion between draft
+  forwards), beyond the draft and verification forwards themselves; engines that capture the
+  loop in CUDA graphs leave both at 0;
 * ``allreduce_algorithm=custom`` is vLLM's (and SGLang's) custom all-reduce
   (``csrc/custom_all_reduce.cuh``): inside one NVLink domain, one-shot (every rank reads every
   peer's whole buffer) for 2 ranks, for up to 4 ranks below 512 KB and up to 8 below 256 KB,
@@ -74,6 +80,9 @@ class EngineProfile:
     step_overhead_us_per_tp_rank: float = 0.0
     request_overhead_us: float = 0.0
     low_precision_kernels_per_layer: float = 0.0
+    # Host time of a Python-driven speculative loop: per verification pass and per drafted level.
+    speculative_pass_overhead_us: float = 0.0
+    speculative_level_overhead_us: float = 0.0
     low_precision_bytes_per_input: float = 3.0
     attention_ctas_per_sm: float = 2.0
     attention_kv_split_tokens: float = 0.0
@@ -110,6 +119,7 @@ class EngineProfile:
                 f"engine.p2p_link_efficiency={self.p2p_link_efficiency!r} must be in (0, 1]: a fraction of the link bandwidth")
         for f in ("kernels_per_layer", "kernels_per_step", "kernel_overhead_us", "host_launch_us", "step_overhead_us",
                   "step_overhead_us_per_sequence", "step_overhead_us_per_tp_rank", "request_overhead_us",
+                  "speculative_pass_overhead_us", "speculative_level_overhead_us",
                   "low_precision_kernels_per_layer", "low_precision_bytes_per_input", "collective_software_us", "activation_reserve_GB", "elementwise_bytes_per_hidden",
                   "elementwise_bytes_per_qk", "elementwise_bytes_per_ffn", "oneshot_max_bytes"):
             v = getattr(self, f)

@@ -15,7 +15,9 @@ rows and which parameters (:data:`FITTED`):
 * ``trtllm``: ``step_overhead_us``, ``request_overhead_us`` and
   ``low_precision_compute_efficiency`` on the NIM Llama-3.3-70B TP2 rows (ITL at five
   concurrencies, TTFT of two prompts) and the TensorRT-LLM v1.0 Llama-3.1-8B throughput rows;
-  TensorRT-LLM v0.5 TTFT, its 70B throughput rows, MLPerf and the H200 blog row are predicted.
+  TensorRT-LLM v0.5 TTFT, its 70B throughput rows, MLPerf and the H200 blog row are predicted;
+* ``hf_eager``: the speculative loop's host time per pass and per drafted level on the
+  Spec-Bench Vicuna-7B rows (SpS, Medusa, Hydra, EAGLE); the Vicuna-13B rows are predicted.
   (A per-sequence host cost fitted too came out at 2 us and, fitted on NIM alone, mispredicted
   the 8B throughput rows by up to 57 %: the rows do not identify it, so it stays 0.)
 
@@ -38,11 +40,14 @@ FITTED: dict[str, dict[str, tuple[float, float]]] = {
     "sglang": {"step_overhead_us": (0.0, 20000.0), "p2p_link_efficiency": (0.02, 1.0)},
     "trtllm": {"step_overhead_us": (0.0, 20000.0), "request_overhead_us": (0.0, 50000.0),
                "low_precision_compute_efficiency": (0.2, 1.0)},
+    "hf_eager": {"speculative_pass_overhead_us": (0.0, 50000.0), "speculative_level_overhead_us": (0.0, 20000.0)},
 }
 
 
 #: the profile the serving engines build on (their YAML's ``defaults``): the fit's start
 BASE = "optimized"
+#: what each fitted profile builds on, where not :data:`BASE`
+BASES = {"hf_eager": "pytorch_eager"}
 
 
 def fit_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -53,7 +58,7 @@ def fit_engines(rows: list[dict[str, Any]], maps: dict | None = None,
                 without_origin: str | None = None) -> dict[str, dict[str, float]]:
     """Fitted values per engine, from the ``role: fit`` rows (less those of ``without_origin``).
 
-    Every fit starts from the :data:`BASE` profile's values (never from the YAML it writes); an
+    Every fit starts from the values of the profile the engine builds on (:data:`BASE`, :data:`BASES`) (never from the YAML it writes); an
     engine none of whose fitted rows remain keeps them (what is known without its rows)."""
     from scipy.optimize import least_squares
 
@@ -64,7 +69,7 @@ def fit_engines(rows: list[dict[str, Any]], maps: dict | None = None,
     for engine, bounds in FITTED.items():
         mine = [r for r in chosen if engine_of(r["config"]) == engine]
         names = list(bounds)
-        start = load_engine(BASE)
+        start = load_engine(BASES.get(engine, BASE))
         lo = np.array([bounds[p][0] for p in names])
         hi = np.array([bounds[p][1] for p in names])
         x0 = np.clip(np.array([float(getattr(start, p)) for p in names]), lo + 1e-9, hi - 1e-9)
