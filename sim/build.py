@@ -260,12 +260,16 @@ def make_speculative(cfg: RunConfig, fabric: Fabric, target: StepTimePredictor, 
     s = cfg.speculative
     if s.method == "none":
         return SpeculativeDecoder(s, target, None)
+    # a draft forward runs inside the step: the host's per-step, per-worker and per-sequence
+    # time is the step's (charged once, by the target), not each draft forward's
+    engine = replace(cfg.engine, step_overhead_us=0.0, step_overhead_us_per_sequence=0.0,
+                     step_overhead_us_per_tp_rank=0.0)
     if s.method == "self":
         # EAGLE/MTP-like draft head: ``draft_layers`` decoder layers of the target's shape plus
         # the LM head, sharded like the target on its GPUs.
         head = replace(cfg.model, name=f"{cfg.model.name}_draft_head", num_hidden_layers=s.draft_layers,
                        first_k_dense_replace=min(cfg.model.first_k_dense_replace, s.draft_layers))
-        draft = StepTimePredictor(head, cfg.hardware, cfg.engine, cfg.precision, target.tp, 1, target.comm[0])
+        draft = StepTimePredictor(head, cfg.hardware, engine, cfg.precision, target.tp, 1, target.comm[0])
         return SpeculativeDecoder(s, target, draft)
     draft_model = load_model(s.draft_model)  # type: ignore[arg-type]
     if s.placement == "same":
@@ -274,11 +278,11 @@ def make_speculative(cfg: RunConfig, fabric: Fabric, target: StepTimePredictor, 
         tp = max(t for t in range(1, min(s.draft_tp or target.tp, target.tp) + 1)
                  if target.tp % t == 0 and shardable(draft_model, t))
         group = stage_gpus[0][:tp]
-        draft = StepTimePredictor(draft_model, cfg.hardware, cfg.engine, cfg.precision, tp, 1,
+        draft = StepTimePredictor(draft_model, cfg.hardware, engine, cfg.precision, tp, 1,
                                   {"tp": fabric.group(group)} if tp > 1 else None)
         return SpeculativeDecoder(s, target, draft)
     comm = {"tp": fabric.group(own_gpus)} if len(own_gpus) > 1 else None
-    draft = StepTimePredictor(draft_model, cfg.hardware, cfg.engine, cfg.precision, s.draft_tp or 1, 1, comm)
+    draft = StepTimePredictor(draft_model, cfg.hardware, engine, cfg.precision, s.draft_tp or 1, 1, comm)
     handoff = fabric.send_s(stage_gpus[0][0], own_gpus[0], 64.0)
     return SpeculativeDecoder(s, target, draft, handoff)
 
@@ -532,8 +536,10 @@ def build_simulation(cfg: RunConfig, plan: ClusterPlan, table: workloads.Request
         swap = cfg.scheduler.preemption == "swap"
         host_blocks = int(cfg.scheduler.swap_space_GB * 1e9 // block_bytes) if swap else 0
         counts = (cluster.kv.decode_router.generated, i - prefill_count) if decodes and cluster.kv else (cluster.router.generated, i)
+        step_s = (lambda b, predictor=rp.predictor: predictor.step(b).total_s) \
+            if cfg.scheduler.step_time_budget_s is not None else None
         batcher = ContinuousBatcher(cfg.scheduler, pool, requests, table.prefix_block_ids, host_blocks, counts,
-                                    hands_off=disagg and not decodes)
+                                    hands_off=disagg and not decodes, step_s=step_s)
         hw = groups[rp.group].hardware
         swap_s = partial(swap_time_s, block_bytes_per_gpu=block_bytes, layers=max(rp.predictor.stage_layers),
                          latency_s=hw.pcie_latency_us * 1e-6, bandwidth_Bps=hw.pcie_bandwidth_GBps * 1e9) if swap else None

@@ -46,7 +46,7 @@ def test_every_row_is_evaluated_with_its_engine_and_source(table):
     for i in range(table.num_rows):
         assert math.isfinite(d["predicted"][i]) and d["predicted"][i] > 0, d["id"][i]
         assert d["engine"][i] in ("optimized", "pytorch_cudagraph", "pytorch_eager", "vllm", "sglang", "trtllm", "hf_eager"), d["id"][i]
-        assert d["role"][i] in ("fit", "predicted") and d["origin"][i]
+        assert d["role"][i] in ("fit", "fit_workload", "predicted") and d["origin"][i]
         if d["role"][i] == "predicted":
             assert d["held_out_error"][i] == d["error"][i]
         assert d["source"][i] and d["tier"][i] in ("A", "B")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +17,7 @@ import pyarrow.parquet as pq
 
 from sim.app import run
 from sim.config.compose import compose_config
+from sim.errors import ConfigError
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -25,9 +27,9 @@ from sim.config.compose import compose_config
                                "prefix_aware"]),
        dp=st.integers(1, 3), pp=st.sampled_from([1, 2]), speculative=st.booleans(),
        util=st.sampled_from([0.3, 0.9]), n=st.integers(5, 60), rate=st.sampled_from([0.5, 2.0]),
-       fast_forward=st.booleans())
+       fast_forward=st.booleans(), budget=st.sampled_from([None, 0.05]))
 def test_scheduler_options_compose(policy, preemption, caching, chunked, block, router, dp, pp, speculative,
-                                   util, n, rate, fast_forward):
+                                   util, n, rate, fast_forward, budget):
     if router == "prefix_aware":
         caching = True
     over = ["workload=mooncake_synthetic", f"workload.max_requests={n}", f"workload.rate_scale={rate}",
@@ -38,6 +40,8 @@ def test_scheduler_options_compose(policy, preemption, caching, chunked, block, 
             f"sim.fast_forward={str(fast_forward).lower()}", "output.progress=never", "debug.check_invariants=true"]
     if speculative:
         over.append("speculative=self")
+    if budget is not None:
+        over.append(f"scheduler.step_time_budget_s={budget}")
     with tempfile.TemporaryDirectory() as d:
         summary = run(compose_config(over), Path(d))
         req = pq.read_table(Path(d) / "requests.parquet").to_pydict()
@@ -53,3 +57,42 @@ def test_scheduler_options_compose(policy, preemption, caching, chunked, block, 
     if preemption == "swap":
         s = summary["swap"]
         assert s["swapped_out"] + s["recomputed"] == summary["requests"]["preemptions"]
+
+
+def test_step_time_budget_caps_prompt_tokens_joining_decodes():
+    """``scheduler.step_time_budget_s``: with a step cost of 1 ms per token and a 40 ms budget,
+    prompt chunks join the decodes only up to 40 tokens in all; a step of decodes alone (or a
+    first chunk with nothing else to run) is never held back."""
+    import numpy as np
+
+    from sim.policy.batching import ContinuousBatcher, SchedulerConfig
+    from sim.policy.kv_cache import KVBlockPool
+    from sim.policy.requests import RequestStore
+
+    cfg = SchedulerConfig(max_tokens_per_step=512, step_time_budget_s=0.04)
+    prompt, output = np.array([100, 100, 100]), np.array([5, 5, 5])
+    b = ContinuousBatcher(cfg, KVBlockPool(1000, 16), RequestStore.of(np.zeros(3), prompt, output),
+                          step_s=lambda shape: 1e-3 * shape.new_tokens)
+    for r in range(3):
+        b.add(r)
+    first = b.plan()
+    assert [w.new_tokens for w in first.work] == [100]          # alone: never held back
+    b.complete(first)
+    second = b.plan()
+    assert second.batch.new_tokens == 40 and second.work[0].new_tokens == 1   # 1 decode + 39 prompt tokens
+    with pytest.raises(ConfigError, match="step-time model"):
+        ContinuousBatcher(cfg, KVBlockPool(10, 16), RequestStore.of(np.zeros(1), prompt[:1], output[:1]))
+    with pytest.raises(ConfigError, match="scheduler.step_time_budget_s"):
+        SchedulerConfig(step_time_budget_s=0)
+
+
+def test_step_time_budget_trades_ttft_for_tpot_in_a_run():
+    base = ["workload=synthetic", "workload.max_requests=300", "workload.rate_per_s=40", "workload.prompt_tokens=2000",
+            "workload.output_tokens=100", "model=llama3_8b", "parallel.tp=1", "scheduler.max_tokens_per_step=8192",
+            "output.progress=never", "output.write_parquet=false", "debug.check_invariants=true"]
+    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+        free = run(compose_config(base), Path(a))
+        capped = run(compose_config(base + ["scheduler.step_time_budget_s=0.03"]), Path(b))
+    assert capped["requests"]["completed"] == free["requests"]["completed"] == 300
+    assert capped["tpot_s"]["p99"] < free["tpot_s"]["p99"]
+    assert capped["ttft_s"]["mean"] > free["ttft_s"]["mean"]

@@ -160,8 +160,9 @@ def test_output_tokens_exact_under_speculation(tmp_path_factory, seed, gamma, a,
 
 
 def test_tree_verification_prices_its_tokens(tmp_path):
-    """A draft tree verifies ``tree_tokens`` per sequence and drafts a level of
-    ``(tree_tokens - 1) / gamma`` tokens per pass; the simulator agrees with the analytic pass."""
+    """A draft tree verifies ``tree_tokens`` per sequence; its first draft pass reads the last
+    token and each later one a level of ``(tree_tokens - 1) / gamma`` tokens; the simulator
+    agrees with the analytic pass."""
     from sim.spec.batch import BatchShape
 
     cfg = SpeculativeConfig(method="self", num_tokens=5, tree_tokens=26)
@@ -172,8 +173,9 @@ def test_tree_verification_prices_its_tokens(tmp_path):
     model = analytic_model(parse_config(compose_config(extra)))
     spec = model.speculative(Split(1))
     verify = spec.target.step(BatchShape.from_sequences(np.full(8, 700), np.full(8, 26), np.full(8, 26)))
+    first = spec.draft.step(BatchShape.from_sequences(np.full(8, 700), np.full(8, 1)))
     level = spec.draft.step(BatchShape.from_sequences(np.full(8, 700), np.full(8, 5)))
-    expect = verify.total_s + 5 * level.total_s
+    expect = verify.total_s + first.total_s + 4 * level.total_s
     assert float(spec.pass_time(8, 700, 5).total_s) == pytest.approx(expect, rel=1e-9)
     chain = analytic_model(parse_config(compose_config(extra[:2] + extra[3:]))).speculative(Split(1))
     assert float(spec.pass_time(8, 700, 5).total_s) > float(chain.pass_time(8, 700, 5).total_s)

@@ -19,7 +19,9 @@ def preset_names(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
     return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
 
 
-def load_preset(group: str, name: str, conf_dir: Path = CONF_DIR) -> dict[str, Any]:
+def load_preset(group: str, name: str, conf_dir: Path = CONF_DIR, _chain: tuple[str, ...] = ()) -> dict[str, Any]:
+    if name in _chain:
+        raise ConfigError(f"{group}={_chain[0]!r}: its defaults loop back to {name!r} ({' -> '.join(_chain + (name,))})")
     path = conf_dir / group / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"{group}={name!r} is not a known preset; allowed: {preset_names(group, conf_dir)}")
@@ -33,7 +35,7 @@ def load_preset(group: str, name: str, conf_dir: Path = CONF_DIR) -> dict[str, A
         if base == "_self_":
             merged = OmegaConf.merge(merged, raw)
         elif isinstance(base, str) and base != name:
-            merged = OmegaConf.merge(merged, load_preset(group, base, conf_dir))
+            merged = OmegaConf.merge(merged, load_preset(group, base, conf_dir, _chain + (name,)))
         else:
             raise ConfigError(f"{group}={name!r}: defaults entry {base!r} must name another {group} preset")
     data = OmegaConf.to_container(merged, resolve=True)

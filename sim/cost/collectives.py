@@ -162,6 +162,10 @@ def nccl_model_s(kind: str, n: int, ranks_per_node: int, nodes: int, nbytes, ban
     return best
 
 
+#: vLLM runs its custom all-reduce on 2, 4, 6 or 8 GPUs of one NVLink domain; more use NCCL
+CUSTOM_MAX_RANKS = 8
+
+
 def custom_allreduce_stages(n: int, nbytes: float) -> str:
     """vLLM's choice between its one-stage and two-stage custom all-reduce kernels
     (``csrc/custom_all_reduce.cuh``, fully NVLink-connected GPUs): one-shot for 2 ranks, for
@@ -201,9 +205,9 @@ class GroupCollectives:
     rank r+k+1. ``oneshot_ok`` says whether the group shares one switch domain where
     engines use one-shot all-reduce kernels; ``algorithm`` is ``ring``, ``oneshot`` or
     ``auto`` (one-shot up to ``oneshot_max_bytes``, ring above) or ``custom`` (vLLM's custom
-    all-reduce: one-shot or two-shot by :func:`custom_allreduce_stages`, ring above
-    ``oneshot_max_bytes``; its peer-memory routes are ``oneshot_paths`` at the achieved P2P
-    bandwidth).
+    all-reduce: one-shot or two-shot by :func:`custom_allreduce_stages`, the ring above
+    ``oneshot_max_bytes`` or :data:`CUSTOM_MAX_RANKS` ranks; its
+    peer-memory routes are ``oneshot_paths`` at the achieved P2P bandwidth).
 
     ``hop_us`` (optional) gives ``nccl_model`` the fabric's own per-hop latencies (see
     :func:`nccl_model_s`).
@@ -271,7 +275,9 @@ class GroupCollectives:
             return "oneshot"
         if nbytes > self.oneshot_max_bytes:
             return "ring"
-        return custom_allreduce_stages(self.n, nbytes) if self.algorithm == "custom" else "oneshot"
+        if self.algorithm != "custom":
+            return "oneshot"
+        return "ring" if self.n > CUSTOM_MAX_RANKS else custom_allreduce_stages(self.n, nbytes)
 
     def _peer_exchange_s(self, nbytes):
         """One-shot (whole buffer to every peer) or two-shot (``1/n`` of it to every peer, twice:
@@ -302,6 +308,8 @@ class GroupCollectives:
             return ring + self.software_s
         if self.algorithm == "oneshot":
             return oneshot_schedule_s(self.oneshot_paths, nbytes) + self.software_s
+        if self.algorithm == "custom" and self.n > CUSTOM_MAX_RANKS:
+            return ring + self.software_s
         return np.where(nbytes <= self.oneshot_max_bytes, self._peer_exchange_s(nbytes), ring) + self.software_s
 
     def _timed(self, kind: str, nbytes, scalar_s, array_s):

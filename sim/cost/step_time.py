@@ -201,8 +201,9 @@ class StepTimePredictor:
         low = precision.compute_format in ("fp8", "int8", "fp4") and engine.low_precision_kernels_per_layer > 0
         self._quant_kernels = engine.low_precision_kernels_per_layer if low else 0.0
         self._quant_bytes = engine.low_precision_bytes_per_input if low else 0.0
-        # host time of a step outside the model: per step (first stage only) and per sequence
-        self._host_step_s = engine.step_overhead_us_per_tp_rank * (tp - 1) * 1e-6
+        # host time of a step outside the model, paid once (by the first stage): per step, per
+        # tensor-parallel worker beyond the first, per sequence
+        self._host_step_s = (engine.step_overhead_us + engine.step_overhead_us_per_tp_rank * (tp - 1)) * 1e-6
         self._host_seq_s = engine.step_overhead_us_per_sequence * 1e-6
         self._peak_attn = hardware.peak_flops("bf16")
         self._bw = hardware.hbm_bandwidth_Bps * engine.hbm_efficiency
@@ -292,7 +293,9 @@ class StepTimePredictor:
         w = k * n if weight_elems is None else weight_elems
         fl = 2.0 * tokens * k * n if flops is None else flops
         t_c = fl / self._matmul_rate
-        t_m = (w * self.precision.weight_bytes + tokens * (k + n) * ab + tokens * k * self._quant_bytes) / self._bw
+        # with a quantisation kernel the matmul reads its 8-bit copy of the input, not the 16-bit one
+        in_bytes = self.precision.weight_bytes if self._quant_bytes else ab
+        t_m = (w * self.precision.weight_bytes + tokens * (k * in_bytes + n * ab) + tokens * k * self._quant_bytes) / self._bw
         return soft_roofline(t_c, t_m, e.roofline_sharpness)
 
     def _attention(self, b: BatchShape) -> tuple[Any, Any]:
@@ -401,7 +404,7 @@ class StepTimePredictor:
             if sharded:
                 post.append(Collective("allgather", head_tokens * m.vocab_size / self.tp * act))
         kernels = layers * (e.kernels_per_layer + self._quant_kernels) + e.kernels_per_step
-        fixed = kernels * e.kernel_overhead_us * 1e-6 + e.step_overhead_us * 1e-6
+        fixed = kernels * e.kernel_overhead_us * 1e-6   # the host's per-step time: stage 0 (stage_work)
         host = kernels * e.host_launch_us * 1e-6
         per_layer: tuple[Collective, ...] = ()
         collective_layers = None

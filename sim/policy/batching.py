@@ -42,6 +42,9 @@ class SchedulerConfig:
     prefix_caching: bool = False     # reuse cached prompt prefixes (the trace's prefix block ids) across requests
     preemption: str = "recompute"    # recompute | swap (KV copied to host memory over PCIe and back)
     swap_space_GB: float = 4.0       # host memory per GPU for swapped KV, 1e9-byte GB (vLLM's default is 4 GiB)
+    # TPOT budget: prompt tokens join a step only while its predicted time stays within it
+    # (batching up to the TPOT limit, as MLPerf Server submissions tune it; null: tokens only)
+    step_time_budget_s: float | None = None
 
     def context_limit(self, model_max_positions: int) -> int | None:
         """Longest prompt + output a request may have (None: only the KV cache limits it)."""
@@ -58,6 +61,10 @@ class SchedulerConfig:
                 f"scheduler.preemption={self.preemption!r} is not one of ['recompute', 'swap']")
         require(isinstance(self.swap_space_GB, (int, float)) and not isinstance(self.swap_space_GB, bool)
                 and self.swap_space_GB >= 0, f"scheduler.swap_space_GB={self.swap_space_GB!r} must be a number >= 0")
+        require(self.step_time_budget_s is None or (isinstance(self.step_time_budget_s, (int, float))
+                                                    and not isinstance(self.step_time_budget_s, bool)
+                                                    and self.step_time_budget_s > 0),
+                f"scheduler.step_time_budget_s={self.step_time_budget_s!r} must be null or a number of seconds > 0")
         require(isinstance(self.prefix_caching, bool),
                 f"scheduler.prefix_caching={self.prefix_caching!r} must be true or false")
         require(self.max_model_len is None or self.max_model_len == "model"
@@ -130,14 +137,20 @@ class ContinuousBatcher:
 
     def __init__(self, config: SchedulerConfig, pool: KVBlockPool, requests: RequestStore,
                  prefix_ids: Sequence[np.ndarray] | None = None, host_blocks: int = 0,
-                 generated_out: tuple[list[int], int] | None = None, hands_off: bool = False) -> None:
+                 generated_out: tuple[list[int], int] | None = None, hands_off: bool = False,
+                 step_s: Callable[[BatchShape], float] | None = None) -> None:
         """``prefix_ids``: with prefix caching, each request's prompt unit ids, by request id;
         ``host_blocks``: KV blocks host memory holds for swapped requests (preemption=swap);
         ``generated_out``: ``(counts, k)``: keep ``counts[k]`` equal to the output tokens the
         requests in flight here have generated so far (what a router may read);
         ``hands_off``: a prefill pool's replica (disaggregated serving): a request that has
-        sampled its first token leaves the batch, its KV blocks held until :meth:`release`."""
+        sampled its first token leaves the batch, its KV blocks held until :meth:`release`;
+        ``step_s``: the replica's predicted step time for a batch (needed by
+        ``scheduler.step_time_budget_s``)."""
         self.config = config
+        require(config.step_time_budget_s is None or step_s is not None,
+                "scheduler.step_time_budget_s needs the replica's step-time model")
+        self.step_s = step_s if config.step_time_budget_s is not None else None
         self.pool = pool
         self.requests = requests
         self.prefix_ids = prefix_ids if pool.unit_tokens else None
@@ -244,6 +257,35 @@ class ContinuousBatcher:
                 ctx += self.computed[r]
         return n, (ctx / n if n else 0.0)
 
+    def _within_time(self, work: list[SeqWork], r: int, ctx: int, n: int, samples_at: int) -> int:
+        """The most prompt tokens (at most ``n``) sequence ``r`` at ``ctx`` may add to ``work``
+        with the step's predicted time within ``scheduler.step_time_budget_s`` (0: none);
+        ``samples_at``: the chunk size that completes the prompt (it then samples)."""
+        if self.step_s is None:
+            return n
+        limit = self.config.step_time_budget_s
+        assert limit is not None
+
+        base = _shape(work)
+        step_s = self.step_s
+
+        def fits(k: int) -> bool:
+            one = _shape([SeqWork(r, ctx, k, k >= samples_at)])
+            both = BatchShape(base.num_seqs + 1, base.new_tokens + k, base.kv_tokens_read + one.kv_tokens_read,
+                              base.attention_pairs + one.attention_pairs, base.sampled_tokens + one.sampled_tokens,
+                              base.query_blocks + one.query_blocks)
+            return step_s(both) <= limit
+
+        if fits(n):
+            return n
+        if not self.config.chunked_prefill or not fits(1):
+            return 0
+        lo, hi = 1, n          # fits(lo), not fits(hi)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        return lo
+
     def plan(self, gamma: int = 0, verified: Callable[[int], int] | None = None) -> StepPlan | None:
         """Choose the next step's sequences and token counts, or None if nothing can run.
 
@@ -272,6 +314,11 @@ class ContinuousBatcher:
             if not chunked and n > budget and work:
                 i += 1
                 continue
+            if pending > 1 and self.step_s is not None and work:   # a prompt chunk: within the time budget
+                n = self._within_time(work, r, ctx, n, pending)
+                if n == 0:
+                    i += 1
+                    continue
             proposed = 0
             if gamma > 0 and pending == 1 and generated[r] >= 1:
                 proposed = max(0, min(gamma, self.output[r] - generated[r] - 1, budget - 1))
@@ -284,6 +331,11 @@ class ContinuousBatcher:
                     if n > budget:
                         proposed, n = 0, 1
             grown = pool.grow(r, ctx + n)
+            if not grown and n > 1 + proposed:
+                # a draft tree's candidates need slots beyond the output's length, which
+                # admission never promised: verify a chain of the same levels instead
+                n = 1 + proposed
+                grown = pool.grow(r, ctx + n)
             while not grown:
                 victim: int | None
                 if self.by_priority:   # the lowest priority, latest arrival among those not in flight (r too)
@@ -327,6 +379,10 @@ class ContinuousBatcher:
             n = min(pending, budget) if cfg.chunked_prefill else pending
             if not cfg.chunked_prefill and n > budget and work:
                 break
+            if self.step_s is not None and work:    # within the step-time budget (a first step always runs)
+                n = self._within_time(work, r, cached, n, pending)
+                if n == 0:
+                    break
             reserve = max(1, pool.total_blocks // 100) if self.running else 0
             need = pool.blocks_for(cached + n) - len(hits) * pool.unit_blocks
             if hits:

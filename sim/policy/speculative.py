@@ -27,8 +27,9 @@ Modelling assumptions (physics.md section 3):
   for the current batch (backing off as batches grow and verification gets expensive);
 * ``tree_tokens`` (Medusa, EAGLE, Hydra): the drafts form a tree of ``gamma`` levels whose
   ``tree_tokens - 1`` nodes are verified together with the last token in one pass (tree
-  attention), so verification prices ``tree_tokens`` tokens per sequence and every draft pass
-  proposes ``(tree_tokens - 1) / gamma`` tokens per sequence (one tree level); the accepted path
+  attention), so verification prices ``tree_tokens`` tokens per sequence; the first draft pass
+  reads the last token and every later one a tree level of ``(tree_tokens - 1) / gamma`` tokens
+  per sequence; the accepted path
   is still at most ``gamma`` deep, with the same acceptance model (a tree's many candidates per
   level are what make its per-level rates high). A sequence drafting fewer levels (near its
   output's end) verifies a proportional share of the tree.
@@ -252,9 +253,11 @@ class SpeculativeDecoder:
                                              b * n if gamma > 0 else b, b * -(-n // 64)))
         if gamma == 0 or self.draft is None:
             return verify
-        w = self.cfg.width        # tokens per sequence of one draft pass (a tree level)
-        one = BatchShape(b, b * w, b * (context + w), b * w * (context + (w + 1) / 2.0), b * w, b * np.ceil(w / 64))
-        draft = self.draft.step(one).scaled(gamma)
+        # the first draft pass reads the last token; each later one a tree level of w tokens
+        w = self.cfg.width
+        first = BatchShape(b, b, b * (context + 1), b * (context + 1), b, b)
+        level = BatchShape(b, b * w, b * (context + w), b * w * (context + (w + 1) / 2.0), b * w, b * np.ceil(w / 64))
+        draft = self.draft.step(first) + (self.draft.step(level).scaled(gamma - 1) if gamma > 1 else StepTime())
         handoff = StepTime(network_s=2.0 * self.handoff_s, fixed_s=self.loop_s(gamma))
         return verify + draft + handoff
 

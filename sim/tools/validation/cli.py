@@ -173,6 +173,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for flag, default in (("published", "true"), ("fit", "false")):
         if args.get(flag, default) not in ("true", "false"):
             fail(f"{flag}={args[flag]!r} is not one of ['true', 'false']")
+    if args.get("fit") == "true" and args.get("published") == "false":
+        fail("fit=true fits the serving-engine profiles on the published rows: it needs published=true")
     data = Path(args["data"]) if "data" in args else next((p for p in DEFAULT_DATA if p.is_file()), DEFAULT_DATA[0])
     out = Path(args.get("out", "."))
     hardware = args.get("hardware", "h100")

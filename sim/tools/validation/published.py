@@ -267,9 +267,9 @@ def group_summary(table: pa.Table) -> dict[str, dict[str, Any]]:
 
     return {g: {"rows": len(v), "median_abs_error": float(np.median([e for e, _, _ in v])),
                 "worst_abs_error": float(np.max([e for e, _, _ in v])),
-                "fitted_rows": sum(role == "fit" for _, _, role in v),
-                "fitted_median_abs_error": median([e for e, _, role in v if role == "fit"]),
-                "predicted_median_abs_error": median([e for e, _, role in v if role != "fit"]),
+                "fitted_rows": sum(role != "predicted" for _, _, role in v),
+                "fitted_median_abs_error": median([e for e, _, role in v if role != "predicted"]),
+                "predicted_median_abs_error": median([e for e, _, role in v if role == "predicted"]),
                 "held_out_median_abs_error": median([h for _, h, _ in v])}
             for g, v in groups.items()}
 
@@ -279,8 +279,9 @@ def markdown(table: pa.Table, summary: dict[str, dict[str, float]]) -> str:
     lines = ["# Validation against published numbers", "",
              "Rows: `sim/tools/validation/published_rows.yaml` (sources in `shared/reference/published_numbers.md` beside the repository).", "",
              "Rows marked `fit` fitted the serving-engine profiles' overheads "
-             "(`sim/tools/validation/engine_overheads.py`); every other row is a prediction. *Held out*: "
-             "each fitted row predicted instead by the fit that left its source out.", "",
+             "(`sim/tools/validation/engine_overheads.py`), the `fit_workload` row the MLPerf prompt length; "
+             "every other row is a prediction. *Held out*: each `fit` row predicted instead by the fit that "
+             "left its source out.", "",
              "| group | rows | median abs error | worst abs error | fitted rows (median, in sample) | "
              "predicted rows median | held-out median |", "|---|---|---|---|---|---|---|"]
 
