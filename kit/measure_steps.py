@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", default=None,
                    help="decode KV-cache lengths S (default 1024,4096,32768; cpu 64,256); cells that do not fit are skipped")
     p.add_argument("--new-tokens", default=None, help="new tokens per sequence T (default 1,4; cpu 1,4)")
-    p.add_argument("--prompt", default=None, help="prefill prompt lengths P (default 128,512,2048,8192,32768: at the longest attention is 40-50 %% of the FLOPs, which separates its efficiency from the matmuls'; cpu 32,128)")
+    p.add_argument("--prompt", default=None, help="prefill prompt lengths P (default 128,512,2048,8192,32768: at the longest attention is 38-52 %% of the FLOPs, which separates its efficiency from the matmuls'; cpu 32,128)")
     p.add_argument("--prefill-batch", type=str, default="1", help="prompts per prefill pass (default 1)")
     p.add_argument("--mixed", default=None,
                    help="mixed steps CHUNK:DECODES:CONTEXT[,...]: a CHUNK-token prompt chunk with DECODES decodes at "

@@ -229,7 +229,7 @@ def test_profiles_hold_what_the_fit_gives():
     for name, values in fitted.items():
         e = load_engine(name)
         for field, v in values.items():
-            assert getattr(e, field) == pytest.approx(v, rel=2e-3, abs=1e-3), (name, field)
+            assert getattr(e, field) == pytest.approx(v, rel=2e-3, abs=1e-6), (name, field)
 
 
 def test_the_fit_uses_only_its_documented_rows():

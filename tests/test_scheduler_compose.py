@@ -96,3 +96,64 @@ def test_step_time_budget_trades_ttft_for_tpot_in_a_run():
     assert capped["requests"]["completed"] == free["requests"]["completed"] == 300
     assert capped["tpot_s"]["p99"] < free["tpot_s"]["p99"]
     assert capped["ttft_s"]["mean"] > free["ttft_s"]["mean"]
+
+
+def test_prompt_chunks_are_never_cut_below_the_token_budget_under_kv_pressure():
+    """Without speculation or a time budget, a prompt chunk is all its pending prompt or all the
+    step's remaining tokens: KV pressure preempts or waits, it never shrinks a chunk (the draft
+    tree's chain fallback applies to verification only)."""
+    import numpy as np
+
+    from sim.policy.batching import ContinuousBatcher, SchedulerConfig
+    from sim.policy.kv_cache import KVBlockPool
+    from sim.policy.requests import RequestStore
+
+    rng = np.random.default_rng(0)
+    checked = 0
+    for _ in range(150):
+        n = int(rng.integers(2, 5))
+        prompt, output = rng.integers(10, 200, n), rng.integers(2, 150, n)
+        blocks = int(rng.integers(8, 30))
+        if (prompt + output).max() > blocks * 16:
+            continue
+        cfg = SchedulerConfig(max_tokens_per_step=int(rng.choice([32, 64, 128])))
+        b = ContinuousBatcher(cfg, KVBlockPool(blocks, 16), RequestStore.of(np.zeros(n), prompt, output))
+        for r in range(n):
+            b.add(r)
+        for _ in range(3000):
+            p = b.plan()
+            if p is None:
+                break
+            left = cfg.max_tokens_per_step
+            for w in p.work:
+                pending = prompt[w.request] + b.generated[w.request] - w.context
+                if pending > 1:
+                    assert w.new_tokens == min(pending, left), (w, left)
+                    checked += 1
+                left -= w.new_tokens
+            b.complete(p)
+    assert checked > 100
+
+
+def test_step_time_budget_counts_decodes_planned_after_a_prompt_chunk():
+    """With ``policy=priority`` a prompt chunk may come before the decodes in the running
+    order; the budget still counts the decodes that will join the step."""
+    import numpy as np
+
+    from sim.policy.batching import ContinuousBatcher, SchedulerConfig
+    from sim.policy.kv_cache import KVBlockPool
+    from sim.policy.requests import RequestStore
+
+    cfg = SchedulerConfig(policy="priority", max_tokens_per_step=512, step_time_budget_s=0.04, chunked_prefill=True)
+    prompt, output = np.array([10, 10, 10, 300]), np.array([50, 50, 50, 5])
+    store = RequestStore.of(np.zeros(4), prompt, output)
+    for r, level in enumerate([1, 1, 1, 0]):  # the long prompt is the most urgent
+        store.priority[r] = level
+    b = ContinuousBatcher(cfg, KVBlockPool(1000, 16), store, step_s=lambda shape: 1e-3 * shape.new_tokens)
+    for r in range(3):
+        b.add(r)
+    b.complete(b.plan())                       # the three short prompts: decoding from now on
+    b.add(3)
+    b.complete(b.plan())                       # three decodes + the first 37 tokens of the long prompt
+    p = b.plan()                               # the long prompt sorts first, the decodes join after it
+    assert p.batch.new_tokens <= 40 and sum(w.new_tokens == 1 for w in p.work) == 3

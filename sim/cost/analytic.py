@@ -78,7 +78,8 @@ class AnalyticModel:
 
         With speculative decoding configured, one pass drafts ``gamma`` tokens and verifies
         ``gamma + 1`` (``gamma`` from the config unless given; ``auto`` picks the best per batch
-        size); the per-token latency is the pass time over the expected tokens per pass.
+        size); the per-token latency is the pass time over the expected tokens per pass. With
+        ``pp`` stages, ``pp`` micro-batches are in flight and the busiest stage paces them.
         """
         b = np.asarray(list(batch) if not isinstance(batch, np.ndarray) else batch, dtype=np.float64)
         cfg = self.cfg
@@ -104,7 +105,13 @@ class AnalyticModel:
         for s in range(split.pp):
             weights, kv = stage_bytes(pred, s, shared)
             fits &= weights + in_flight * (ctx + extra) * kv <= usable
-        throughput = in_flight / latency
+        if split.pp > 1:
+            # a pipeline full of micro-batches is paced by its busiest stage (the first, with the
+            # host's per-step time and any draft), not by the mean of the stages
+            bottleneck = np.select(chosen, [np.broadcast_to(spec.bottleneck_s(b, ctx, g), b.shape) for g in passes])
+            throughput = b * tokens / bottleneck
+        else:
+            throughput = in_flight / latency
         price = (split.gpus + sc.extra_gpus) * hw.usd_per_hour
         # each batch size's four parts at its own gamma
         parts = {k: np.select(chosen, [np.broadcast_to(np.asarray(getattr(t_g, k), dtype=np.float64), b.shape)

@@ -162,8 +162,8 @@ def nccl_model_s(kind: str, n: int, ranks_per_node: int, nodes: int, nbytes, ban
     return best
 
 
-#: vLLM runs its custom all-reduce on 2, 4, 6 or 8 GPUs of one NVLink domain; more use NCCL
-CUSTOM_MAX_RANKS = 8
+#: the group sizes vLLM runs its custom all-reduce on (one NVLink domain); others use NCCL
+CUSTOM_RANKS = (2, 4, 6, 8)
 
 
 def custom_allreduce_stages(n: int, nbytes: float) -> str:
@@ -206,7 +206,7 @@ class GroupCollectives:
     engines use one-shot all-reduce kernels; ``algorithm`` is ``ring``, ``oneshot`` or
     ``auto`` (one-shot up to ``oneshot_max_bytes``, ring above) or ``custom`` (vLLM's custom
     all-reduce: one-shot or two-shot by :func:`custom_allreduce_stages`, the ring above
-    ``oneshot_max_bytes`` or :data:`CUSTOM_MAX_RANKS` ranks; its
+    ``oneshot_max_bytes`` or on group sizes outside :data:`CUSTOM_RANKS`; its
     peer-memory routes are ``oneshot_paths`` at the achieved P2P bandwidth).
 
     ``hop_us`` (optional) gives ``nccl_model`` the fabric's own per-hop latencies (see
@@ -277,7 +277,7 @@ class GroupCollectives:
             return "ring"
         if self.algorithm != "custom":
             return "oneshot"
-        return "ring" if self.n > CUSTOM_MAX_RANKS else custom_allreduce_stages(self.n, nbytes)
+        return custom_allreduce_stages(self.n, nbytes) if self.n in CUSTOM_RANKS else "ring"
 
     def _peer_exchange_s(self, nbytes):
         """One-shot (whole buffer to every peer) or two-shot (``1/n`` of it to every peer, twice:
@@ -308,7 +308,7 @@ class GroupCollectives:
             return ring + self.software_s
         if self.algorithm == "oneshot":
             return oneshot_schedule_s(self.oneshot_paths, nbytes) + self.software_s
-        if self.algorithm == "custom" and self.n > CUSTOM_MAX_RANKS:
+        if self.algorithm == "custom" and self.n not in CUSTOM_RANKS:
             return ring + self.software_s
         return np.where(nbytes <= self.oneshot_max_bytes, self._peer_exchange_s(nbytes), ring) + self.software_s
 

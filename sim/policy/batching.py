@@ -257,16 +257,27 @@ class ContinuousBatcher:
                 ctx += self.computed[r]
         return n, (ctx / n if n else 0.0)
 
-    def _within_time(self, work: list[SeqWork], r: int, ctx: int, n: int, samples_at: int) -> int:
+    def _coming_decodes(self) -> list[SeqWork]:
+        """The decoding sequences a step will carry (free, one pending token), as work."""
+        computed = self.computed
+        return [SeqWork(r, computed[r], 1, True) for r in self.running
+                if r not in self.busy and self.generated[r] >= 1 and self.pending(r) == 1]
+
+    def _within_time(self, work: list[SeqWork], coming: list[SeqWork], r: int, ctx: int, n: int,
+                     samples_at: int) -> int:
         """The most prompt tokens (at most ``n``) sequence ``r`` at ``ctx`` may add to ``work``
-        with the step's predicted time within ``scheduler.step_time_budget_s`` (0: none);
-        ``samples_at``: the chunk size that completes the prompt (it then samples)."""
+        and the decodes still ``coming`` into the step with its predicted time within
+        ``scheduler.step_time_budget_s`` (0: none); ``samples_at``: the chunk size that
+        completes the prompt (it then samples). A chunk with nothing else to run is not held."""
         if self.step_s is None:
             return n
         limit = self.config.step_time_budget_s
         assert limit is not None
-
-        base = _shape(work)
+        planned = {w.request for w in work}
+        others = work + [c for c in coming if c.request not in planned and c.request != r]
+        if not others:
+            return n
+        base = _shape(others)
         step_s = self.step_s
 
         def fits(k: int) -> bool:
@@ -302,6 +313,8 @@ class ContinuousBatcher:
         self._swap_out_blocks = swap_in = 0
         if self.by_priority:         # the most urgent first: later (lower) ones are the victims
             running.sort(key=self._key)
+        # under a step-time budget, the decodes this step will carry whatever their order
+        coming = self._coming_decodes() if self.step_s is not None else []
         i = 0
         while i < len(running) and budget > 0 and len(work) < max_batch:
             r = running[i]
@@ -314,8 +327,8 @@ class ContinuousBatcher:
             if not chunked and n > budget and work:
                 i += 1
                 continue
-            if pending > 1 and self.step_s is not None and work:   # a prompt chunk: within the time budget
-                n = self._within_time(work, r, ctx, n, pending)
+            if pending > 1 and self.step_s is not None:   # a prompt chunk: within the time budget
+                n = self._within_time(work, coming, r, ctx, n, pending)
                 if n == 0:
                     i += 1
                     continue
@@ -331,7 +344,7 @@ class ContinuousBatcher:
                     if n > budget:
                         proposed, n = 0, 1
             grown = pool.grow(r, ctx + n)
-            if not grown and n > 1 + proposed:
+            if not grown and proposed and n > 1 + proposed:
                 # a draft tree's candidates need slots beyond the output's length, which
                 # admission never promised: verify a chain of the same levels instead
                 n = 1 + proposed
@@ -379,8 +392,8 @@ class ContinuousBatcher:
             n = min(pending, budget) if cfg.chunked_prefill else pending
             if not cfg.chunked_prefill and n > budget and work:
                 break
-            if self.step_s is not None and work:    # within the step-time budget (a first step always runs)
-                n = self._within_time(work, r, cached, n, pending)
+            if self.step_s is not None and pending > 1:    # a prompt within the step-time budget
+                n = self._within_time(work, [], r, cached, n, pending)
                 if n == 0:
                     break
             reserve = max(1, pool.total_blocks // 100) if self.running else 0

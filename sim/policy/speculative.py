@@ -261,6 +261,22 @@ class SpeculativeDecoder:
         handoff = StepTime(network_s=2.0 * self.handoff_s, fixed_s=self.loop_s(gamma))
         return verify + draft + handoff
 
+    def bottleneck_s(self, batch, context: float, gamma: int):
+        """The busiest pipeline stage's time for one steady pass (the draft and the loop on the
+        first stage's GPUs): what a pipeline full of micro-batches is paced by."""
+        from sim.spec.batch import BatchShape
+
+        b = np.asarray(batch, dtype=np.float64)
+        n = self.cfg.verified(gamma) if gamma > 0 else 1
+        verify = BatchShape(b, b * n, b * (context + n), b * n * (context + (n + 1) / 2.0),
+                            b * n if gamma > 0 else b, b * -(-n // 64))
+        stages = [np.asarray(self.target.stage(verify, s).total_s, dtype=np.float64)
+                  for s in range(self.target.pp)]
+        if gamma > 0 and self.draft is not None:
+            whole = self.pass_time(batch, context, gamma)
+            stages[0] = stages[0] + (whole.total_s - self.target.step(verify).total_s)
+        return np.maximum.reduce(stages) if len(stages) > 1 else stages[0]
+
     def gamma_for(self, n_decode: int, mean_context: float) -> int:
         """Draft length for a step with ``n_decode`` decoding sequences (fixed or the auto policy)."""
         cfg = self.cfg

@@ -48,7 +48,7 @@ Modelling assumptions (see ``docs``/README "Step-time model"):
   (``csrc/custom_all_reduce.cuh``): inside one NVLink domain, one-shot (every rank reads every
   peer's whole buffer) for 2 ranks, for up to 4 ranks below 512 KB and up to 8 below 256 KB,
   else two-shot (reduce-scatter then all-gather through peer memory, ``2(n-1)/n`` of the
-  buffer per rank); NCCL's ring above ``oneshot_max_bytes`` and for more than 8 ranks. Peer-memory
+  buffer per rank); NCCL's ring above ``oneshot_max_bytes`` and on other than 2, 4, 6 or 8 GPUs. Peer-memory
   reads reach ``p2p_link_efficiency`` of the NVLink bandwidth (SGLang PR#2904's H100 table
   implies ~60 of 450 GB/s at 256 KB-512 KB).
 """
