@@ -166,13 +166,17 @@ def nccl_model_s(kind: str, n: int, ranks_per_node: int, nodes: int, nbytes, ban
 CUSTOM_RANKS = (2, 4, 6, 8)
 
 
-def custom_allreduce_stages(n: int, nbytes: float) -> str:
+def custom_oneshot(n: int, nbytes):
     """vLLM's choice between its one-stage and two-stage custom all-reduce kernels
-    (``csrc/custom_all_reduce.cuh``, fully NVLink-connected GPUs): one-shot for 2 ranks, for
-    up to 4 ranks below 512 KB and up to 8 ranks below 256 KB; two-shot otherwise."""
-    if n <= 2 or (n <= 4 and nbytes < 512 * 1024) or (n <= 8 and nbytes < 256 * 1024):
-        return "oneshot"
-    return "twoshot"
+    (``csrc/custom_all_reduce.cuh``, fully NVLink-connected GPUs): one-shot (True) for 2 ranks,
+    for up to 4 ranks below 512 KB and up to 8 ranks below 256 KB; two-shot otherwise
+    (``nbytes`` a number or an array of sizes)."""
+    return (n <= 2) | ((n <= 4) & (nbytes < 512 * 1024)) | ((n <= 8) & (nbytes < 256 * 1024))
+
+
+def custom_allreduce_stages(n: int, nbytes: float) -> str:
+    """``oneshot`` or ``twoshot`` for one size (:func:`custom_oneshot`)."""
+    return "oneshot" if custom_oneshot(n, nbytes) else "twoshot"
 
 
 def ring_allreduce_closed_form_s(n: int, nbytes: float, alpha_s: float, beta_Bps: float,
@@ -286,10 +290,8 @@ class GroupCollectives:
         if self.algorithm != "custom":
             return one
         two = 2.0 * oneshot_schedule_s(self.oneshot_paths, nbytes / self.n)
-        if isinstance(nbytes, np.ndarray):
-            stages = np.array([custom_allreduce_stages(self.n, float(x)) for x in nbytes])
-            return np.where(stages == "oneshot", one, two)
-        return one if custom_allreduce_stages(self.n, nbytes) == "oneshot" else two
+        return np.where(custom_oneshot(self.n, nbytes), one, two) if isinstance(nbytes, np.ndarray) \
+            else (one if custom_oneshot(self.n, nbytes) else two)
 
     def _cached_array(self, kind: str, nbytes: np.ndarray, compute) -> np.ndarray:
         """``compute(nbytes)`` for an array of sizes, remembered by the sizes' bytes (the

@@ -79,9 +79,8 @@ class Replica:
         self.pp = len(self.stage_gpus)
         self.cluster = cluster
         self.speculative = speculative          # a SpeculativeDecoder, or None
-        # a draft tree's verified tokens per drafted levels (None: a chain verifies 1 + levels)
-        self._verified = (speculative.cfg.verified if speculative is not None and speculative.cfg.tree_tokens
-                          else None)
+        # tokens a sequence verifies per drafted levels (a chain's 1 + levels, or a draft tree's)
+        self._verified = speculative.cfg.verified if speculative is not None else None
         self.accept = accept                    # (request, proposed) -> accepted drafts
         self.max_span = max_span
         self.inflight: list[simpy.Process] = []

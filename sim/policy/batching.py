@@ -269,23 +269,16 @@ class ContinuousBatcher:
         and the decodes still ``coming`` into the step with its predicted time within
         ``scheduler.step_time_budget_s`` (0: none); ``samples_at``: the chunk size that
         completes the prompt (it then samples). A chunk with nothing else to run is not held."""
-        if self.step_s is None:
-            return n
-        limit = self.config.step_time_budget_s
-        assert limit is not None
+        limit, step_s = self.config.step_time_budget_s, self.step_s
+        assert limit is not None and step_s is not None
         planned = {w.request for w in work}
         others = work + [c for c in coming if c.request not in planned and c.request != r]
         if not others:
             return n
         base = _shape(others)
-        step_s = self.step_s
 
         def fits(k: int) -> bool:
-            one = _shape([SeqWork(r, ctx, k, k >= samples_at)])
-            both = BatchShape(base.num_seqs + 1, base.new_tokens + k, base.kv_tokens_read + one.kv_tokens_read,
-                              base.attention_pairs + one.attention_pairs, base.sampled_tokens + one.sampled_tokens,
-                              base.query_blocks + one.query_blocks)
-            return step_s(both) <= limit
+            return step_s(base + _shape([SeqWork(r, ctx, k, k >= samples_at)])) <= limit
 
         if fits(n):
             return n

@@ -247,29 +247,27 @@ class SpeculativeDecoder:
         from sim.cost.step_time import StepTime
         from sim.spec.batch import BatchShape
 
-        b = np.asarray(batch, dtype=np.float64)
-        n = self.cfg.verified(gamma) if gamma > 0 else 1
-        verify = self.target.step(BatchShape(b, b * n, b * (context + n), b * n * (context + (n + 1) / 2.0),
-                                             b * n if gamma > 0 else b, b * -(-n // 64)))
+        verify = self.target.step(self._verify_shape(batch, context, gamma))
         if gamma == 0 or self.draft is None:
             return verify
         # the first draft pass reads the last token; each later one a tree level of w tokens
-        w = self.cfg.width
-        first = BatchShape(b, b, b * (context + 1), b * (context + 1), b, b)
-        level = BatchShape(b, b * w, b * (context + w), b * w * (context + (w + 1) / 2.0), b * w, b * np.ceil(w / 64))
+        first = BatchShape.uniform(batch, context, 1)
+        level = BatchShape.uniform(batch, context, self.cfg.width)
         draft = self.draft.step(first) + (self.draft.step(level).scaled(gamma - 1) if gamma > 1 else StepTime())
         handoff = StepTime(network_s=2.0 * self.handoff_s, fixed_s=self.loop_s(gamma))
         return verify + draft + handoff
 
+    def _verify_shape(self, batch, context: float, gamma: int):
+        """The verification pass's batch: every sequence's last token and its ``gamma`` drafts
+        (a tree's ``tree_tokens``), logits at each; without drafts, one decode token."""
+        from sim.spec.batch import BatchShape
+
+        return BatchShape.uniform(batch, context, self.cfg.verified(gamma) if gamma > 0 else 1, sampled=gamma > 0)
+
     def bottleneck_s(self, batch, context: float, gamma: int):
         """The busiest pipeline stage's time for one steady pass (the draft and the loop on the
         first stage's GPUs): what a pipeline full of micro-batches is paced by."""
-        from sim.spec.batch import BatchShape
-
-        b = np.asarray(batch, dtype=np.float64)
-        n = self.cfg.verified(gamma) if gamma > 0 else 1
-        verify = BatchShape(b, b * n, b * (context + n), b * n * (context + (n + 1) / 2.0),
-                            b * n if gamma > 0 else b, b * -(-n // 64))
+        verify = self._verify_shape(batch, context, gamma)
         stages = [np.asarray(self.target.stage(verify, s).total_s, dtype=np.float64)
                   for s in range(self.target.pp)]
         if gamma > 0 and self.draft is not None:

@@ -39,6 +39,21 @@ class BatchShape:
         return BatchShape(self.num_seqs * share, self.new_tokens * share, self.kv_tokens_read * share,
                           self.attention_pairs * share, self.sampled_tokens * share, self.query_blocks * share)
 
+    def __add__(self, other: "BatchShape") -> "BatchShape":
+        """The sequences of both batches in one step."""
+        return BatchShape(self.num_seqs + other.num_seqs, self.new_tokens + other.new_tokens,
+                          self.kv_tokens_read + other.kv_tokens_read, self.attention_pairs + other.attention_pairs,
+                          self.sampled_tokens + other.sampled_tokens, self.query_blocks + other.query_blocks)
+
+    @classmethod
+    def uniform(cls, seqs, context_len: float, new_tokens: float, sampled: bool = True) -> "BatchShape":
+        """``seqs`` alike sequences (a number or an array of batch sizes) at ``context_len``
+        cached tokens, each adding ``new_tokens`` (all sampled, or one token each)."""
+        b = np.asarray(seqs, dtype=np.float64)
+        n = new_tokens
+        return cls(b, b * n, b * (context_len + n), b * n * (context_len + (n + 1) / 2.0),
+                   b * n if sampled else b, b * np.ceil(n / ATTENTION_QUERY_BLOCK))
+
     @classmethod
     def from_sequences(cls, context_len, new_tokens, sampled=None) -> "BatchShape":
         """Build from per-sequence arrays; ``sampled``: per sequence, the positions whose logits
