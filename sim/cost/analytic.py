@@ -90,7 +90,8 @@ class AnalyticModel:
         if gamma is None:
             gamma = sc.num_tokens if sc.enabled else 0
         candidates = range(0, sc.max_num_tokens + 1) if gamma == "auto" else [int(gamma)]
-        passes = {g: spec.pass_time(b, ctx, g) for g in candidates}
+        by_gamma = {g: spec.pass_parts(b, ctx, g) for g in candidates}
+        passes = {g: p[0] for g, p in by_gamma.items()}
         totals = {g: np.broadcast_to(np.asarray(t_g.total_s, dtype=np.float64), b.shape) for g, t_g in passes.items()}
         gam, tokens, _ = best_gamma(totals, sc.rates)
         chosen = [gam == g for g in passes]
@@ -108,7 +109,7 @@ class AnalyticModel:
         if split.pp > 1:
             # a pipeline full of micro-batches is paced by its busiest stage (the first, with the
             # host's per-step time and any draft), not by the mean of the stages
-            bottleneck = np.select(chosen, [np.broadcast_to(spec.bottleneck_s(b, ctx, g), b.shape) for g in passes])
+            bottleneck = np.select(chosen, [np.broadcast_to(p[1], b.shape) for p in by_gamma.values()])
             throughput = b * tokens / bottleneck
         else:
             throughput = in_flight / latency

@@ -492,13 +492,11 @@ class StepTimePredictor:
         """Bytes of hidden state sent from one pipeline stage to the next."""
         return b.new_tokens * self.model.hidden_size * self.precision.activation_bytes
 
-    def step(self, b: BatchShape) -> StepTime:
-        """One micro-batch through all stages, with the stage-to-stage sends (latency view).
-
-        Stages alike (as many layers, neither first nor last, collectives of one shape) are
-        priced once."""
-        total = StepTime()
+    def stage_times(self, b: BatchShape) -> list[StepTime]:
+        """Each pipeline stage's time for batch ``b``; stages alike (as many layers, neither
+        first nor last, collectives of one shape) are priced once."""
         alike: dict[tuple, StepTime] = {}
+        out = []
         for s in range(self.pp):
             comm = self.comm[s]
             key = (self.stage_layers[s], s == 0, s == self.pp - 1,
@@ -506,8 +504,20 @@ class StepTimePredictor:
             t = alike.get(key)
             if t is None:
                 t = alike[key] = self.stage(b, s)
+            out.append(t)
+        return out
+
+    def through_stages(self, b: BatchShape, stages: list[StepTime]) -> StepTime:
+        """One micro-batch through all ``stages`` (:meth:`stage_times`), with the
+        stage-to-stage sends (latency view)."""
+        total = StepTime()
+        for t in stages:
             total = total + t
         if self.pp > 1 and self.pp_send_s is not None:
             sends = sum(self.pp_send_s(s, self.activation_bytes(b)) for s in range(self.pp - 1))
             total = total + StepTime(network_s=sends)
         return total
+
+    def step(self, b: BatchShape) -> StepTime:
+        """One micro-batch through all stages, with the stage-to-stage sends (latency view)."""
+        return self.through_stages(b, self.stage_times(b))

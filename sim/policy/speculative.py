@@ -244,18 +244,28 @@ class SpeculativeDecoder:
     def pass_time(self, batch, context: float, gamma: int):
         """StepTime of one steady decode pass: ``gamma`` draft steps plus verifying ``gamma+1``
         tokens (a tree's ``tree_tokens``) for ``batch`` sequences at ``context`` cached tokens (``batch`` may be an array)."""
+        return self.pass_parts(batch, context, gamma)[0]
+
+    def pass_parts(self, batch, context: float, gamma: int):
+        """(:meth:`pass_time`, the busiest pipeline stage's time of that pass): the draft and the
+        loop run on the first stage's GPUs; a pipeline full of micro-batches is paced by the
+        busiest stage."""
         from sim.cost.step_time import StepTime
         from sim.spec.batch import BatchShape
 
-        verify = self.target.step(self._verify_shape(batch, context, gamma))
-        if gamma == 0 or self.draft is None:
-            return verify
-        # the first draft pass reads the last token; each later one a tree level of w tokens
-        first = BatchShape.uniform(batch, context, 1)
-        level = BatchShape.uniform(batch, context, self.cfg.width)
-        draft = self.draft.step(first) + (self.draft.step(level).scaled(gamma - 1) if gamma > 1 else StepTime())
-        handoff = StepTime(network_s=2.0 * self.handoff_s, fixed_s=self.loop_s(gamma))
-        return verify + draft + handoff
+        shape = self._verify_shape(batch, context, gamma)
+        stages = self.target.stage_times(shape)
+        verify = self.target.through_stages(shape, stages)
+        busiest = [np.asarray(t.total_s, dtype=np.float64) for t in stages]
+        if gamma > 0 and self.draft is not None:
+            # the first draft pass reads the last token; each later one a tree level of w tokens
+            first = BatchShape.uniform(batch, context, 1)
+            level = BatchShape.uniform(batch, context, self.cfg.width)
+            draft = self.draft.step(first) + (self.draft.step(level).scaled(gamma - 1) if gamma > 1 else StepTime())
+            extra = draft + StepTime(network_s=2.0 * self.handoff_s, fixed_s=self.loop_s(gamma))
+            verify = verify + extra
+            busiest[0] = busiest[0] + extra.total_s
+        return verify, (np.maximum.reduce(busiest) if len(busiest) > 1 else busiest[0])
 
     def _verify_shape(self, batch, context: float, gamma: int):
         """The verification pass's batch: every sequence's last token and its ``gamma`` drafts
@@ -263,17 +273,6 @@ class SpeculativeDecoder:
         from sim.spec.batch import BatchShape
 
         return BatchShape.uniform(batch, context, self.cfg.verified(gamma) if gamma > 0 else 1, sampled=gamma > 0)
-
-    def bottleneck_s(self, batch, context: float, gamma: int):
-        """The busiest pipeline stage's time for one steady pass (the draft and the loop on the
-        first stage's GPUs): what a pipeline full of micro-batches is paced by."""
-        verify = self._verify_shape(batch, context, gamma)
-        stages = [np.asarray(self.target.stage(verify, s).total_s, dtype=np.float64)
-                  for s in range(self.target.pp)]
-        if gamma > 0 and self.draft is not None:
-            whole = self.pass_time(batch, context, gamma)
-            stages[0] = stages[0] + (whole.total_s - self.target.step(verify).total_s)
-        return np.maximum.reduce(stages) if len(stages) > 1 else stages[0]
 
     def gamma_for(self, n_decode: int, mean_context: float) -> int:
         """Draft length for a step with ``n_decode`` decoding sequences (fixed or the auto policy)."""
