@@ -406,7 +406,8 @@ def random_stream(seed: int, name: str) -> np.random.Generator:
 
 
 def load_workload(cfg: RunConfig) -> workloads.RequestTable:
-    """The request table the run replays (trace or synthetic), after rate scaling and truncation."""
+    """The request table the run replays (trace or synthetic): truncated, resampled, tiled
+    (``repeat``), rate-scaled, then warped by the rate profile, in that order."""
     w = cfg.workload
     try:
         if w.path:
@@ -425,8 +426,12 @@ def load_workload(cfg: RunConfig) -> workloads.RequestTable:
             table = table.take(w.max_requests)
         if w.resample:
             table = table.resampled(random_stream(cfg.seed, "resample"))
+        if w.repeat != 1:
+            table = table.tiled(w.repeat)
         if w.rate_scale != 1.0:
             table = table.scaled_rate(w.rate_scale)
+        if w.rate_profile is not None:
+            table = workloads.apply_rate_profile(table, workloads.read_rate_profile(w.rate_profile))
     except workloads.WorkloadError as exc:
         raise ConfigError(str(exc)) from None
     return table

@@ -30,6 +30,11 @@ FILES = {
     "neg_time.jsonl": b'{"kind": "gemm_sweep", "M": 1, "K": 2, "N": 3, "ms": -1}\n',
     "not_object.jsonl": b"[1, 2]\n",
     "nccl.log": b"this is not an nccl-tests log\n",
+    "profile_header.csv": b"t,m\n0,1\n10,1\n",
+    "profile_negative.csv": b"time_s,multiplier\n0,1\n10,-2\n",
+    "profile_backwards.csv": b"time_s,multiplier\n0,1\n10,1\n5,1\n",
+    "profile_zero.csv": b"time_s,multiplier\n0,0\n10,0\n",
+    "profile_text.csv": b"time_s,multiplier\n0,1\n10,lots\n",
 }
 
 SIM = "sim"
@@ -63,6 +68,13 @@ CASES: list[tuple[str, list[str], str]] = [
     (SIM, ["speculative=self", "speculative.acceptance_dist=normal"], "acceptance_dist"),
     (SIM, ["workload.rate_scale=0"], "workload.rate_scale"),
     (SIM, ["workload.max_requests=0"], "workload.max_requests"),
+    (SIM, ["workload.repeat=0"], "workload.repeat"),
+    (SIM, ["workload.rate_profile={tmp}/missing.csv"], "workload.rate_profile"),
+    (SIM, ["workload.rate_profile={tmp}/profile_header.csv"], "time_s,multiplier"),
+    (SIM, ["workload.rate_profile={tmp}/profile_negative.csv"], "multiplier=-2.0 must be >= 0"),
+    (SIM, ["workload.rate_profile={tmp}/profile_backwards.csv"], "non-decreasing"),
+    (SIM, ["workload.rate_profile={tmp}/profile_zero.csv"], "no request could arrive"),
+    (SIM, ["workload.rate_profile={tmp}/profile_text.csv"], "multiplier='lots'"),
     (SIM, ["workload=synthetic", "workload.arrival=uniform"], "arrival"),
     (SIM, ["workload=synthetic", "workload.rate_per_s=-1"], "rate_per_s"),
     (SIM, ["workload=synthetic", "workload.prompt_tokens=abc"], "prompt_tokens"),

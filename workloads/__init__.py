@@ -9,12 +9,15 @@ Pure numpy + pyarrow + standard library; this package never imports the simulato
 * Synthetic workloads -- :func:`synthetic_requests`, built from the arrival samplers
   (:func:`poisson_arrivals`, :func:`gamma_arrivals`, :func:`onoff_arrivals`) and
   :func:`sample_lengths`.
+* Time-varying demand -- :class:`RateProfile` (:func:`read_rate_profile`), applied by an exact
+  time change (:func:`apply_rate_profile`); :meth:`RequestTable.tiled` replays a trace back to back.
 """
 
 from workloads.arrivals import gamma_arrivals, onoff_arrivals, poisson_arrivals
 from workloads.bundled import BUNDLED_TRACES, bundled_trace_path, load_bundled
 from workloads.errors import WorkloadError
 from workloads.lengths import LENGTH_DISTRIBUTIONS, sample_lengths
+from workloads.rate_profile import RateProfile, apply_rate_profile, read_rate_profile
 from workloads.request_table import RequestTable
 from workloads.synthetic import ARRIVAL_PROCESSES, synthetic_requests
 from workloads.trace_readers import (
@@ -30,8 +33,10 @@ __all__ = [
     "BUNDLED_TRACES",
     "LENGTH_DISTRIBUTIONS",
     "TRACE_FORMATS",
+    "RateProfile",
     "RequestTable",
     "WorkloadError",
+    "apply_rate_profile",
     "bundled_trace_path",
     "gamma_arrivals",
     "load_bundled",
@@ -40,6 +45,7 @@ __all__ = [
     "read_azure_csv",
     "read_mooncake_jsonl",
     "read_plain",
+    "read_rate_profile",
     "read_trace",
     "sample_lengths",
     "synthetic_requests",

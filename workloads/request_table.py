@@ -240,6 +240,28 @@ class RequestTable:
         factor = positive_real("scaled_rate factor", factor)
         return replace(self, arrival_s=self.arrival_s / factor)
 
+    def tiled(self, copies: int) -> RequestTable:
+        """The table replayed ``copies`` times back to back (a long run from a short trace).
+
+        Copy ``j`` arrives ``j x period`` later, the period being the trace's span plus one mean
+        inter-arrival gap (``duration_s x n / (n - 1)``), so the seam between copies looks like
+        the trace's own spacing; lengths, priorities and prefix blocks repeat (a prefix cache
+        sees the same prompts again, as a replayed day would)."""
+        copies = count_param("workload.repeat", copies)
+        if copies == 1:
+            return self
+        n = len(self)
+        if n < 2 or self.duration_s <= 0:
+            raise WorkloadError(f"workload.repeat={copies}: a trace whose requests all arrive at once has no span to tile")
+        period = self.duration_s * n / (n - 1)
+        start = self.arrival_s - self.arrival_s[0]
+        arrival = (start[None, :] + period * np.arange(copies)[:, None]).ravel()
+        blocks = None if self.prefix_block_ids is None else self.prefix_block_ids * copies
+        return replace(self, arrival_s=arrival, prompt_tokens=np.tile(self.prompt_tokens, copies),
+                       output_tokens=np.tile(self.output_tokens, copies), prefix_block_ids=blocks,
+                       source=f"{self.source} x{copies}",
+                       priority=None if self.priority is None else np.tile(self.priority, copies))
+
     def summary(self) -> dict[str, float]:
         """Descriptive statistics of the table.
 

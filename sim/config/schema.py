@@ -122,8 +122,17 @@ class WorkloadConfig:
     # Bootstrap the request lengths with the root ``seed`` (arrival times kept): one draw of the same
     # traffic, for the spread of results over replays.
     resample: bool = False
+    # Time-varying demand: a CSV of ``time_s,multiplier`` knots (one cycle, repeated) multiplying
+    # the arrival rate over time (workloads/rate_profile.py); null: the workload's own rate.
+    rate_profile: str | None = None
+    # The (truncated) trace replayed this many times back to back before rate changes.
+    repeat: int = 1
 
     def __post_init__(self) -> None:
+        require(isinstance(self.repeat, int) and not isinstance(self.repeat, bool) and self.repeat >= 1,
+                f"workload.repeat={self.repeat!r} must be an integer >= 1")
+        require(self.rate_profile is None or (isinstance(self.rate_profile, str) and bool(self.rate_profile)),
+                f"workload.rate_profile={self.rate_profile!r} must be a CSV path or null")
         require(self.source in ("bundled", "file", "synthetic"),
                 f"workload.source={self.source!r} is not one of ['bundled', 'file', 'synthetic']")
         require(isinstance(self.rate_scale, (int, float)) and self.rate_scale > 0,
