@@ -117,8 +117,9 @@ class RateProfile:
         cum, period = self.cumulative, self.period_s
         cycles = np.floor(s / cum[-1])
         r = s - cycles * cum[-1]
-        # the knot that starts the segment delivering r (side=right skips segments of no area)
-        k = np.clip(np.searchsorted(cum, r, side="right") - 1, 0, cum.size - 2)
+        # the segment in which L first reaches r (side=left: the earliest time, so warp(0) = 0
+        # even where the multiplier starts at 0, and a stretch of no area is never entered)
+        k = np.clip(np.searchsorted(cum, r, side="left") - 1, 0, cum.size - 2)
         t0, t1 = self.time_s[k], self.time_s[k + 1]
         m0, m1 = self.multiplier[k], self.multiplier[k + 1]
         width = t1 - t0
@@ -128,7 +129,7 @@ class RateProfile:
         root = np.sqrt(np.maximum(m0 * m0 + 2.0 * slope * need, 0.0))
         denom = m0 + root
         x = np.divide(2.0 * need, denom, out=np.zeros_like(r), where=denom > 0)
-        return cycles * period + t0 + np.minimum(x, width)
+        return cycles * period + t0 + np.clip(x, 0.0, width)
 
 
 def read_rate_profile(path: str | Path) -> RateProfile:
@@ -142,7 +143,7 @@ def read_rate_profile(path: str | Path) -> RateProfile:
         rows = csv.reader(f)
         header = [h.strip() for h in next(rows, [])]
         if tuple(header[:2]) != COLUMNS:
-            raise WorkloadError(f"{p.name} line 1: header {','.join(header)!r} must start with 'time_s,multiplier'")
+            raise WorkloadError(f"workload.rate_profile {p.name} line 1: header {','.join(header)!r} must start with 'time_s,multiplier'")
         for line, row in enumerate(rows, start=2):
             if not row or not "".join(row).strip():
                 continue
@@ -151,14 +152,16 @@ def read_rate_profile(path: str | Path) -> RateProfile:
                 try:
                     v = float(text)
                 except ValueError:
-                    raise WorkloadError(f"{p.name} line {line}: {name}={text!r} is not a number") from None
+                    raise WorkloadError(f"workload.rate_profile {p.name} line {line}: {name}={text!r} is not a number") from None
                 if not math.isfinite(v):
-                    raise WorkloadError(f"{p.name} line {line}: {name}={text!r} is not a finite number")
+                    raise WorkloadError(f"workload.rate_profile {p.name} line {line}: {name}={text!r} is not a finite number")
                 out.append(v)
-    return RateProfile(np.array(times), np.array(mults), source=p.name)
+    return RateProfile(np.array(times), np.array(mults), source=f"workload.rate_profile {p.name}")
 
 
 def apply_rate_profile(table: RequestTable, profile: RateProfile) -> RequestTable:
     """``table`` with its arrivals moved by the profile's time change (order, lengths kept)."""
-    return replace(table, arrival_s=profile.warp(table.arrival_s - table.arrival_s[0]),
+    # the arrivals are sorted; rounding at a knot or a cycle's seam must not reverse two by an ulp
+    warped = np.maximum.accumulate(profile.warp(table.arrival_s - table.arrival_s[0]))
+    return replace(table, arrival_s=warped,
                    source=f"{table.source} x {profile.source}")
