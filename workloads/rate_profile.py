@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import math
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +78,7 @@ class RateProfile:
     def period_s(self) -> float:
         return float(self.time_s[-1])
 
-    @property
+    @cached_property
     def cumulative(self) -> np.ndarray:
         """``L`` at each knot (trapezoids: the multiplier is linear between knots)."""
         t, m = self.time_s, self.multiplier
@@ -87,49 +88,51 @@ class RateProfile:
         """The multiplier's average over one cycle."""
         return float(self.cumulative[-1] / self.period_s)
 
+    def _segment(self, k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Start time, width, start multiplier and slope of segments ``k`` (a step: slope 0)."""
+        t0, m0 = self.time_s[k], self.multiplier[k]
+        width = self.time_s[k + 1] - t0
+        slope = np.divide(self.multiplier[k + 1] - m0, width, out=np.zeros_like(width), where=width > STEP_S)
+        return t0, width, m0, slope
+
+    def _in_cycle(self, t_s: np.ndarray | float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Whole cycles before ``t_s``, the time into the cycle, and the segment holding it
+        (right-continuous at a step)."""
+        t = np.asarray(t_s, dtype=np.float64)
+        cycles = np.floor(t / self.period_s)
+        r = t - cycles * self.period_s
+        k = np.clip(np.searchsorted(self.time_s, r, side="right") - 1, 0, self.time_s.size - 2)
+        return cycles, r, k
+
     def at(self, t_s: np.ndarray | float) -> np.ndarray:
         """The multiplier at times ``t_s`` (right-continuous at a step)."""
-        t = np.mod(np.asarray(t_s, dtype=np.float64), self.period_s)
-        k = np.clip(np.searchsorted(self.time_s, t, side="right") - 1, 0, self.time_s.size - 2)
-        t0, t1 = self.time_s[k], self.time_s[k + 1]
-        m0, m1 = self.multiplier[k], self.multiplier[k + 1]
-        width = t1 - t0
-        frac = np.divide(t - t0, width, out=np.zeros_like(t), where=width > STEP_S)
-        return m0 + (m1 - m0) * frac
+        _, r, k = self._in_cycle(t_s)
+        t0, _, m0, slope = self._segment(k)
+        return m0 + slope * (r - t0)
 
     def integral(self, t_s: np.ndarray | float) -> np.ndarray:
         """``L(t)``: base-workload seconds delivered by time ``t`` of the run."""
-        t = np.asarray(t_s, dtype=np.float64)
-        period, cum = self.period_s, self.cumulative
-        cycles = np.floor(t / period)
-        r = t - cycles * period
-        k = np.clip(np.searchsorted(self.time_s, r, side="right") - 1, 0, self.time_s.size - 2)
-        t0, t1 = self.time_s[k], self.time_s[k + 1]
-        m0, m1 = self.multiplier[k], self.multiplier[k + 1]
-        width = t1 - t0
-        slope = np.divide(m1 - m0, width, out=np.zeros_like(r), where=width > STEP_S)
+        cycles, r, k = self._in_cycle(t_s)
+        t0, _, m0, slope = self._segment(k)
         x = r - t0
-        return cycles * cum[-1] + cum[k] + m0 * x + 0.5 * slope * x * x
+        return cycles * self.cumulative[-1] + self.cumulative[k] + m0 * x + 0.5 * slope * x * x
 
     def warp(self, base_s: np.ndarray) -> np.ndarray:
         """``L^-1``: the run time at which each base-workload time is reached (non-decreasing in, out)."""
         s = np.asarray(base_s, dtype=np.float64)
-        cum, period = self.cumulative, self.period_s
+        cum = self.cumulative
         cycles = np.floor(s / cum[-1])
         r = s - cycles * cum[-1]
         # the segment in which L first reaches r (side=left: the earliest time, so warp(0) = 0
         # even where the multiplier starts at 0, and a stretch of no area is never entered)
         k = np.clip(np.searchsorted(cum, r, side="left") - 1, 0, cum.size - 2)
-        t0, t1 = self.time_s[k], self.time_s[k + 1]
-        m0, m1 = self.multiplier[k], self.multiplier[k + 1]
-        width = t1 - t0
-        slope = np.divide(m1 - m0, width, out=np.zeros_like(r), where=width > STEP_S)
+        t0, width, m0, slope = self._segment(k)
         need = r - cum[k]
         # m0 x + slope x^2 / 2 = need, in the form that is stable for any slope sign and m0 = 0
         root = np.sqrt(np.maximum(m0 * m0 + 2.0 * slope * need, 0.0))
         denom = m0 + root
         x = np.divide(2.0 * need, denom, out=np.zeros_like(r), where=denom > 0)
-        return cycles * period + t0 + np.clip(x, 0.0, width)
+        return cycles * self.period_s + t0 + np.clip(x, 0.0, width)
 
 
 def read_rate_profile(path: str | Path) -> RateProfile:
