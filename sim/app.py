@@ -17,14 +17,14 @@ from sim.cost.money import mixed_fleet_cost
 from sim.des.simulation import SimResult, StopRequest, simulate
 from sim.errors import ConfigError
 from sim.observe.metrics import fleet_parts, summarize
-from sim.observe.recorder import write_json
+from sim.observe.recorder import write_json, write_table
 
 __all__ = ["StopRequest", "evaluate", "run"]
 
 
 #: What a run writes into its directory.
-RUN_OUTPUTS = ("config.yaml", "summary.json", "requests.parquet", "steps.parquet", "transfers.parquet", "timeline.json",
-               "error.txt")
+RUN_OUTPUTS = ("config.yaml", "summary.json", "requests.parquet", "steps.parquet", "transfers.parquet", "faults.parquet",
+               "timeline.json", "error.txt")
 
 
 def claim_run_dir(out: Path, overwrite: bool, own_config: bool = False) -> None:
@@ -93,6 +93,10 @@ def evaluate(cfg_mapping: Mapping[str, Any], out_dir: Path | None = None,
         summary["swap"] = result.swap
     if result.kv_transfer is not None:
         summary["kv_transfer"] = result.kv_transfer
+    if result.faults is not None:
+        summary["faults"] = result.faults.summary(result.sim_time_s)
+        if written is not None:
+            write_table(result.faults.table(), written / "faults.parquet")
     summary["cost"] = mixed_fleet_cost(cfg.cost, fleet_parts(cfg, [r.group for r in plan.replicas],
                                                              result.replica_busy_gpu_s, summary))
     cap = min((r.capacity for r in plan.replicas), key=lambda c: c.tokens)

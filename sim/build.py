@@ -28,6 +28,8 @@ from sim.cost.analytic import AnalyticModel, Split
 from sim.cost.fabric import Fabric
 from sim.cost.memory import KVCapacity, kv_capacity, swap_time_s
 from sim.cost.placement import draft_gpus, placement, shardable, tp_groups
+from sim.cost.spinup import spinup_s
+from sim.des.faults import FaultInjector
 from sim.cost.step_time import StepTimePredictor
 from sim.des.disagg import KVHandoff
 from sim.des.invariants import InvariantChecker
@@ -43,6 +45,7 @@ from sim.observe.recorder import ColumnRecorder
 from sim.observe.tables import RequestLog
 from sim.observe.timeline import Timeline
 from sim.policy.batching import ContinuousBatcher, SchedulerConfig
+from sim.policy.faults import FaultDraws, availability, fault_sources, replica_failure_rate_per_s
 from sim.policy.kv_cache import KVBlockPool
 from sim.policy.requests import RequestStore
 from sim.policy.routing import Router
@@ -396,6 +399,7 @@ RANDOM_STREAMS: dict[str, tuple[int, ...]] = {
     "workload": (),             # synthetic arrivals and lengths (the seed alone, as numpy.random.default_rng(seed))
     "resample": (0x7e5a,),      # bootstrap of a trace's request lengths (workload.resample)
     "speculative": (0x5bec,),   # per-request acceptance rates and accepted drafts
+    "faults": (0xfa17,),        # failure and straggler times and components (faults=mtbf)
 }
 
 
@@ -552,9 +556,32 @@ def build_simulation(cfg: RunConfig, plan: ClusterPlan, table: workloads.Request
         cluster.replicas.append(Replica(env, i, rp.predictor, batcher, network, rp.stage_gpus, cluster,
                                         cfg.parallel.tp_cols, rp.speculative if cfg.speculative.enabled else None,
                                         accept, MAX_SPAN_STEPS if spans and single_stage else 1, swap_s))
+    if cfg.faults.enabled:
+        add_faults(cfg, plan, cluster)
     if cluster.kv is not None:
         cluster.kv.add_replicas(cluster.replicas[:prefill_count], cluster.replicas[prefill_count:],
                                 [list(rp.predictor.stage_layers) for rp in plan.replicas],
                                 1 if cfg.model.is_mla else cfg.model.num_key_value_heads,
                                 [rp.predictor.dp_share < 1.0 for rp in plan.replicas])
     return cluster
+
+
+def add_faults(cfg: RunConfig, plan: ClusterPlan, cluster: Cluster) -> None:
+    """``faults=mtbf``: every component's failure rate over the fleet's replicas and servers,
+    each replica's downtime after a fault (detection, repair, its spin-up), and the process
+    that draws them from the run's ``faults`` random stream."""
+    f = cfg.faults
+    require(not cfg.disagg.enabled, "faults=mtbf with disagg=pools is not built: faults take down co-located "
+                                    "replicas only; use disagg=none")
+    replica_gpus = [[g for stage in rp.stage_gpus for g in stage] for rp in plan.replicas]
+    server_of = {g: int(plan.graph.nodes[g]["server"]) for gpus in replica_gpus for g in gpus}
+    sources = fault_sources(f, replica_gpus, server_of)
+    down = [f.detect_s + f.repair_s + spinup_s(rp.capacity.weights_GB_per_gpu, cfg.spinup) for rp in plan.replicas]
+    stage_of = {g: (k, s) for k, rp in enumerate(plan.replicas) for s, stage in enumerate(rp.stage_gpus) for g in stage}
+    cluster.recovery, cluster.max_restarts = f.recovery, f.max_restarts
+    injector = FaultInjector(cluster.env, cluster, FaultDraws(sources, random_stream(cfg.seed, "faults")), down,
+                             stage_of, f.straggler_slowdown, f.straggler_duration_s)
+    weights = [len(g) for g in replica_gpus]
+    injector.log.expected_availability = sum(
+        w * availability(replica_failure_rate_per_s(sources, k), down[k]) for k, w in enumerate(weights)) / sum(weights)
+    cluster.faults = injector

@@ -1,9 +1,10 @@
 """Every scheduler option composes with every other (issue 13's features together): random
 combinations of admission policy, preemption mode, prefix caching, chunking, block size,
 router, data and pipeline parallelism, speculative decoding and KV pressure on the Mooncake
-trace, each run with the run-time invariants on (once, monotonic times, KV and host blocks
-conserved, shared prefixes reclaimed only when unreferenced, budgets, FIFO per priority);
-afterwards every request has completed or been rejected exactly once."""
+trace, and failures and stragglers (``faults=mtbf`` at a high rate, either recovery), each run
+with the run-time invariants on (once, monotonic times, KV and host blocks conserved, shared
+prefixes reclaimed only when unreferenced, budgets, FIFO per priority); afterwards every
+request has completed, been rejected or failed exactly once."""
 from __future__ import annotations
 
 import tempfile
@@ -27,9 +28,10 @@ from sim.errors import ConfigError
                                "prefix_aware"]),
        dp=st.integers(1, 3), pp=st.sampled_from([1, 2]), speculative=st.booleans(),
        util=st.sampled_from([0.3, 0.9]), n=st.integers(5, 60), rate=st.sampled_from([0.5, 2.0]),
-       fast_forward=st.booleans(), budget=st.sampled_from([None, 0.05]))
+       fast_forward=st.booleans(), budget=st.sampled_from([None, 0.05]),
+       faults=st.sampled_from([None, "restart", "fail"]))
 def test_scheduler_options_compose(policy, preemption, caching, chunked, block, router, dp, pp, speculative,
-                                   util, n, rate, fast_forward, budget):
+                                   util, n, rate, fast_forward, budget, faults):
     if router == "prefix_aware":
         caching = True
     over = ["workload=mooncake_synthetic", f"workload.max_requests={n}", f"workload.rate_scale={rate}",
@@ -42,12 +44,19 @@ def test_scheduler_options_compose(policy, preemption, caching, chunked, block, 
         over.append("speculative=self")
     if budget is not None:
         over.append(f"scheduler.step_time_budget_s={budget}")
+    if faults is not None:    # a fault every ~10 s, a replica back ~2 s later, stragglers too
+        over += ["faults=mtbf", "faults.rate_scale=2e6", f"faults.recovery={faults}", "faults.detect_s=1",
+                 "faults.straggler_mtbf_hours=0.01", "spinup.warmup_s=0.5", "spinup.load_GBps_per_gpu=100"]
     with tempfile.TemporaryDirectory() as d:
         summary = run(compose_config(over), Path(d))
         req = pq.read_table(Path(d) / "requests.parquet").to_pydict()
     assert summary["complete"] and req["request_id"] == list(range(n))
-    assert summary["requests"]["completed"] + summary["requests"]["rejected"] == n
-    assert set(req["status"]) <= {"completed", "rejected"}
+    r = summary["requests"]
+    assert r["completed"] + r["rejected"] + r["failed"] == n
+    assert set(req["status"]) <= ({"completed", "rejected"} if faults is None else {"completed", "rejected", "failed"})
+    if faults is not None:
+        assert r["failed"] == summary["faults"]["requests_failed"]
+        assert sum(req["restarts"]) == summary["faults"]["requests_restarted"]
     for i, status in enumerate(req["status"]):
         if status == "completed":
             assert req["arrival_s"][i] <= req["scheduled_s"][i] < req["first_token_s"][i] <= req["finish_s"][i]

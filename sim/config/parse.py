@@ -26,8 +26,10 @@ from sim.config.schema import (
 )
 from sim.config.typecheck import check_types
 from sim.cost.money import CostConfig
+from sim.cost.spinup import SpinupConfig
 from sim.errors import ConfigError, require
 from sim.policy.batching import SchedulerConfig
+from sim.policy.faults import FaultConfig
 from sim.policy.speculative import SpeculativeConfig
 from sim.spec.engine import EngineProfile
 from sim.spec.hardware import HardwareSpec
@@ -36,8 +38,8 @@ from sim.spec.precision import Precision
 
 
 #: Top-level keys of a run's config (``conf/config.yaml``): its groups and settings.
-TOP_LEVEL_KEYS = ("cost", "debug", "disagg", "engine", "fleet", "hardware", "model", "network", "output", "parallel",
-                  "precision", "scheduler", "seed", "sim", "speculative", "topology", "workload")
+TOP_LEVEL_KEYS = ("cost", "debug", "disagg", "engine", "faults", "fleet", "hardware", "model", "network", "output",
+                  "parallel", "precision", "scheduler", "seed", "sim", "speculative", "spinup", "topology", "workload")
 
 
 def group_fields(group: str) -> list[str] | None:
@@ -45,6 +47,7 @@ def group_fields(group: str) -> list[str] | None:
     schemas = {"precision": Precision, "parallel": ParallelConfig, "network": NetworkConfig,
                "topology": TopologyConfig, "workload": WorkloadConfig, "scheduler": SchedulerConfig,
                "output": OutputConfig, "speculative": SpeculativeConfig, "sim": SimConfig, "debug": DebugConfig, "cost": CostConfig,
+               "faults": FaultConfig, "spinup": SpinupConfig,
                "engine": EngineProfile, "hardware": HardwareSpec, "model": ModelSpec}
     cls = schemas.get(group)
     return sorted(f.name for f in fields(cls)) if cls is not None else None
@@ -87,6 +90,8 @@ def parse_config(cfg: Mapping[str, Any], sections: tuple[str, ...] = ()) -> RunC
         seed=_seed(cfg.get("seed", 0)),
         sim=_dataclass(SimConfig, cfg.get("sim"), "sim"),
         debug=_dataclass(DebugConfig, cfg.get("debug"), "debug"),
+        faults=_dataclass(FaultConfig, cfg.get("faults"), "faults"),
+        spinup=_dataclass(SpinupConfig, cfg.get("spinup"), "spinup"),
     )
 
 

@@ -11,8 +11,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from sim.cost.money import CostConfig
+from sim.cost.spinup import SpinupConfig
 from sim.errors import require
 from sim.policy.batching import SchedulerConfig
+from sim.policy.faults import FaultConfig
 from sim.policy.routing import ROUTERS
 from sim.policy.speculative import SpeculativeConfig
 from sim.spec.engine import EngineProfile
@@ -241,6 +243,8 @@ class RunConfig:
     seed: int = 0
     sim: SimConfig = SimConfig()
     debug: DebugConfig = DebugConfig()
+    faults: FaultConfig = FaultConfig()
+    spinup: SpinupConfig = SpinupConfig()
 
     @property
     def gpus_per_replica(self) -> int:

@@ -14,7 +14,8 @@ with one line naming the invariant, the request or step, and the simulated time.
   which runs alone when prefill is not chunked).
 * **FIFO admission**: within a priority class, a replica admits requests it has never run in
   the order they were queued at it (arrival order, or with disaggregated layerwise transfers
-  the order the decode pool reserved their blocks).
+  the order the decode pool reserved their blocks). A request restarted after a fault is
+  exempt from then on: it joins its new replica's queue where the policy places it.
 * **Link FIFO** (message fidelity): every hop reserves its link from the later of now and the
   end of the link's previous reservation: no overlap, no overtaking, no idle link while a
   message waits for it.
@@ -101,6 +102,10 @@ class InvariantChecker:
     def on_route(self, request_id: int) -> None:
         """``request_id`` joins a replica's queue (the first time: its place in the order)."""
         self.routed.setdefault(request_id, len(self.routed))
+
+    def on_restart(self, request_id: int) -> None:
+        """A fault sent ``request_id`` to another replica: no FIFO place to keep from now on."""
+        self.admitted.add(request_id)
 
     def on_admit(self, replica: Replica, request_id: int, priority: int = 0) -> None:
         """``request_id`` (of ``priority``) enters ``replica``'s batch for the first time."""

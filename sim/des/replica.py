@@ -10,9 +10,15 @@ Each stage's step goes through the network's ``run_stage`` (its local work and i
 collectives: one timed event under collective fidelity, layer by layer and message by message
 under message fidelity — the replica never asks which); stage-to-stage activations go through
 ``network.transfer``.
+
+A fault (``faults=mtbf``) halts a replica (:meth:`Replica.halt`): its processes are interrupted
+where they are (the step in progress is lost), its requests and KV cache are gone; it serves
+again after :meth:`Replica.resume`. A straggling GPU slows its stage's local work (arithmetic
+and memory traffic, not collectives) by a factor from the next step on (:meth:`Replica.straggle`).
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
@@ -24,6 +30,10 @@ from sim.network.interface import Network, StageProgram, event_at
 from sim.policy.batching import ContinuousBatcher, DecodeSpan, StepPlan
 from sim.policy.speculative import Speculation
 from sim.spec.batch import BatchShape
+
+
+#: The cause of the interrupt that halts a replica's processes (a fault).
+HALT = "halt"
 
 
 class StepSink(Protocol):
@@ -92,7 +102,46 @@ class Replica:
         self.steps = 0
         self.stage_busy_s = [0.0] * self.pp
         self.kv: KVPeer | None = None           # disaggregated serving (set by the builder)
-        self.process = env.process(self.run() if self.pp > 1 else self._run_single())
+        self.up = True                          # False while a fault has it down
+        self.epoch = 0                          # faults it has had (a straggler's end is for its epoch)
+        self.slowdown = [1.0] * self.pp         # per stage: its local work takes this many times as long
+        self.process = env.process(self._loop())
+
+    def _loop(self):
+        """The replica's scheduler loop, ended by a halt."""
+        try:
+            yield from (self.run() if self.pp > 1 else self._run_single())
+        except simpy.Interrupt as stop:
+            if stop.cause != HALT:
+                raise
+
+    # ----- faults -------------------------------------------------------------------------------
+    def halt(self) -> list[int]:
+        """A fault took the replica's GPUs: stop its processes where they are (the step in
+        progress is lost), and return the requests it held, in request order; its KV cache,
+        swap space and stragglers are gone."""
+        self.up = False
+        self.epoch += 1
+        for p in (self.process, *self.inflight):
+            if p.is_alive:
+                p.interrupt(HALT)
+        self.inflight = []
+        self._in_span = self._span_cut = False
+        self.slowdown = [1.0] * self.pp
+        return self.batcher.evict_all()
+
+    def resume(self) -> None:
+        """Serve again (on healthy GPUs), with an empty batch."""
+        self.up = True
+        self.stages = [simpy.Resource(self.env, capacity=1) for _ in self.stage_gpus]
+        self._wake = self.env.event()
+        self.process = self.env.process(self._loop())
+
+    def straggle(self, stage: int, factor: float) -> None:
+        """Stage ``stage``'s local work takes ``factor`` times as long from the next step on
+        (1: back to full speed); a fast-forwarded span in progress is cut."""
+        self.slowdown[stage] = factor
+        self._poke()
 
     def submit(self, request: int) -> None:
         if self.cluster.checker is not None:
@@ -153,7 +202,12 @@ class Replica:
     def _program(self, batch: BatchShape, stage: int) -> StageProgram:
         """The stage's step as the network runs it (the cost model remembers what repeats)."""
         work = self.predictor.stage_work(batch, stage)
-        return StageProgram(work, self.groups[stage], self.predictor.network_s(work, stage))
+        network = self.predictor.network_s(work, stage)
+        f = self.slowdown[stage]
+        if f != 1.0:
+            local = work.local
+            work = replace(work, local=StepTime(local.compute_s * f, local.memory_s * f, local.network_s, local.fixed_s))
+        return StageProgram(work, self.groups[stage], network)
 
     def _swap(self, plan: StepPlan):
         """The plan's KV swaps to and from host memory, before its forward pass (in network_s)."""
@@ -195,8 +249,9 @@ class Replica:
         network = self.predictor.network_s(work, 0)
         local = work.local
         # arrays over the span's steps (fixed may be one number)
-        compute: Any = local.compute_s
-        memory: Any = local.memory_s
+        f = self.slowdown[0]
+        compute: Any = local.compute_s if f == 1.0 else local.compute_s * f
+        memory: Any = local.memory_s if f == 1.0 else local.memory_s * f
         fixed: Any = local.fixed_s
         duration = compute + memory + (0.0 + network) + fixed
         bounds = np.empty(k + 1)
@@ -210,7 +265,9 @@ class Replica:
                 try:
                     yield event_at(env, float(bounds[k]))
                     break
-                except simpy.Interrupt:
+                except simpy.Interrupt as cut:
+                    if cut.cause == HALT:
+                        raise
                     done = int(np.searchsorted(bounds, env.now, side="right")) - 1   # steps ended by now
                     k = min(k, max(done + 1, 1))
         finally:
@@ -285,6 +342,13 @@ class Replica:
         return self.speculative.draft_time(pre_ctx, pre_new, dec_ctx, gamma)
 
     def _microbatch(self, plan: StepPlan):
+        try:
+            yield from self._microbatch_stages(plan)
+        except simpy.Interrupt as stop:
+            if stop.cause != HALT:
+                raise
+
+    def _microbatch_stages(self, plan: StepPlan):
         env = self.env
         start = env.now
         total = StepTime()

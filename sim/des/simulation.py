@@ -10,9 +10,10 @@ one replica's KV cache (or exceed ``scheduler.max_model_len``) are rejected at a
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -33,9 +34,11 @@ from sim.policy.requests import RequestStore
 from sim.policy.routing import Router
 
 from sim.des.disagg import KVHandoff, transfer_stats
+from sim.des.faults import FaultLog
 
 if TYPE_CHECKING:
     from sim.cost.step_time import StepTime
+    from sim.des.faults import FaultInjector
     from sim.des.replica import Replica
 
 
@@ -114,6 +117,7 @@ class SimResult:
     prefix_cache: dict[str, float] | None = None   # scheduler.prefix_caching: hits, lookups, evictions
     swap: dict[str, int] | None = None             # scheduler.preemption=swap: swaps out and in
     kv_transfer: dict[str, Any] | None = None      # disagg=pools: KV moved between the pools
+    faults: FaultLog | None = None                 # faults=mtbf: faults.parquet's rows and their cost
 
 
 @dataclass(frozen=True)
@@ -178,9 +182,14 @@ class Cluster:
         self.checker: InvariantChecker | None = None   # debug.check_invariants (set by the builder)
         self.timeline: Timeline | None = None          # output.timeline (set by the builder)
         self.kv: KVHandoff | None = None               # disagg=pools (set by the builder)
+        self.faults: FaultInjector | None = None       # faults=mtbf (set by the builder)
         #: the engine's per-request front-end time (engine.request_overhead_us): a request
         #: reaches the scheduler this long after it arrives; its TTFT counts from its arrival
         self.frontend_s = 0.0
+        #: faults: requests in flight on a replica that went down recompute elsewhere
+        #: ("restart", at most ``max_restarts`` times) or fail ("fail")
+        self.recovery, self.max_restarts = "restart", 0
+        self.orphans: deque[int] = deque()    # requests waiting while every replica is down
 
     def link_hops(self) -> int | None:
         """Link traversals the network simulated (message fidelity), or None."""
@@ -199,7 +208,8 @@ class Cluster:
         req = self.requests
         self.log_row(request_row(req.request_id[slot], req.arrival_s[slot], req.prompt[slot], req.output[slot],
                                  req.replica[slot], status, req.scheduled_s[slot], req.first_token_s[slot], finish_s,
-                                 req.preemptions[slot], req.decode_passes[slot], req.cached[slot], req.priority[slot]))
+                                 req.preemptions[slot], req.decode_passes[slot], req.cached[slot], req.priority[slot],
+                                 req.restarts[slot]))
         req.release(slot)
 
     def log_row(self, row: tuple) -> None:
@@ -296,9 +306,56 @@ class Cluster:
             if self.kv is not None:
                 self.kv.arrive(slot)
                 continue
-            k = self.router.pick(p, o, self.span_tokens, self.cached_prefix_tokens(r, p) if self.router.needs_cached else ())
-            req.replica[slot] = k
-            self.replicas[k].submit(slot)
+            self.route(slot)
+
+    def route(self, slot: int) -> None:
+        """Send the request in ``slot`` to the replica the router picks (tokens it generated
+        before a restart count there), or hold it while every replica is down."""
+        router, req = self.router, self.requests
+        if not router.any_up:
+            self.orphans.append(slot)
+            return
+        p = req.prompt[slot]
+        k = router.pick(p, req.output[slot], self.span_tokens,
+                        self.cached_prefix_tokens(req.request_id[slot], p) if router.needs_cached else ())
+        req.replica[slot] = k
+        if req.generated[slot]:
+            router.generated[k] += req.generated[slot]
+        self.replicas[k].submit(slot)
+
+    # ----- faults -------------------------------------------------------------------------------
+    def take_down(self, replicas: Sequence[int]) -> tuple[int, int]:
+        """A fault stops ``replicas``: their requests lose their KV and, in request order,
+        recompute on a replica that is up (or wait for one) or fail. Returns (restarted, failed)."""
+        req, router = self.requests, self.router
+        held = []
+        for k in replicas:
+            router.down.add(k)
+            for slot in self.replicas[k].halt():
+                router.done(k, req.prompt[slot], req.output[slot])
+                held.append(slot)
+        held.sort(key=req.request_id.__getitem__)
+        restarted = failed = 0
+        for slot in held:
+            if self.recovery == "fail" or req.restarts[slot] >= self.max_restarts:
+                self.log_request(slot, "failed")
+                self.finish_one()
+                failed += 1
+            else:
+                req.restarts[slot] += 1
+                req.computed[slot] = 0
+                if self.checker is not None:
+                    self.checker.on_restart(req.request_id[slot])
+                self.route(slot)
+                restarted += 1
+        return restarted, failed
+
+    def bring_up(self, replica: int) -> None:
+        """``replica`` serves again; requests held while every replica was down go out."""
+        self.router.down.discard(replica)
+        self.replicas[replica].resume()
+        while self.orphans:
+            self.route(self.orphans.popleft())
 
     def span_tokens(self, replica: int) -> int:
         """Output tokens replica ``replica``'s fast-forwarded span has generated by now."""
@@ -315,6 +372,7 @@ class Cluster:
 
     def log_unfinished(self) -> None:
         """Rows for the requests a stopped run left: those in flight, then those not yet arrived."""
+        self.orphans.clear()
         for slot in self.requests.occupied():
             self.log_request(slot, "unfinished")
         a = self.arrivals
@@ -367,7 +425,8 @@ def simulate(cluster: Cluster, stop: StopRequest | None = None) -> SimResult:
                      float(env.now), cluster.gpus, sum(busy), cluster.admission.capacity_tokens,
                      int(sum(r.batcher.preemptions for r in cluster.replicas)), busy, complete, stop,
                      cluster.link_hops(), cluster.log.stats, prefix_cache_stats(cluster), swap_stats(cluster),
-                     None if cluster.kv is None else transfer_stats(cluster.kv))
+                     None if cluster.kv is None else transfer_stats(cluster.kv),
+                     None if cluster.faults is None else cluster.faults.close(float(env.now)))
 
 
 def swap_stats(cluster: Cluster) -> dict[str, int] | None:

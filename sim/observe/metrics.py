@@ -58,7 +58,7 @@ class RequestStats:
     LATENCIES = ("ttft_s", "tpot_s", "e2e_s")
 
     def __init__(self, path: Path | None = None) -> None:
-        self.total = self.completed = self.rejected = self.unfinished = self.preemptions = self.tokens = 0
+        self.total = self.completed = self.rejected = self.failed = self.unfinished = self.preemptions = self.tokens = 0
         self.first_arrival, self.last_finish = float("inf"), float("-inf")
         self.path = path
         self._kept = None if path is not None else {name: array("d") for name in self.LATENCIES}
@@ -82,6 +82,8 @@ class RequestStats:
                 self._kept["e2e_s"].append(e2e)
         elif status == "rejected":
             self.rejected += 1
+        elif status == "failed":
+            self.failed += 1
         else:
             self.unfinished += 1
 
@@ -141,7 +143,7 @@ def summarize(requests: RequestStats | pa.Table, step_sums: Mapping[str, float],
 
     return {
         "requests": {"total": r.total, "completed": completed, "rejected": r.rejected,
-                     "unfinished": r.unfinished, "preemptions": r.preemptions},
+                     "failed": r.failed, "unfinished": r.unfinished, "preemptions": r.preemptions},
         **{name: percentiles(r.latencies(name), owned=True) for name in r.LATENCIES},
         "throughput": {"output_tokens_per_s": tokens / makespan if makespan > 0 else None,
                        "requests_per_s": completed / makespan if makespan > 0 else None,

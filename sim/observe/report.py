@@ -33,7 +33,8 @@ def human_summary(summary: Mapping[str, Any], run_dir: str) -> str:
         f"{c['model']} on {c['hardware']} (tp {c['tp']}, pp {c['pp']}, dp {c['dp']}), {c['engine']} engine, "
         f"{c['fidelity']} network; workload {c['workload']}",
         f"outputs   {run_dir}",
-        f"requests  {r['completed']:,} completed, {r['rejected']:,} rejected, {r['unfinished']:,} unfinished "
+        f"requests  {r['completed']:,} completed, {r['rejected']:,} rejected, "
+        + (f"{r['failed']:,} failed, " if r.get('failed') else "") + f"{r['unfinished']:,} unfinished "
         f"of {r['total']:,}; {r['preemptions']:,} preemptions",
     ]
     for key, label in (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("e2e_s", "E2E")):

@@ -9,7 +9,7 @@ REQUESTS = pa.schema([
     ("prompt_tokens", pa.int64()),
     ("output_tokens", pa.int64()),
     ("replica", pa.int32()),
-    ("status", pa.string()),            # completed | rejected | unfinished (a run stopped early)
+    ("status", pa.string()),            # completed | rejected | failed (faults) | unfinished (a run stopped early)
     ("scheduled_s", pa.float64()),      # start of the first step that computed any of its prompt
     ("first_token_s", pa.float64()),
     ("finish_s", pa.float64()),
@@ -21,6 +21,7 @@ REQUESTS = pa.schema([
     ("tokens_per_pass", pa.float64()),  # (output_tokens - 1) / decode_passes: > 1 with speculative decoding
     ("cached_tokens", pa.int64()),      # prompt tokens served from the prefix cache when first scheduled
     ("priority", pa.int32()),           # the trace's priority (lower first under scheduler.policy=priority)
+    ("restarts", pa.int32()),           # faults that took its replica down while it was in flight (faults=mtbf)
 ])
 
 STEPS = pa.schema([

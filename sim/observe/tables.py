@@ -27,11 +27,11 @@ NAN = float("nan")
 
 def request_row(request_id: int, arrival: float, prompt: int, output: int, replica: int, status: str,
                 scheduled: float, first: float, finish: float, preemptions: int, passes: int,
-                cached: int = 0, priority: int = 0) -> tuple:
+                cached: int = 0, priority: int = 0, restarts: int = 0) -> tuple:
     """One row of ``requests.parquet`` in schema order, latencies derived."""
     return (request_id, arrival, prompt, output, replica, status, scheduled, first, finish, first - arrival,
             (finish - first) / (output - 1) if output > 1 else NAN, finish - arrival, preemptions, passes,
-            (output - 1) / passes if passes > 0 else NAN, cached, priority)
+            (output - 1) / passes if passes > 0 else NAN, cached, priority, restarts)
 
 
 class RequestLog:
@@ -80,7 +80,7 @@ class RequestLog:
             out = output[a:b]
             self._rows.extend(b - a, np.arange(a, b, dtype=np.int64), arrival_s[a:b], prompt[a:b], out, -1,
                               "unfinished", NAN, NAN, NAN, NAN, NAN, NAN, 0, 0, NAN, 0,
-                              0 if priority is None else priority[a:b])
+                              0 if priority is None else priority[a:b], 0)
         self.next_id = n
 
     def discard(self) -> None:

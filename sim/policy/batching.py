@@ -193,6 +193,20 @@ class ContinuousBatcher:
             i -= 1
         waiting.insert(i, request)
 
+    def evict_all(self) -> list[int]:
+        """The replica lost its GPUs (a fault): every request it held leaves (waiting, running,
+        swapped), in request order; its KV cache and host swap space are empty again."""
+        gone = sorted({*self.waiting, *self.running, *self.incoming}, key=self.requests.request_id.__getitem__)
+        self.waiting.clear()
+        self.running.clear()
+        self.incoming.clear()
+        self.busy.clear()
+        self.swapped.clear()
+        self.host_free = self.host_blocks
+        self.pool.clear()
+        self._gen[self._gen_k] = 0
+        return gone
+
     # ----- disaggregated serving -----------------------------------------------------------
     def reserve_incoming(self) -> list[int]:
         """Blocks for the KV of the requests coming from the prefill pool, in the order they

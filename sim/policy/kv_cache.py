@@ -44,6 +44,17 @@ class KVBlockPool:
         self._next_unit = 0
         self.hit_tokens = self.lookup_tokens = self.evictions = 0
 
+    def clear(self) -> None:
+        """Every block empty, no cached prefix (the replica's GPUs restarted); the counters
+        of lookups, hits and evictions are kept."""
+        self.free_blocks = self.total_blocks
+        self.held.clear()
+        self.shared.clear()
+        self._units.clear()
+        self._key.clear()
+        self._refs.clear()
+        self._evictable.clear()
+
     def blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.block_size)
 

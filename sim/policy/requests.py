@@ -27,7 +27,7 @@ class RequestStore:
     COLUMNS = {"request_id": ("q", -1), "arrival_s": ("d", 0.0), "prompt": ("q", 0), "output": ("q", 0),
                "replica": ("i", -1), "scheduled_s": ("d", float("nan")), "first_token_s": ("d", float("nan")), "computed": ("q", 0),
                "generated": ("q", 0), "preemptions": ("q", 0), "decode_passes": ("q", 0), "cached": ("q", 0),
-               "priority": ("q", 0)}
+               "priority": ("q", 0), "restarts": ("q", 0)}
 
     def __init__(self, capacity: int = 256) -> None:
         self.request_id = array("q")
@@ -43,6 +43,7 @@ class RequestStore:
         self.decode_passes = array("q")     # steps that sampled a token after the first one
         self.cached = array("q")            # prompt tokens found in the prefix cache when first scheduled
         self.priority = array("q")          # lower is served first (scheduler.policy=priority)
+        self.restarts = array("q")          # times a fault took its replica down while it was in flight
         self._free: list[int] = []
         self._grow(max(1, capacity))
 
@@ -80,6 +81,7 @@ class RequestStore:
         self.decode_passes[slot] = 0
         self.cached[slot] = 0
         self.priority[slot] = 0
+        self.restarts[slot] = 0
         return slot
 
     def release(self, slot: int) -> None:

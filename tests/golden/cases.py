@@ -9,7 +9,9 @@ only on purpose, for a change that means to change results, and say so in the co
 
 History: issue 11 (one event per step, fast-forwarded decode spans, link free-at times,
 streamed steps) moved floats by at most 1e-9 relative (most not at all) and added
-``requests.unfinished``; verified against the issue-10 captures, then recaptured.
+``requests.unfinished``; verified against the issue-10 captures, then recaptured. Issue 15
+(faults) added the ``restarts`` column of requests.parquet (0 without faults) and
+``requests.failed`` (0); every other value checked identical to the previous captures.
 """
 from __future__ import annotations
 

@@ -1,0 +1,142 @@
+"""Faults as a SimPy process: the fleet's next failure or straggler, applied to the cluster.
+
+What fails and when comes from a :class:`sim.policy.faults.FaultStream` (pure: drawn from
+per-component MTBFs on its own random stream, or scripted); this process waits for it, takes the replicas down through the cluster
+(:meth:`sim.des.simulation.Cluster.take_down`), brings each back after its downtime, and
+starts and ends stragglers. It schedules events per fault, never per step, so a fault-free
+stretch of simulated time costs nothing. ``faults.parquet`` gets one row per fault.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Sequence
+
+import pyarrow as pa
+import simpy
+
+from sim.policy.faults import FaultSource, FaultStream
+
+if TYPE_CHECKING:
+    from sim.des.simulation import Cluster
+
+FAULTS = pa.schema([
+    ("fault", pa.int64()),                  # in order of time
+    ("time_s", pa.float64()),
+    ("kind", pa.string()),                  # gpu | link | nvlink | host | straggler
+    ("component", pa.string()),             # the GPU (gpu, link, straggler) or server (nvlink, host)
+    ("replicas", pa.list_(pa.int32())),     # the replicas it took down (a straggler: slowed)
+    ("gpus", pa.int32()),                   # their GPUs
+    ("end_s", pa.float64()),                # the last of them serves again (a straggler: full speed again)
+    ("requests_restarted", pa.int64()),
+    ("requests_failed", pa.int64()),
+])
+
+
+@dataclass
+class FaultLog:
+    """The run's faults, one row each, and what they cost."""
+
+    rows: list[tuple] = field(default_factory=list)
+    down_gpu_s: float = 0.0         # GPU-seconds of replicas down (to the end of the run)
+    restarted: int = 0
+    failed: int = 0
+    expected_availability: float = 1.0   # the closed form, GPU-weighted (sim.policy.faults.availability)
+    gpus: int = 0                   # the replicas' GPUs
+
+    def summary(self, sim_time_s: float) -> dict[str, float | int]:
+        """``summary.json``'s ``faults``: failures (stragglers apart), GPU-hours down, requests
+        restarted and failed, and the fleet's availability (GPU-weighted time up) measured and
+        by the closed form."""
+        failures = sum(1 for r in self.rows if r[2] != "straggler")
+        span = self.gpus * sim_time_s
+        return {"count": failures, "stragglers": len(self.rows) - failures, "gpu_hours_lost": self.down_gpu_s / 3600.0,
+                "requests_restarted": self.restarted, "requests_failed": self.failed,
+                "availability": 1.0 - self.down_gpu_s / span if span > 0 else 1.0,
+                "availability_expected": self.expected_availability}
+
+    def table(self) -> pa.Table:
+        columns: list[Sequence[object]] = list(zip(*self.rows)) if self.rows else [[] for _ in FAULTS]
+        return pa.table([pa.array(c, type=f.type) for c, f in zip(columns, FAULTS)], schema=FAULTS)
+
+
+class FaultInjector:
+    """Draws the fleet's faults one after another and applies them to ``cluster``."""
+
+    def __init__(self, env: simpy.Environment, cluster: Cluster, draws: FaultStream, down_s: Sequence[float],
+                 stage_of: dict[str, tuple[int, int]], straggler_slowdown: float, straggler_duration_s: float) -> None:
+        """``down_s[k]``: how long replica ``k`` stays down after a fault (detection, repair,
+        spin-up); ``stage_of[gpu]``: (replica, stage) of a GPU."""
+        self.env, self.cluster, self.draws = env, cluster, draws
+        self.down_s = list(down_s)
+        self.stage_of = stage_of
+        self.slowdown, self.straggle_s = straggler_slowdown, straggler_duration_s
+        self.log = FaultLog(gpus=self._gpus(range(len(cluster.replicas))))
+        self._down_since: dict[int, float] = {}
+        self._straggling: dict[tuple[int, int], int] = {}    # (replica, stage) -> stragglers active
+        env.process(self.run())
+
+    def run(self):
+        while True:
+            nxt = self.draws.next()
+            if nxt is None:
+                return
+            gap, source = nxt
+            yield self.env.timeout(gap)
+            if source.kind == "straggler":
+                self._straggle(source)
+            else:
+                self._fail(source)
+
+    def _gpus(self, replicas: Sequence[int]) -> int:
+        return sum(len(g) for k in replicas for g in self.cluster.replicas[k].stage_gpus)
+
+    def _fail(self, source: FaultSource) -> None:
+        cluster, now = self.cluster, self.env.now
+        hit = [k for k in source.replicas if cluster.replicas[k].up]
+        if not hit:
+            return                      # its replicas are down already: nothing of it is running
+        for k in hit:
+            self._down_since[k] = now
+            self._straggling = {key: n for key, n in self._straggling.items() if key[0] != k}
+        restarted, failed = cluster.take_down(hit)
+        self.log.restarted += restarted
+        self.log.failed += failed
+        end = max(now + self.down_s[k] for k in hit)
+        self.log.rows.append((len(self.log.rows), now, source.kind, source.component, hit, self._gpus(hit), end,
+                              restarted, failed))
+        for k in hit:
+            self.env.process(self._restore(k, self.down_s[k]))
+
+    def _restore(self, replica: int, down_s: float):
+        yield self.env.timeout(down_s)
+        self.log.down_gpu_s += (self.env.now - self._down_since.pop(replica)) * self._gpus([replica])
+        self.cluster.bring_up(replica)
+
+    def _straggle(self, source: FaultSource) -> None:
+        k, stage = self.stage_of[source.component]
+        replica = self.cluster.replicas[k]
+        if not replica.up:
+            return
+        key = (k, stage)
+        self._straggling[key] = self._straggling.get(key, 0) + 1
+        replica.straggle(stage, self.slowdown)
+        now = self.env.now
+        self.log.rows.append((len(self.log.rows), now, "straggler", source.component, [k], 1, now + self.straggle_s, 0, 0))
+        self.env.process(self._unstraggle(key, replica.epoch))
+
+    def _unstraggle(self, key: tuple[int, int], epoch: int):
+        yield self.env.timeout(self.straggle_s)
+        replica = self.cluster.replicas[key[0]]
+        if replica.epoch != epoch or key not in self._straggling:
+            return                      # the replica went down meanwhile: it came back on other GPUs
+        self._straggling[key] -= 1
+        if not self._straggling[key]:
+            del self._straggling[key]
+            replica.straggle(key[1], 1.0)
+
+    def close(self, end_s: float) -> FaultLog:
+        """The log at the end of the run: replicas still down count until ``end_s``."""
+        for k, since in self._down_since.items():
+            self.log.down_gpu_s += (end_s - since) * self._gpus([k])
+        self._down_since.clear()
+        return self.log
