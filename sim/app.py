@@ -24,7 +24,7 @@ __all__ = ["StopRequest", "evaluate", "run"]
 
 #: What a run writes into its directory.
 RUN_OUTPUTS = ("config.yaml", "summary.json", "requests.parquet", "steps.parquet", "transfers.parquet", "faults.parquet",
-               "timeline.json", "error.txt")
+               "replicas.parquet", "timeline.json", "error.txt")
 
 
 def claim_run_dir(out: Path, overwrite: bool, own_config: bool = False) -> None:
@@ -97,8 +97,16 @@ def evaluate(cfg_mapping: Mapping[str, Any], out_dir: Path | None = None,
         summary["faults"] = result.faults.summary(result.sim_time_s)
         if written is not None:
             write_table(result.faults.table(), written / "faults.parquet")
+    alive = None
+    if result.lifecycle is not None:
+        summary["replicas"] = result.lifecycle.summary(result.sim_time_s)
+        if written is not None:
+            write_table(result.lifecycle.table(), written / "replicas.parquet")
+        stats = result.request_stats
+        if cfg.autoscale.enabled and stats is not None and stats.completed:
+            alive = result.lifecycle.alive_gpu_s(stats.first_arrival, stats.last_finish)
     summary["cost"] = mixed_fleet_cost(cfg.cost, fleet_parts(cfg, [r.group for r in plan.replicas],
-                                                             result.replica_busy_gpu_s, summary))
+                                                             result.replica_busy_gpu_s, summary, alive))
     cap = min((r.capacity for r in plan.replicas), key=lambda c: c.tokens)
     summary["config"] = {
         "hardware": "+".join(f"{g.parallel.dp}x{g.hardware.name}" for g in cfg.groups()) if cfg.fleet else cfg.hardware.name, "model": cfg.model.name, "engine": cfg.engine.name,

@@ -29,6 +29,7 @@ from sim.cost.fabric import Fabric
 from sim.cost.memory import KVCapacity, kv_capacity, swap_time_s
 from sim.cost.placement import draft_gpus, placement, shardable, tp_groups
 from sim.cost.spinup import spinup_s
+from sim.des.autoscale import Autoscaler, ReplicaLog
 from sim.des.faults import FaultInjector
 from sim.cost.step_time import StepTimePredictor
 from sim.des.disagg import KVHandoff
@@ -45,6 +46,7 @@ from sim.observe.recorder import ColumnRecorder
 from sim.observe.tables import RequestLog
 from sim.observe.timeline import Timeline
 from sim.policy.batching import ContinuousBatcher, SchedulerConfig
+from sim.policy.autoscale import Scaler
 from sim.policy.faults import FaultDraws, availability, fault_sources, replica_failure_rate_per_s
 from sim.policy.kv_cache import KVBlockPool
 from sim.policy.requests import RequestStore
@@ -556,8 +558,16 @@ def build_simulation(cfg: RunConfig, plan: ClusterPlan, table: workloads.Request
         cluster.replicas.append(Replica(env, i, rp.predictor, batcher, network, rp.stage_gpus, cluster,
                                         cfg.parallel.tp_cols, rp.speculative if cfg.speculative.enabled else None,
                                         accept, MAX_SPAN_STEPS if spans and single_stage else 1, swap_s))
+    if cfg.faults.enabled or cfg.autoscale.enabled:
+        cluster.lifecycle = ReplicaLog([sum(len(stage) for stage in rp.stage_gpus) for rp in plan.replicas])
     if cfg.faults.enabled:
         add_faults(cfg, plan, cluster)
+    if cfg.autoscale.enabled:
+        a = cfg.autoscale
+        n = len(plan.replicas)
+        initial = a.initial_replicas if a.initial_replicas is not None else min(n, a.min_replicas + a.headroom)
+        cluster.scaler = Autoscaler(env, cluster, Scaler(a, n), a.interval_s, initial,
+                                    [spinup_s(rp.capacity.weights_GB_per_gpu, cfg.spinup) for rp in plan.replicas])
     if cluster.kv is not None:
         cluster.kv.add_replicas(cluster.replicas[:prefill_count], cluster.replicas[prefill_count:],
                                 [list(rp.predictor.stage_layers) for rp in plan.replicas],

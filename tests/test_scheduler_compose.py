@@ -1,7 +1,7 @@
 """Every scheduler option composes with every other (issue 13's features together): random
 combinations of admission policy, preemption mode, prefix caching, chunking, block size,
 router, data and pipeline parallelism, speculative decoding and KV pressure on the Mooncake
-trace, and failures and stragglers (``faults=mtbf`` at a high rate, either recovery), each run
+trace, autoscaling (every policy), and failures and stragglers (``faults=mtbf`` at a high rate, either recovery), each run
 with the run-time invariants on (once, monotonic times, KV and host blocks conserved, shared
 prefixes reclaimed only when unreferenced, budgets, FIFO per priority); afterwards every
 request has completed, been rejected or failed exactly once."""
@@ -29,9 +29,9 @@ from sim.errors import ConfigError
        dp=st.integers(1, 3), pp=st.sampled_from([1, 2]), speculative=st.booleans(),
        util=st.sampled_from([0.3, 0.9]), n=st.integers(5, 60), rate=st.sampled_from([0.5, 2.0]),
        fast_forward=st.booleans(), budget=st.sampled_from([None, 0.05]),
-       faults=st.sampled_from([None, "restart", "fail"]))
+       faults=st.sampled_from([None, "restart", "fail"]), autoscale=st.sampled_from([None, "queue", "utilization", "slo"]))
 def test_scheduler_options_compose(policy, preemption, caching, chunked, block, router, dp, pp, speculative,
-                                   util, n, rate, fast_forward, budget, faults):
+                                   util, n, rate, fast_forward, budget, faults, autoscale):
     if router == "prefix_aware":
         caching = True
     over = ["workload=mooncake_synthetic", f"workload.max_requests={n}", f"workload.rate_scale={rate}",
@@ -46,7 +46,12 @@ def test_scheduler_options_compose(policy, preemption, caching, chunked, block, 
         over.append(f"scheduler.step_time_budget_s={budget}")
     if faults is not None:    # a fault every ~10 s, a replica back ~2 s later, stragglers too
         over += ["faults=mtbf", "faults.rate_scale=2e6", f"faults.recovery={faults}", "faults.detect_s=1",
-                 "faults.straggler_mtbf_hours=0.01", "spinup.warmup_s=0.5", "spinup.load_GBps_per_gpu=100"]
+                 "faults.straggler_mtbf_hours=0.01"]
+    if autoscale is not None:   # evaluated every 2 s, from one replica
+        over += [f"autoscale={autoscale}", "autoscale.interval_s=2", "autoscale.scale_down_delay_s=6",
+                 "autoscale.target_requests_per_replica=2", "autoscale.slo_ttft_s=0.2"]
+    if faults is not None or autoscale is not None:
+        over += ["spinup.warmup_s=0.5", "spinup.load_GBps_per_gpu=100"]
     with tempfile.TemporaryDirectory() as d:
         summary = run(compose_config(over), Path(d))
         req = pq.read_table(Path(d) / "requests.parquet").to_pydict()

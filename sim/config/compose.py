@@ -129,7 +129,7 @@ def resolved(cfg: DictConfig) -> dict[str, Any]:
 
 #: Config groups whose preset a run can be told by name, and the field that names it.
 _PRESET_KEYS = {"hardware": "name", "model": "name", "engine": "name", "topology": "kind", "disagg": "mode",
-                "faults": "kind"}
+                "faults": "kind", "autoscale": "policy"}
 
 
 def override_value(value: Any) -> str:

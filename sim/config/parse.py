@@ -7,7 +7,7 @@ the frozen dataclasses of :mod:`sim.config.schema` and :mod:`sim.spec`.
 from __future__ import annotations
 
 import json
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -28,6 +28,7 @@ from sim.config.typecheck import check_types
 from sim.cost.money import CostConfig
 from sim.cost.spinup import SpinupConfig
 from sim.errors import ConfigError, require
+from sim.policy.autoscale import AutoscaleConfig
 from sim.policy.batching import SchedulerConfig
 from sim.policy.faults import FaultConfig
 from sim.policy.speculative import SpeculativeConfig
@@ -38,7 +39,7 @@ from sim.spec.precision import Precision
 
 
 #: Top-level keys of a run's config (``conf/config.yaml``): its groups and settings.
-TOP_LEVEL_KEYS = ("cost", "debug", "disagg", "engine", "faults", "fleet", "hardware", "model", "network", "output",
+TOP_LEVEL_KEYS = ("autoscale", "cost", "debug", "disagg", "engine", "faults", "fleet", "hardware", "model", "network", "output",
                   "parallel", "precision", "scheduler", "seed", "sim", "speculative", "spinup", "topology", "workload")
 
 
@@ -47,7 +48,7 @@ def group_fields(group: str) -> list[str] | None:
     schemas = {"precision": Precision, "parallel": ParallelConfig, "network": NetworkConfig,
                "topology": TopologyConfig, "workload": WorkloadConfig, "scheduler": SchedulerConfig,
                "output": OutputConfig, "speculative": SpeculativeConfig, "sim": SimConfig, "debug": DebugConfig, "cost": CostConfig,
-               "faults": FaultConfig, "spinup": SpinupConfig,
+               "faults": FaultConfig, "spinup": SpinupConfig, "autoscale": AutoscaleConfig,
                "engine": EngineProfile, "hardware": HardwareSpec, "model": ModelSpec}
     cls = schemas.get(group)
     return sorted(f.name for f in fields(cls)) if cls is not None else None
@@ -72,12 +73,24 @@ def parse_config(cfg: Mapping[str, Any], sections: tuple[str, ...] = ()) -> RunC
                            "(disagg.prefill.hardware, disagg.decode.hardware); leave fleet empty")
         assert disagg.prefill is not None and disagg.decode is not None
         fleet = (disagg.prefill, disagg.decode)
+    autoscale = _dataclass(AutoscaleConfig, cfg.get("autoscale"), "autoscale")
+    parallel = _dataclass(ParallelConfig, cfg.get("parallel"), "parallel")
+    if autoscale.enabled:
+        require(not fleet, "autoscale with a mixed fleet (fleet: [...]) or disagg=pools is not built: "
+                           "autoscaling scales one homogeneous group of replicas")
+        if autoscale.max_replicas is not None:
+            parallel = replace(parallel, dp=autoscale.max_replicas)    # the fleet is built at its largest
+        require(autoscale.min_replicas <= parallel.dp,
+                f"autoscale.min_replicas={autoscale.min_replicas} exceeds the fleet's {parallel.dp} replicas "
+                f"(autoscale.max_replicas, or parallel.dp)")
+        require(autoscale.initial_replicas is None or autoscale.initial_replicas <= parallel.dp,
+                f"autoscale.initial_replicas={autoscale.initial_replicas} exceeds the fleet's {parallel.dp} replicas")
     return RunConfig(
         hardware=hardware,
         model=model_from_mapping(cfg["model"]),
         engine=engine_from_mapping(cfg["engine"]),
         precision=_dataclass(Precision, cfg.get("precision"), "precision"),
-        parallel=_dataclass(ParallelConfig, cfg.get("parallel"), "parallel"),
+        parallel=parallel,
         network=_dataclass(NetworkConfig, cfg.get("network"), "network"),
         topology=_dataclass(TopologyConfig, _without_notes(cfg.get("topology")), "topology"),
         workload=_dataclass(WorkloadConfig, cfg.get("workload"), "workload"),
@@ -92,6 +105,7 @@ def parse_config(cfg: Mapping[str, Any], sections: tuple[str, ...] = ()) -> RunC
         debug=_dataclass(DebugConfig, cfg.get("debug"), "debug"),
         faults=_dataclass(FaultConfig, cfg.get("faults"), "faults"),
         spinup=_dataclass(SpinupConfig, cfg.get("spinup"), "spinup"),
+        autoscale=autoscale,
     )
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from sim.cost.money import CostConfig
 from sim.cost.spinup import SpinupConfig
 from sim.errors import require
+from sim.policy.autoscale import AutoscaleConfig
 from sim.policy.batching import SchedulerConfig
 from sim.policy.faults import FaultConfig
 from sim.policy.routing import ROUTERS
@@ -244,6 +245,7 @@ class RunConfig:
     sim: SimConfig = SimConfig()
     debug: DebugConfig = DebugConfig()
     faults: FaultConfig = FaultConfig()
+    autoscale: AutoscaleConfig = AutoscaleConfig()
     spinup: SpinupConfig = SpinupConfig()
 
     @property

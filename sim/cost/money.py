@@ -9,7 +9,9 @@ Pure (no SimPy). Modelling assumptions:
   draws less than TDP on real GPUs, so this is an upper bound on busy power.
 * **Rent.** The fleet is paid for the whole run (first arrival to last finish), every GPU at
   the price per GPU-hour of the chosen pricing (``spot``/first column, ``on_demand``,
-  ``reserved``); electricity is in the price.
+  ``reserved``); electricity is in the price. Autoscaled, only the GPU-seconds a replica is
+  alive (starting, serving, draining, or down being replaced) are paid for and draw idle power.
+  Owned GPUs cost their depreciation whether running or not: autoscaling saves their energy only.
 * **Own.** Capital (GPUs, servers without GPUs, network ports for multi-node topologies) is
   depreciated linearly over ``depreciation_years`` of round-the-clock life; energy is paid
   at ``electricity_usd_per_kWh``. Maintenance, staff, space and financing are not included.
@@ -99,14 +101,19 @@ class FleetUse:
     makespan_s: float
     gpu_busy_s: float
     output_tokens: int
+    alive_gpu_s: float | None = None   # autoscaling: GPU-seconds paid for over the makespan (None: gpus x makespan)
+
+    @property
+    def paid_gpu_s(self) -> float:
+        return self.gpus * self.makespan_s if self.alive_gpu_s is None else self.alive_gpu_s
 
 
 def energy(cost: CostConfig, hw: HardwareSpec, use: FleetUse) -> dict[str, Any]:
     """Facility energy of the run from each GPU's busy time (see module docstring)."""
-    it_J = (use.gpus * (hw.idle_W + cost.host_W(hw.name)) * use.makespan_s
-            + (hw.tdp_W - hw.idle_W) * use.gpu_busy_s)
+    paid = use.paid_gpu_s
+    it_J = paid * (hw.idle_W + cost.host_W(hw.name)) + (hw.tdp_W - hw.idle_W) * use.gpu_busy_s
     facility_J = it_J * cost.pue
-    util = use.gpu_busy_s / (use.gpus * use.makespan_s) if use.gpus and use.makespan_s > 0 else None
+    util = use.gpu_busy_s / paid if paid > 0 else None
     return {"joules": facility_J, "kWh": facility_J / 3.6e6,
             "avg_power_W": facility_J / use.makespan_s if use.makespan_s > 0 else None,
             "gpu_utilization": util,
@@ -126,7 +133,7 @@ def mixed_fleet_cost(cost: CostConfig, parts: list[tuple[HardwareSpec, FleetUse]
     tokens = parts[0][1].output_tokens
     hours = makespan / 3600.0
     per_hour = busy_usd = 0.0
-    joules = busy_s = 0.0
+    joules = busy_s = paid_s = 0.0
     gpus = 0
     out: dict[str, Any] = {"model": cost.model}
     capital = {"gpus_usd": 0.0, "servers_usd": 0.0, "network_usd": 0.0}
@@ -136,10 +143,11 @@ def mixed_fleet_cost(cost: CostConfig, parts: list[tuple[HardwareSpec, FleetUse]
         e = energy(cost, hw, use)
         joules += e["joules"]
         busy_s += use.gpu_busy_s
+        paid_s += use.paid_gpu_s
         gpus += use.gpus
         if cost.model == "rent":
             price = gpu_hour_price(cost, hw)
-            group_per_hour = use.gpus * price
+            group_per_hour = (use.paid_gpu_s / makespan if makespan > 0 else use.gpus) * price
             busy_usd += use.gpu_busy_s / 3600.0 * price
         else:
             cap = capital_usd(cost, hw, use.gpus, use.nodes, use.network_ports)
@@ -157,16 +165,20 @@ def mixed_fleet_cost(cost: CostConfig, parts: list[tuple[HardwareSpec, FleetUse]
     out.update({"gpus": gpus, "nodes": sum(u.nodes for _, u in parts)})
     if cost.model == "own":
         out.update({**capital, "capex_usd_per_hour": capex_per_hour, "energy_usd_per_hour": energy_per_hour})
-    out.update({"usd_per_hour": per_hour, "usd_per_gpu_hour": per_hour / gpus if gpus else None})
+    scaled = any(u.alive_gpu_s is not None for _, u in parts)
+    out.update({"usd_per_hour": per_hour, "usd_per_gpu_hour": (
+        per_hour * makespan / paid_s if paid_s > 0 else None) if scaled else (per_hour / gpus if gpus else None)})
     per_mtok = (lambda usd: usd / tokens * 1e6) if tokens else (lambda usd: None)
     out.update({"usd_per_million_output_tokens": per_mtok(per_hour * hours),
                 "usd_per_million_output_tokens_busy": per_mtok(busy_usd),
                 "busy_gpu_hours": busy_s / 3600.0,
                 "energy": {"joules": joules, "kWh": joules / 3.6e6,
                            "avg_power_W": joules / makespan if makespan > 0 else None,
-                           "gpu_utilization": busy_s / (gpus * makespan) if gpus and makespan > 0 else None,
+                           "gpu_utilization": busy_s / paid_s if paid_s > 0 else None,
                            "joules_per_output_token": joules / tokens if tokens else None},
                 "assumptions": {**cost.assumptions(), "sources": dict(cost.sources)}})
+    if scaled:
+        out["gpu_hours_paid"] = paid_s / 3600.0
     if len(parts) > 1:
         out["groups"] = groups
     return out

@@ -92,7 +92,7 @@ class FaultInjector:
 
     def _fail(self, source: FaultSource) -> None:
         cluster, now = self.cluster, self.env.now
-        hit = [k for k in source.replicas if cluster.replicas[k].up]
+        hit = [k for k in source.replicas if cluster.replicas[k].up and cluster.powered(k)]
         if not hit:
             return                      # its replicas are down already: nothing of it is running
         for k in hit:
@@ -115,7 +115,7 @@ class FaultInjector:
     def _straggle(self, source: FaultSource) -> None:
         k, stage = self.stage_of[source.component]
         replica = self.cluster.replicas[k]
-        if not replica.up:
+        if not replica.up or not self.cluster.powered(k):
             return
         key = (k, stage)
         self._straggling[key] = self._straggling.get(key, 0) + 1

@@ -104,6 +104,7 @@ class Replica:
         self.kv: KVPeer | None = None           # disaggregated serving (set by the builder)
         self.up = True                          # False while a fault has it down
         self.epoch = 0                          # faults it has had (a straggler's end is for its epoch)
+        self.wanted = True                      # False: the autoscaler is letting it go (draining or off)
         self.slowdown = [1.0] * self.pp         # per stage: its local work takes this many times as long
         self.process = env.process(self._loop())
 

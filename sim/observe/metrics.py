@@ -156,11 +156,12 @@ def summarize(requests: RequestStats | pa.Table, step_sums: Mapping[str, float],
 
 
 def fleet_parts(cfg, replica_groups: list[int], replica_busy_gpu_s: list[float],
-                summary: Mapping[str, Any]) -> list[tuple[Any, FleetUse]]:
+                summary: Mapping[str, Any], alive_gpu_s: float | None = None) -> list[tuple[Any, FleetUse]]:
     """Per hardware group of the fleet (one group unless ``fleet:`` mixes hardware): its
     hardware and what it used -- GPUs, servers (as a fraction of ``topology.gpus_per_node``-GPU
     nodes: a partial node is charged its share), leaf network ports (one per GPU when the group
-    spans nodes), the run's makespan, its busy GPU-seconds, the run's output tokens."""
+    spans nodes), the run's makespan, its busy GPU-seconds, the run's output tokens, and
+    (autoscaling, one group) the GPU-seconds alive over the makespan."""
     per_node = cfg.topology.gpus_per_node
     parts = []
     for k, g in enumerate(cfg.groups()):
@@ -169,5 +170,6 @@ def fleet_parts(cfg, replica_groups: list[int], replica_busy_gpu_s: list[float],
         busy = sum(b for grp, b in zip(replica_groups, replica_busy_gpu_s) if grp == k)
         parts.append((g.hardware, FleetUse(gpus=gpus, nodes=gpus / per_node, network_ports=gpus if multi_node else 0,
                                            makespan_s=float(summary["throughput"]["makespan_s"]), gpu_busy_s=busy,
-                                           output_tokens=int(summary["throughput"]["output_tokens"]))))
+                                           output_tokens=int(summary["throughput"]["output_tokens"]),
+                                           alive_gpu_s=alive_gpu_s)))
     return parts

@@ -45,7 +45,9 @@ def human_summary(summary: Mapping[str, Any], run_dir: str) -> str:
     lines.append(f"output    {figure(t['output_tokens_per_s'])} tokens/s, {figure(t['requests_per_s'])} requests/s "
                  f"over {figure(t['makespan_s'])} s simulated")
     lines.append(f"cost      ${figure(cost.get('usd_per_million_output_tokens'))} per million output tokens "
-                 f"(${figure(cost.get('usd_per_hour'))}/h for {cost.get('gpus', '-')} GPUs, {cost.get('model', '')}), "
+                 f"(${figure(cost.get('usd_per_hour'))}/h for {cost.get('gpus', '-')} GPUs"
+                 + (f", {figure(cost['gpu_hours_paid'])} GPU-hours paid as autoscaled" if "gpu_hours_paid" in cost else "")
+                 + f", {cost.get('model', '')}), "
                  f"{figure(energy.get('joules_per_output_token'))} J per output token")
     speed = sim["sim_time_s"] / sim["wall_s"] if sim.get("wall_s") else None
     lines.append(f"wall      {figure(sim['wall_s'])} s ({figure(speed)}x simulated time), "
