@@ -133,3 +133,31 @@ def test_a_run_replays_the_warped_tiled_trace(tmp_path):
     fast = np.sum((arr >= 20) & (arr < 40)) / 20
     slow = np.sum((arr >= 0) & (arr < 20)) / 20
     assert fast > 2 * slow     # 4x the rate there (Poisson: about 20 vs 5 per second)
+
+
+def test_bundled_profiles_are_the_azure_2024_shapes():
+    """diurnal / weekly (conversation) and their code twins: mean 1 over the cycle, a day or a
+    week long, the peak / trough ratios and hours ATTRIBUTION.md states."""
+    from workloads.rate_profile import BUNDLED_PROFILES
+    expect = {"diurnal": (86400, 1.79, 14, 22), "diurnal_code": (86400, 8.67, 19, 8),
+              "weekly": (604800, 3.53, None, None), "weekly_code": (604800, 28.9, None, None)}
+    for name, (cycle, ratio, peak_h, trough_h) in expect.items():
+        assert name in BUNDLED_PROFILES
+        p = read_rate_profile(name)
+        hours = p.multiplier[::2]
+        assert p.time_s[-1] == cycle and len(hours) == cycle // 3600
+        assert p.integral(float(cycle)) / cycle == pytest.approx(1.0, abs=1e-3)
+        assert hours.max() / hours.min() == pytest.approx(ratio, rel=0.01)
+        if peak_h is not None:
+            assert int(np.argmax(hours)) == peak_h and int(np.argmin(hours)) == trough_h
+
+
+def test_the_bundled_day_spans_a_day_at_the_traces_mean_rate():
+    from sim.build import load_workload
+    from sim.config.parse import parse_config
+    table = load_workload(parse_config(compose_config(["workload=azure_code_day"])))
+    assert len(table) == 24 * 8819
+    assert 86000 < table.arrival_s[-1] < 86401
+    hour = np.histogram(table.arrival_s, bins=24, range=(0, 86400))[0]
+    assert hour.argmax() == 19 and 4 <= hour.argmin() <= 10       # the 2023 hour is bursty within itself
+    assert hour.max() / hour.min() > 6

@@ -135,11 +135,24 @@ class RateProfile:
         return cycles * self.period_s + t0 + np.clip(x, 0.0, width)
 
 
+#: Bundled profiles by name (``workload.rate_profile=diurnal``), under ``data/profiles/``: the
+#: Azure LLM inference trace 2024's hourly arrival rates (see ``data/ATTRIBUTION.md``).
+BUNDLED_PROFILES = {
+    "diurnal": "diurnal_azure2024_conv.csv",        # conversation, mean day (t=0: 00:00 UTC)
+    "weekly": "weekly_azure2024_conv.csv",          # conversation, the week (t=0: Sunday 00:00 UTC)
+    "diurnal_code": "diurnal_azure2024_code.csv",   # code, mean day
+    "weekly_code": "weekly_azure2024_code.csv",     # code, the week (t=0: Friday 00:00 UTC)
+}
+PROFILE_DIR = Path(__file__).resolve().parent / "data" / "profiles"
+
+
 def read_rate_profile(path: str | Path) -> RateProfile:
-    """A profile from a CSV file with the header ``time_s,multiplier`` (one row per knot)."""
-    p = Path(path)
+    """A profile from a CSV file with the header ``time_s,multiplier`` (one row per knot), or
+    a bundled one by name (:data:`BUNDLED_PROFILES`)."""
+    p = PROFILE_DIR / BUNDLED_PROFILES[str(path)] if str(path) in BUNDLED_PROFILES else Path(path)
     if not p.is_file():
-        raise WorkloadError(f"workload.rate_profile={str(path)!r}: no such file")
+        raise WorkloadError(f"workload.rate_profile={str(path)!r}: no such file (or one of the bundled profiles "
+                            f"{sorted(BUNDLED_PROFILES)})")
     times: list[float] = []
     mults: list[float] = []
     with p.open(newline="") as f:
