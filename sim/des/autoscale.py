@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import simpy
 
+from sim.observe.recorder import rows_table
 from sim.policy.autoscale import Observation, Scaler
 
 if TYPE_CHECKING:
@@ -96,8 +97,7 @@ class ReplicaLog:
                 "scale_ups": self.scale_ups, "scale_downs": self.scale_downs}
 
     def table(self) -> pa.Table:
-        columns: list[Sequence[object]] = list(zip(*self.rows)) if self.rows else [[] for _ in REPLICAS]
-        return pa.table([pa.array(c, type=f.type) for c, f in zip(columns, REPLICAS)], schema=REPLICAS)
+        return rows_table(self.rows, REPLICAS)
 
 
 class Autoscaler:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Sequence
 import pyarrow as pa
 import simpy
 
+from sim.observe.recorder import rows_table
 from sim.policy.faults import FaultSource, FaultStream
 
 if TYPE_CHECKING:
@@ -55,8 +56,7 @@ class FaultLog:
                 "availability_expected": self.expected_availability}
 
     def table(self) -> pa.Table:
-        columns: list[Sequence[object]] = list(zip(*self.rows)) if self.rows else [[] for _ in FAULTS]
-        return pa.table([pa.array(c, type=f.type) for c, f in zip(columns, FAULTS)], schema=FAULTS)
+        return rows_table(self.rows, FAULTS)
 
 
 class FaultInjector:

@@ -46,6 +46,12 @@ def write_json(value: Any, path: Path) -> Path:
     return write_text(json.dumps(value, indent=2) + "\n", path)
 
 
+def rows_table(rows: list[tuple], schema: pa.Schema) -> pa.Table:
+    """A few rows (tuples in ``schema``'s column order, e.g. one per fault) as a table."""
+    columns: list[Any] = list(zip(*rows)) if rows else [[] for _ in schema]
+    return pa.table([pa.array(c, type=f.type) for c, f in zip(columns, schema)], schema=schema)
+
+
 def use_returning_allocator() -> None:
     """Give Arrow's buffers (Parquet encoding on the writer thread) to jemalloc, which hands
     freed pages back to the system, instead of pyarrow's default mimalloc, which keeps them:
