@@ -94,7 +94,8 @@ def evaluate(cfg_mapping: Mapping[str, Any], out_dir: Path | None = None,
     if result.kv_transfer is not None:
         summary["kv_transfer"] = result.kv_transfer
     if result.faults is not None:
-        summary["faults"] = result.faults.summary(result.sim_time_s)
+        summary["faults"] = result.faults.summary(
+            result.sim_time_s, result.lifecycle.alive_gpu_s() if result.lifecycle is not None and cfg.autoscale.enabled else None)
         if written is not None:
             write_table(result.faults.table(), written / "faults.parquet")
     alive = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -50,10 +51,12 @@ def test_the_slo_policy_grows_in_proportion_and_shrinks_one_replica_per_calm_win
     s = Scaler(cfg, max_replicas=10)
     assert s.desired(_obs(2, requests=5, ttft=3.0), 0.0) == 6
     assert s.desired(_obs(6, requests=5, ttft=0.7), 15.0) == 6  # under target, not calm enough
-    t = 30.0
-    assert s.desired(_obs(6, requests=5, ttft=0.2), t) == 6     # calm from here
-    assert s.desired(_obs(6, requests=5, ttft=0.2), t + 60) == 5
-    assert s.desired(_obs(5, requests=5, ttft=0.2), t + 120) == 4
+    n, seen = 6, []
+    for t in np.arange(30.0, 300.0, 15.0):                     # calm from 30 s, evaluated every 15 s
+        n = s.desired(_obs(n, requests=5, ttft=0.2), float(t))
+        seen.append((float(t), n))
+    assert dict(seen)[75.0] == 6 and dict(seen)[90.0] == 5     # one calm window (60 s) after 30 s
+    assert dict(seen)[150.0] == 4 and dict(seen)[210.0] == 3   # then one replica per further window
 
 
 def _run(tmp_path, name, *extra):
@@ -139,3 +142,73 @@ def test_max_replicas_builds_the_fleet_at_its_largest():
     cfg = parse_config(compose_config(["autoscale=queue", "autoscale.max_replicas=4", "model=llama3_8b", "parallel.tp=2"]))
     assert cfg.parallel.dp == 4 and cfg.gpus == 8
     assert math.isclose(spinup_s(16.0, SpinupConfig()), 16.0 / 0.889 + 64.0)
+
+
+def _cluster(*overrides):
+    from sim.build import build_cluster, build_simulation, load_workload
+    cfg = parse_config(compose_config(["workload=synthetic", "model=llama3_8b", "parallel.tp=1", "parallel.dp=4",
+                                       "output.progress=never", *overrides]))
+    return build_simulation(cfg, build_cluster(cfg), load_workload(cfg))
+
+
+def test_a_replica_started_again_serves_a_whole_spin_up_after_its_latest_start():
+    from sim.des.simulation import simulate
+    cluster = _cluster("autoscale=queue", "autoscale.interval_s=1e6", "workload.max_requests=50", "workload.rate_per_s=0.2")
+    scaler, env = cluster.scaler, cluster.env
+
+    def script():
+        yield env.timeout(10.0)
+        scaler._start(1)
+        yield env.timeout(10.0)
+        scaler._drain(1)                # the starting replica is let go
+        yield env.timeout(10.0)
+        scaler._start(1)                # and started again at 30 s
+    env.process(script())
+    simulate(cluster)
+    rows = cluster.lifecycle.rows
+    served = [r for r in rows if r[1] == 1 and r[3] == "spun_up"]
+    assert len(served) == 1 and served[0][0] == pytest.approx(30.0 + scaler.spinup_s[1], rel=1e-12)
+
+
+def test_a_replica_turned_off_loses_its_prefix_cache():
+    from sim.des.simulation import simulate
+    cluster = _cluster("workload=mooncake_synthetic", "workload.max_requests=400", "scheduler.prefix_caching=true",
+                       "parallel.router=prefix_aware", "autoscale=queue", "autoscale.target_requests_per_replica=1",
+                       "autoscale.scale_down_delay_s=30", "autoscale.interval_s=5", "spinup.warmup_s=1",
+                       "workload.rate_scale=0.3")
+    simulate(cluster)
+    log = cluster.lifecycle
+    assert any(r[3] == "drained" for r in log.rows)
+    for k, state in enumerate(log.state):
+        if state == "off":
+            pool = cluster.replicas[k].batcher.pool
+            assert pool.cached_units == 0 and pool.free_blocks == pool.total_blocks
+
+
+@pytest.mark.parametrize("policy", ["utilization", "queue"])
+def test_autoscaling_decides_the_same_with_and_without_fast_forward(step_profile, policy):
+    a, rows_a = _run(step_profile, f"{policy}_ff", f"autoscale={policy}", "autoscale.target_utilization=0.5",
+                     "autoscale.target_requests_per_replica=8", "sim.fast_forward=true")
+    b, rows_b = _run(step_profile, f"{policy}_step", f"autoscale={policy}", "autoscale.target_utilization=0.5",
+                     "autoscale.target_requests_per_replica=8", "sim.fast_forward=false")
+    assert [(r["replica"], r["state"], r["reason"]) for r in rows_a] == [(r["replica"], r["state"], r["reason"]) for r in rows_b]
+    assert [r["time_s"] for r in rows_a] == pytest.approx([r["time_s"] for r in rows_b], rel=1e-9)
+
+
+def test_availability_counts_only_the_gpu_time_replicas_were_running(step_profile):
+    summary, _ = _run(step_profile, "avail", "autoscale=queue", "autoscale.target_requests_per_replica=8",
+                      "faults=mtbf", "faults.rate_scale=3e5")
+    f = summary["faults"]
+    assert f["count"] > 0
+    assert f["availability"] == pytest.approx(1 - f["gpu_hours_lost"] / summary["replicas"]["gpu_hours"], rel=1e-9)
+
+
+def test_a_stall_is_reported_even_while_the_autoscaler_keeps_evaluating():
+    from unittest import mock
+
+    from sim.des.simulation import StopRequest, simulate
+    from sim.policy.batching import ContinuousBatcher
+    cluster = _cluster("autoscale=queue", "workload.max_requests=20")
+    with mock.patch.object(ContinuousBatcher, "plan", return_value=None):     # nothing can ever be scheduled
+        with pytest.raises(ConfigError, match="simulation stalled"):
+            simulate(cluster, StopRequest(max_wall_s=60))

@@ -262,3 +262,17 @@ def test_faults_with_disaggregated_pools_are_refused():
     cfg = parse_config(compose_config(["disagg=pools", "faults=mtbf", "model=llama3_8b", "workload=synthetic"]))
     with pytest.raises(ConfigError, match="faults=mtbf with disagg=pools is not built"):
         build_simulation(cfg, build_cluster(cfg), load_workload(cfg))
+
+
+def test_a_fault_during_a_fast_forwarded_span_gives_what_stepping_gives():
+    """The span's steps that ended before the fault happened (tokens, rows), as when stepping."""
+    results = []
+    for ff in ("true", "false"):
+        cfg = _config("workload.max_requests=40", "workload.rate_per_s=20.0", "workload.prompt_tokens=256",
+                      "workload.output_tokens=400", "parallel.dp=2", f"sim.fast_forward={ff}")
+        results.append(_simulate(cfg, [(4.0, _gpu_fault(0))], down_s=5.0))
+    a, b = (r.requests.to_pylist() for r in results)
+    assert [r["status"] for r in a] == [r["status"] for r in b]
+    assert [r["restarts"] for r in a] == [r["restarts"] for r in b] and sum(r["restarts"] for r in a) > 0
+    assert [r["finish_s"] for r in a] == pytest.approx([r["finish_s"] for r in b], rel=1e-9)
+    assert results[0].steps == results[1].steps

@@ -168,11 +168,11 @@ def test_every_workload_loads_and_runs(tmp_path, workload):
                  "output.progress=never"]
     rc = parse_config(compose(*overrides))
     table = load_workload(rc)
-    assert len(table) == 5
+    assert len(table) == 5 * rc.workload.repeat             # azure_code_day replays the 5 requests 24 times
     if rc.workload.source == "bundled":
         full = workloads.load_bundled(rc.workload.trace)
-        np.testing.assert_array_equal(table.prompt_tokens, full.prompt_tokens[:5])
-        np.testing.assert_array_equal(table.output_tokens, full.output_tokens[:5])
+        np.testing.assert_array_equal(table.prompt_tokens, np.tile(full.prompt_tokens[:5], rc.workload.repeat))
+        np.testing.assert_array_equal(table.output_tokens, np.tile(full.output_tokens[:5], rc.workload.repeat))
     summary, req, _ = run_tables(overrides, tmp_path)
     assert_all_completed(summary, req)
     np.testing.assert_array_equal(req["prompt_tokens"], table.prompt_tokens)

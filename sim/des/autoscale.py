@@ -118,10 +118,12 @@ class Autoscaler:
             log.rows.append((0.0, k, log.state[k], "initial", initial, initial))
         self._busy_at = self._busy()
         self._ttft: list[float] = []
+        self._starts = [0] * len(cluster.replicas)
+        env.background += 1             # type: ignore[attr-defined]      # per replica: starts so far (a spin-up is for its start)
         env.process(self.run())
 
     def _busy(self) -> list[float]:
-        return [sum(r.stage_busy_s) / r.pp for r in self.cluster.replicas]
+        return [r.busy_s() for r in self.cluster.replicas]
 
     def first_token(self, ttft_s: float) -> None:
         """A request's time to first token (the slo policy's metric)."""
@@ -167,13 +169,15 @@ class Autoscaler:
                 cluster.replicas[k].wanted = True
                 log.set(self.env.now, k, "starting", "scale_up", cluster.serving())
                 log.scale_ups += 1
-                self.env.process(self._spin_up(k, cluster.replicas[k].epoch))
+                self._starts[k] += 1
+                self.env.process(self._spin_up(k, cluster.replicas[k].epoch, self._starts[k]))
                 n -= 1
 
-    def _spin_up(self, replica: int, epoch: int):
+    def _spin_up(self, replica: int, epoch: int, start: int):
         yield self.env.timeout(self.spinup_s[replica])
         rep = self.cluster.replicas[replica]
-        if rep.epoch == epoch and rep.up and rep.wanted:    # a fault meanwhile: its repair serves it
+        # a fault meanwhile: its repair serves it; stopped (and maybe started again) meanwhile: not this start's
+        if rep.epoch == epoch and self._starts[replica] == start and rep.up and rep.wanted:
             self.cluster.serve(replica, "spun_up")
 
     def _drain(self, n: int) -> None:
@@ -184,6 +188,7 @@ class Autoscaler:
         for k in reversed(range(len(log.state))):
             if n and log.state[k] == "starting":
                 cluster.replicas[k].wanted = False
+                cluster.replicas[k].power_off()
                 log.set(self.env.now, k, "off", "scale_down", cluster.serving())
                 log.scale_downs += 1
                 n -= 1

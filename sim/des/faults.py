@@ -44,12 +44,12 @@ class FaultLog:
     expected_availability: float = 1.0   # the closed form, GPU-weighted (sim.policy.faults.availability)
     gpus: int = 0                   # the replicas' GPUs
 
-    def summary(self, sim_time_s: float) -> dict[str, float | int]:
+    def summary(self, sim_time_s: float, alive_gpu_s: float | None = None) -> dict[str, float | int]:
         """``summary.json``'s ``faults``: failures (stragglers apart), GPU-hours down, requests
-        restarted and failed, and the fleet's availability (GPU-weighted time up) measured and
-        by the closed form."""
+        restarted and failed, and the fleet's availability (GPU-weighted time up, of the GPU time
+        replicas were running: ``alive_gpu_s`` when autoscaled) measured and by the closed form."""
         failures = sum(1 for r in self.rows if r[2] != "straggler")
-        span = self.gpus * sim_time_s
+        span = self.gpus * sim_time_s if alive_gpu_s is None else alive_gpu_s
         return {"count": failures, "stragglers": len(self.rows) - failures, "gpu_hours_lost": self.down_gpu_s / 3600.0,
                 "requests_restarted": self.restarted, "requests_failed": self.failed,
                 "availability": 1.0 - self.down_gpu_s / span if span > 0 else 1.0,
@@ -72,13 +72,15 @@ class FaultInjector:
         self.slowdown, self.straggle_s = straggler_slowdown, straggler_duration_s
         self.log = FaultLog(gpus=self._gpus(range(len(cluster.replicas))))
         self._down_since: dict[int, float] = {}
-        self._straggling: dict[tuple[int, int], int] = {}    # (replica, stage) -> stragglers active
+        env.background += 1             # type: ignore[attr-defined]
+        self._straggling: dict[tuple[int, int], tuple[int, int]] = {}   # (replica, stage) -> (its epoch, stragglers active)
         env.process(self.run())
 
     def run(self):
         while True:
             nxt = self.draws.next()
             if nxt is None:
+                self.env.background -= 1
                 return
             gap, source = nxt
             yield self.env.timeout(gap)
@@ -97,7 +99,6 @@ class FaultInjector:
             return                      # its replicas are down already: nothing of it is running
         for k in hit:
             self._down_since[k] = now
-            self._straggling = {key: n for key, n in self._straggling.items() if key[0] != k}
         restarted, failed = cluster.take_down(hit)
         self.log.restarted += restarted
         self.log.failed += failed
@@ -118,7 +119,8 @@ class FaultInjector:
         if not replica.up or not self.cluster.powered(k):
             return
         key = (k, stage)
-        self._straggling[key] = self._straggling.get(key, 0) + 1
+        epoch, active = self._straggling.get(key, (replica.epoch, 0))
+        self._straggling[key] = (replica.epoch, (active if epoch == replica.epoch else 0) + 1)
         replica.straggle(stage, self.slowdown)
         now = self.env.now
         self.log.rows.append((len(self.log.rows), now, "straggler", source.component, [k], 1, now + self.straggle_s, 0, 0))
@@ -128,9 +130,11 @@ class FaultInjector:
         yield self.env.timeout(self.straggle_s)
         replica = self.cluster.replicas[key[0]]
         if replica.epoch != epoch or key not in self._straggling:
-            return                      # the replica went down meanwhile: it came back on other GPUs
-        self._straggling[key] -= 1
-        if not self._straggling[key]:
+            return                      # down or off meanwhile: it came back on other GPUs
+        active = self._straggling[key][1] - 1
+        if active:
+            self._straggling[key] = (epoch, active)
+        else:
             del self._straggling[key]
             replica.straggle(key[1], 1.0)
 

@@ -99,6 +99,8 @@ class Replica:
         self._span_cut = False
         self._span_bounds: np.ndarray = np.zeros(1)   # the span's step boundaries (while in one)
         self._span_seqs = 0
+        self._span_parts: tuple = ()            # the span in progress: (span, compute, memory, network, fixed, duration)
+        self._busy_from: tuple[float, float] | None = None   # one stage: (start, busy seconds then) of the step or span in progress
         self.steps = 0
         self.stage_busy_s = [0.0] * self.pp
         self.kv: KVPeer | None = None           # disaggregated serving (set by the builder)
@@ -119,10 +121,16 @@ class Replica:
     # ----- faults -------------------------------------------------------------------------------
     def halt(self) -> list[int]:
         """A fault took the replica's GPUs: stop its processes where they are (the step in
-        progress is lost), and return the requests it held, in request order; its KV cache,
+        progress is lost; a fast-forwarded span's steps that ended by now happened, as stepping
+        would have had them), and return the requests it held, in request order; its KV cache,
         swap space and stragglers are gone."""
+        if self._in_span:
+            done = int(np.searchsorted(self._span_bounds, self.env.now, side="right")) - 1
+            if done >= 1:
+                self._apply_span(min(done, len(self._span_bounds) - 1))
         self.up = False
         self.epoch += 1
+        self._busy_from = None
         for p in (self.process, *self.inflight):
             if p.is_alive:
                 p.interrupt(HALT)
@@ -130,6 +138,21 @@ class Replica:
         self._in_span = self._span_cut = False
         self.slowdown = [1.0] * self.pp
         return self.batcher.evict_all()
+
+    def power_off(self) -> None:
+        """Turned off (the autoscaler let it go, empty): its next start loads weights afresh, with
+        an empty KV and prefix cache and none of its stragglers."""
+        self.epoch += 1
+        self.batcher.pool.clear()
+        self.slowdown = [1.0] * self.pp
+
+    def busy_s(self) -> float:
+        """Seconds the replica has computed so far (per stage on average), with one stage the
+        step or fast-forwarded span in progress counted up to now (the same either way)."""
+        if self._busy_from is not None:
+            start, before = self._busy_from
+            return before + self.env.now - start
+        return sum(self.stage_busy_s) / self.pp
 
     def resume(self) -> None:
         """Serve again (on healthy GPUs), with an empty batch."""
@@ -222,6 +245,7 @@ class Replica:
     def _step(self, plan: StepPlan):
         env = self.env
         start = env.now
+        self._busy_from = (start, self.stage_busy_s[0])
         total = yield from self._swap(plan)
         draft = self._draft_time(plan)
         if draft.total_s > 0:
@@ -232,6 +256,7 @@ class Replica:
         t0 = env.now
         t = yield from self._stage(0, plan)
         self.stage_busy_s[0] += env.now - t0
+        self._busy_from = None
         self._finish(plan, start, total + t, draft.total_s)
 
     def _finish(self, plan: StepPlan, start: float, total: StepTime, draft_s: float) -> None:
@@ -261,6 +286,8 @@ class Replica:
         np.cumsum(bounds, out=bounds)
         self._in_span, self._span_cut = True, False
         self._span_bounds, self._span_seqs = bounds, span.plan.batch.num_seqs
+        self._span_parts = (span, compute, memory, network, fixed, duration)
+        self._busy_from = (float(bounds[0]), self.stage_busy_s[0])
         try:
             while True:
                 try:
@@ -268,14 +295,22 @@ class Replica:
                     break
                 except simpy.Interrupt as cut:
                     if cut.cause == HALT:
-                        raise
+                        raise               # halt() applied the steps done by then
                     done = int(np.searchsorted(bounds, env.now, side="right")) - 1   # steps ended by now
                     k = min(k, max(done + 1, 1))
         finally:
             self._in_span = False
+        self._apply_span(k)
+
+    def _apply_span(self, k: int) -> None:
+        """The first ``k`` steps of the span in progress happened: their rows, busy time,
+        tokens and finished requests."""
+        span, compute, memory, network, fixed, duration = self._span_parts
+        bounds = self._span_bounds
         starts = bounds[:k]
         took = bounds[1:k + 1] - starts
         self.stage_busy_s[0] += float(took.sum())
+        self._busy_from = None
         n = span.plan.batch.num_seqs
         waiting: Any = len(self.batcher.waiting)        # at the span's end; before it, as it began
         if waiting != span.waiting:

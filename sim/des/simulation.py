@@ -49,6 +49,10 @@ class SimEnvironment(simpy.Environment):
     SIGTERM, ``sim.max_wall_s``) and counts the events it scheduled, with no per-event
     override. (Events at an exact time: :func:`sim.network.interface.event_at`.)"""
 
+    #: events always pending that are no progress (the autoscaler's next evaluation, the next
+    #: fault): when only they remain, requests still unfinished can never finish (a stall)
+    background = 0
+
     @property
     def events_scheduled(self) -> int:
         """Events scheduled so far (SimPy numbers them in order)."""
@@ -64,9 +68,12 @@ class SimEnvironment(simpy.Environment):
             if stop.reason is not None:
                 raise RunStopped(stop.reason, stop.exit_code)
             n += 1
-            if deadline is not None and not n & 255 and time.perf_counter() > deadline:
-                stop.request("wall", 3, f"sim.max_wall_s={stop.max_wall_s} reached")
-                continue
+            if not n & 255:
+                if deadline is not None and time.perf_counter() > deadline:
+                    stop.request("wall", 3, f"sim.max_wall_s={stop.max_wall_s} reached")
+                    continue
+                if self.background and len(self._queue) <= self.background:
+                    raise EmptySchedule()
             step()
 
 
@@ -369,6 +376,7 @@ class Cluster:
         if rep.wanted:
             self.serve(replica, "repaired")
         elif self.lifecycle is not None:
+            rep.power_off()
             self.lifecycle.set(self.env.now, replica, "off", "repaired", self.serving())
 
     def serving(self) -> int:
@@ -391,6 +399,7 @@ class Cluster:
         """A draining ``replica`` with no request left is off."""
         assert self.lifecycle is not None
         if self.router.in_flight[replica] == 0:
+            self.replicas[replica].power_off()
             self.lifecycle.set(self.env.now, replica, "off", "drained", self.serving())
 
     def span_tokens(self, replica: int) -> int:

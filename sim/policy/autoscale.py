@@ -111,6 +111,7 @@ class Scaler:
         self.max_replicas = max_replicas
         self._recent: deque[tuple[float, int]] = deque()     # (time, recommendation) in the window
         self._calm_since: float | None = None                # slo: since when p90 < target / 2
+        self._stepped_down = False                           # slo: this evaluation's calm step down
 
     def recommend(self, obs: Observation, now_s: float) -> int:
         """Replicas the load needs, before stabilization and headroom: the serving replicas
@@ -132,6 +133,7 @@ class Scaler:
                 self._calm_since = now_s
             if now_s - self._calm_since >= cfg.scale_down_delay_s:
                 self._calm_since = now_s
+                self._stepped_down = True
                 return kept - 1
         else:
             self._calm_since = None
@@ -141,8 +143,11 @@ class Scaler:
         """Replicas to run (serving + starting): the recommendation, no lower than any in the
         stabilization window, clamped to [min, max - headroom], plus the headroom."""
         cfg = self.cfg
+        self._stepped_down = False
         rec = max(cfg.min_replicas, min(self.max_replicas - cfg.headroom, self.recommend(obs, now_s)))
         window = self._recent
+        if self._stepped_down:
+            window.clear()      # the calm window was the stabilization: its "keep" entries must not hide the step
         window.append((now_s, rec))
         while window and window[0][0] <= now_s - cfg.scale_down_delay_s and len(window) > 1:
             window.popleft()
