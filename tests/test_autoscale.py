@@ -59,10 +59,10 @@ def test_the_slo_policy_grows_in_proportion_and_shrinks_one_replica_per_calm_win
     assert dict(seen)[150.0] == 4 and dict(seen)[210.0] == 3   # then one replica per further window
 
 
-def _run(tmp_path, name, *extra):
+def _run(tmp_path, name, *extra, requests=7200):
     out = tmp_path / name
     summary = run(compose_config(["workload=synthetic", "model=llama3_8b", "parallel.tp=1", "parallel.dp=8",
-                                  "workload.max_requests=7200", "workload.rate_per_s=2",
+                                  f"workload.max_requests={requests}", "workload.rate_per_s=2",
                                   f"workload.rate_profile={tmp_path / 'step.csv'}", "output.progress=never", *extra]), out)
     return summary, pq.read_table(out / "replicas.parquet").to_pylist() if (out / "replicas.parquet").exists() else []
 
@@ -188,9 +188,10 @@ def test_a_replica_turned_off_loses_its_prefix_cache():
 @pytest.mark.parametrize("policy", ["utilization", "queue"])
 def test_autoscaling_decides_the_same_with_and_without_fast_forward(step_profile, policy):
     a, rows_a = _run(step_profile, f"{policy}_ff", f"autoscale={policy}", "autoscale.target_utilization=0.5",
-                     "autoscale.target_requests_per_replica=8", "sim.fast_forward=true")
+                     "autoscale.target_requests_per_replica=8", "sim.fast_forward=true", requests=3000)
     b, rows_b = _run(step_profile, f"{policy}_step", f"autoscale={policy}", "autoscale.target_utilization=0.5",
-                     "autoscale.target_requests_per_replica=8", "sim.fast_forward=false")
+                     "autoscale.target_requests_per_replica=8", "sim.fast_forward=false", requests=3000)
+    assert any(r["reason"] == "scale_up" for r in rows_a)
     assert [(r["replica"], r["state"], r["reason"]) for r in rows_a] == [(r["replica"], r["state"], r["reason"]) for r in rows_b]
     assert [r["time_s"] for r in rows_a] == pytest.approx([r["time_s"] for r in rows_b], rel=1e-9)
 
