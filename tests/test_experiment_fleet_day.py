@@ -51,8 +51,9 @@ def test_autoscaled_fleets_pay_for_what_they_keep_alive(quick):
         else:
             assert 1.0 <= r["mean_replicas"] <= fleet_day.MAX_REPLICAS
             assert hours_alive <= fleet_day.MAX_REPLICAS * 24
-    n = next(r for r in rows if r["deployment"] == "autoscaled" and r["faults_rate_scale"] == 0)
-    n1 = next(r for r in rows if r["deployment"] == "autoscaled N+1" and r["faults_rate_scale"] == 0)
+    n = next(r for r in rows if r["deployment"] == "autoscaled (slo)" and r["faults_rate_scale"] == 0)
+    n1 = next(r for r in rows if r["deployment"] == "autoscaled (slo) N+1" and r["faults_rate_scale"] == 0)
+    assert {r["deployment"] for r in rows} >= set(fleet_day.AUTOSCALED)
     assert n1["mean_replicas"] >= n["mean_replicas"] and n1["usd_per_day"] >= n["usd_per_day"]
 
 
