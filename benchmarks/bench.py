@@ -49,7 +49,7 @@ CASES: dict[str, tuple[str, list[str]]] = {
                 "parallel.ep=16", "workload.max_requests=2000"]),
     "a day of azure_code (211,656 req), 6 x 70B TP4 fixed": ("sim", ["+experiment=fleet_day"]),
     "a day of azure_code, autoscaled 1-6 x 70B TP4, faults x1000": (
-        "sim", ["+experiment=fleet_day", "autoscale=utilization", "autoscale.target_utilization=0.6", "faults=mtbf",
+        "sim", ["+experiment=fleet_day", "autoscale=slo", "autoscale.slo_ttft_s=1", "faults=mtbf",
                 "faults.rate_scale=1000"]),
     "frontier default grid (70B, H100, up to 256 GPUs)": ("frontier", []),
 }
