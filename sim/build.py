@@ -589,8 +589,21 @@ def add_faults(cfg: RunConfig, plan: ClusterPlan, cluster: Cluster) -> None:
     down = [f.detect_s + f.repair_s + spinup_s(rp.capacity.weights_GB_per_gpu, cfg.spinup) for rp in plan.replicas]
     stage_of = {g: (k, s) for k, rp in enumerate(plan.replicas) for s, stage in enumerate(rp.stage_gpus) for g in stage}
     cluster.recovery, cluster.max_restarts = f.recovery, f.max_restarts
+    if f.degraded_link_mtbf_hours is not None:
+        require(cfg.network.fidelity == "collective",
+                "faults.degraded_link_mtbf_hours needs network.fidelity=collective (a degraded link reprices the "
+                "collectives; message fidelity simulates each message over the fabric's healthy links)")
+        slow = make_fabric(replace(cfg, network=replace(cfg.network, latency_scale=cfg.network.latency_scale
+                                                        * f.degraded_link_latency_factor)),
+                           plan.graph, oneshot_capable=plan.fabric.oneshot_capable)
+        groups, shared = cfg.groups(), {}
+        for replica, rp in zip(cluster.replicas, plan.replicas):
+            key = predictor_key(slow, rp.stage_gpus, cfg.parallel.tp_cols, rp.group)
+            if key not in shared:
+                shared[key] = make_predictor(groups[rp.group], slow, rp.stage_gpus)
+            replica.degraded_predictor = shared[key]
     injector = FaultInjector(cluster.env, cluster, FaultDraws(sources, random_stream(cfg.seed, "faults")), down,
-                             stage_of, f.straggler_slowdown, f.straggler_duration_s)
+                             stage_of, f.straggler_slowdown, f.straggler_duration_s, f.degraded_link_duration_s)
     weights = [len(g) for g in replica_gpus]
     injector.log.expected_availability = sum(
         w * availability(replica_failure_rate_per_s(sources, k), down[k]) for k, w in enumerate(weights)) / sum(weights)

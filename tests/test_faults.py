@@ -276,3 +276,48 @@ def test_a_fault_during_a_fast_forwarded_span_gives_what_stepping_gives():
     assert [r["restarts"] for r in a] == [r["restarts"] for r in b] and sum(r["restarts"] for r in a) > 0
     assert [r["finish_s"] for r in a] == pytest.approx([r["finish_s"] for r in b], rel=1e-9)
     assert results[0].steps == results[1].steps
+
+
+def test_a_degraded_link_reprices_the_collectives_at_the_higher_latency_while_it_lasts(tmp_path):
+    """One request on a TP2 replica (the same batches in every run): steps that start inside the
+    degradation have the network time of a run at 4x the per-message latency, the others the
+    healthy run's; arithmetic and memory time are untouched."""
+    from sim.observe import schemas
+    from sim.observe.recorder import ColumnRecorder
+
+    def steps(name, *extra, degrade=False):
+        cfg = _config("workload.max_requests=1", "workload.prompt_tokens=256", "workload.output_tokens=300",
+                      "parallel.dp=1", "parallel.tp=2", "sim.fast_forward=true", *extra)
+        plan = build_cluster(cfg)
+        cluster = build_simulation(cfg, plan, load_workload(cfg))
+        cluster.steps = ColumnRecorder(schemas.STEPS, tmp_path / f"{name}.parquet")
+        if degrade:
+            cluster.faults = FaultInjector(cluster.env, cluster, ScriptedFaults(
+                [(0.2, FaultSource("degraded_link", "gpu1", 0.0, (0,)))]), [1.0], {"gpu0": (0, 0), "gpu1": (0, 0)},
+                2.0, 600.0, 0.5)
+        simulate(cluster)
+        return pq.read_table(tmp_path / f"{name}.parquet").to_pylist()
+
+    healthy = steps("healthy")
+    slow = steps("slow", "network.latency_scale=4.0")
+    mixed = steps("mixed", "faults=mtbf", "faults.gpu_mtbf_hours=null", "faults.link_mtbf_hours=null",
+                  "faults.host_mtbf_hours=null", "faults.degraded_link_mtbf_hours=1e12",
+                  "faults.degraded_link_latency_factor=4.0", degrade=True)
+    assert len(healthy) == len(slow) == len(mixed)
+    inside = [i for i, m in enumerate(mixed) if 0.2 < m["start_s"] and m["start_s"] + m["duration_s"] < 0.7]
+    after = [i for i, m in enumerate(mixed) if m["start_s"] > 0.75]
+    assert len(inside) > 10 and len(after) > 10
+    for i in inside:
+        assert mixed[i]["network_s"] == pytest.approx(slow[i]["network_s"], rel=1e-12)
+        assert mixed[i]["network_s"] > healthy[i]["network_s"]
+    for i in after:
+        assert mixed[i]["network_s"] == pytest.approx(healthy[i]["network_s"], rel=1e-12)
+    for i in inside + after:
+        assert mixed[i]["compute_s"] == pytest.approx(healthy[i]["compute_s"], rel=1e-12)
+
+
+def test_degraded_links_need_collective_fidelity():
+    cfg = parse_config(compose_config(["faults=mtbf", "faults.degraded_link_mtbf_hours=1", "network.fidelity=message",
+                                       "model=llama3_8b", "workload=synthetic", "parallel.tp=2"]))
+    with pytest.raises(ConfigError, match="needs network.fidelity=collective"):
+        build_simulation(cfg, build_cluster(cfg), load_workload(cfg))

@@ -46,7 +46,7 @@ def test_scheduler_options_compose(policy, preemption, caching, chunked, block, 
         over.append(f"scheduler.step_time_budget_s={budget}")
     if faults is not None:    # a fault every ~10 s, a replica back ~2 s later, stragglers too
         over += ["faults=mtbf", "faults.rate_scale=2e6", f"faults.recovery={faults}", "faults.detect_s=1",
-                 "faults.straggler_mtbf_hours=0.01"]
+                 "faults.straggler_mtbf_hours=0.01", "faults.degraded_link_mtbf_hours=0.01"]
     if autoscale is not None:   # evaluated every 2 s, from one replica
         over += [f"autoscale={autoscale}", "autoscale.interval_s=2", "autoscale.scale_down_delay_s=6",
                  "autoscale.target_requests_per_replica=2", "autoscale.slo_ttft_s=0.2"]

@@ -23,14 +23,18 @@ if TYPE_CHECKING:
 FAULTS = pa.schema([
     ("fault", pa.int64()),                  # in order of time
     ("time_s", pa.float64()),
-    ("kind", pa.string()),                  # gpu | link | nvlink | host | straggler
-    ("component", pa.string()),             # the GPU (gpu, link, straggler) or server (nvlink, host)
-    ("replicas", pa.list_(pa.int32())),     # the replicas it took down (a straggler: slowed)
+    ("kind", pa.string()),                  # gpu | link | nvlink | host | straggler | degraded_link
+    ("component", pa.string()),             # the GPU (gpu, link, straggler, degraded_link) or server (nvlink, host)
+    ("replicas", pa.list_(pa.int32())),     # the replicas it took down (a straggler, a degraded link: slowed)
     ("gpus", pa.int32()),                   # their GPUs
     ("end_s", pa.float64()),                # the last of them serves again (a straggler: full speed again)
     ("requests_restarted", pa.int64()),
     ("requests_failed", pa.int64()),
 ])
+
+
+#: Faults that slow a replica instead of stopping it.
+SLOWDOWNS = ("straggler", "degraded_link")
 
 
 @dataclass
@@ -48,9 +52,11 @@ class FaultLog:
         """``summary.json``'s ``faults``: failures (stragglers apart), GPU-hours down, requests
         restarted and failed, and the fleet's availability (GPU-weighted time up, of the GPU time
         replicas were running: ``alive_gpu_s`` when autoscaled) measured and by the closed form."""
-        failures = sum(1 for r in self.rows if r[2] != "straggler")
+        failures = sum(1 for r in self.rows if r[2] not in SLOWDOWNS)
         span = self.gpus * sim_time_s if alive_gpu_s is None else alive_gpu_s
-        return {"count": failures, "stragglers": len(self.rows) - failures, "gpu_hours_lost": self.down_gpu_s / 3600.0,
+        return {"count": failures, "stragglers": sum(1 for r in self.rows if r[2] == "straggler"),
+                "degraded_links": sum(1 for r in self.rows if r[2] == "degraded_link"),
+                "gpu_hours_lost": self.down_gpu_s / 3600.0,
                 "requests_restarted": self.restarted, "requests_failed": self.failed,
                 "availability": 1.0 - self.down_gpu_s / span if span > 0 else 1.0,
                 "availability_expected": self.expected_availability}
@@ -63,17 +69,21 @@ class FaultInjector:
     """Draws the fleet's faults one after another and applies them to ``cluster``."""
 
     def __init__(self, env: simpy.Environment, cluster: Cluster, draws: FaultStream, down_s: Sequence[float],
-                 stage_of: dict[str, tuple[int, int]], straggler_slowdown: float, straggler_duration_s: float) -> None:
+                 stage_of: dict[str, tuple[int, int]], straggler_slowdown: float, straggler_duration_s: float,
+                 degraded_duration_s: float = 0.0) -> None:
         """``down_s[k]``: how long replica ``k`` stays down after a fault (detection, repair,
-        spin-up); ``stage_of[gpu]``: (replica, stage) of a GPU."""
+        spin-up); ``stage_of[gpu]``: (replica, stage) of a GPU; a straggler lasts
+        ``straggler_duration_s``, a degraded link ``degraded_duration_s``."""
         self.env, self.cluster, self.draws = env, cluster, draws
         self.down_s = list(down_s)
         self.stage_of = stage_of
-        self.slowdown, self.straggle_s = straggler_slowdown, straggler_duration_s
+        self.slowdown = straggler_slowdown
+        self.duration_s = {"straggler": straggler_duration_s, "degraded_link": degraded_duration_s}
         self.log = FaultLog(gpus=self._gpus(range(len(cluster.replicas))))
         self._down_since: dict[int, float] = {}
         env.background += 1             # type: ignore[attr-defined]
-        self._straggling: dict[tuple[int, int], tuple[int, int]] = {}   # (replica, stage) -> (its epoch, stragglers active)
+        #: (kind, replica, stage) -> (the replica's epoch, slowdowns of that kind active there)
+        self._slowed: dict[tuple[str, int, int], tuple[int, int]] = {}
         env.process(self.run())
 
     def run(self):
@@ -84,8 +94,8 @@ class FaultInjector:
                 return
             gap, source = nxt
             yield self.env.timeout(gap)
-            if source.kind == "straggler":
-                self._straggle(source)
+            if source.kind in SLOWDOWNS:
+                self._slow(source)
             else:
                 self._fail(source)
 
@@ -113,30 +123,40 @@ class FaultInjector:
         self.log.down_gpu_s += (self.env.now - self._down_since.pop(replica)) * self._gpus([replica])
         self.cluster.bring_up(replica)
 
-    def _straggle(self, source: FaultSource) -> None:
+    def _slow(self, source: FaultSource) -> None:
+        """A straggling GPU (its stage's local work slower) or a degraded link (the replica's
+        collectives at a higher per-message latency) for its duration."""
         k, stage = self.stage_of[source.component]
         replica = self.cluster.replicas[k]
         if not replica.up or not self.cluster.powered(k):
             return
-        key = (k, stage)
-        epoch, active = self._straggling.get(key, (replica.epoch, 0))
-        self._straggling[key] = (replica.epoch, (active if epoch == replica.epoch else 0) + 1)
-        replica.straggle(stage, self.slowdown)
-        now = self.env.now
-        self.log.rows.append((len(self.log.rows), now, "straggler", source.component, [k], 1, now + self.straggle_s, 0, 0))
-        self.env.process(self._unstraggle(key, replica.epoch))
+        key = (source.kind, k, stage if source.kind == "straggler" else 0)
+        epoch, active = self._slowed.get(key, (replica.epoch, 0))
+        self._slowed[key] = (replica.epoch, (active if epoch == replica.epoch else 0) + 1)
+        self._apply(key, True)
+        now, took = self.env.now, self.duration_s[source.kind]
+        self.log.rows.append((len(self.log.rows), now, source.kind, source.component, [k], 1, now + took, 0, 0))
+        self.env.process(self._unslow(key, replica.epoch, took))
 
-    def _unstraggle(self, key: tuple[int, int], epoch: int):
-        yield self.env.timeout(self.straggle_s)
-        replica = self.cluster.replicas[key[0]]
-        if replica.epoch != epoch or key not in self._straggling:
-            return                      # down or off meanwhile: it came back on other GPUs
-        active = self._straggling[key][1] - 1
-        if active:
-            self._straggling[key] = (epoch, active)
+    def _apply(self, key: tuple[str, int, int], on: bool) -> None:
+        kind, k, stage = key
+        replica = self.cluster.replicas[k]
+        if kind == "straggler":
+            replica.straggle(stage, self.slowdown if on else 1.0)
         else:
-            del self._straggling[key]
-            replica.straggle(key[1], 1.0)
+            replica.degrade(on)
+
+    def _unslow(self, key: tuple[str, int, int], epoch: int, took: float):
+        yield self.env.timeout(took)
+        replica = self.cluster.replicas[key[1]]
+        if replica.epoch != epoch or key not in self._slowed:
+            return                      # down or off meanwhile: it came back on other GPUs
+        active = self._slowed[key][1] - 1
+        if active:
+            self._slowed[key] = (epoch, active)
+        else:
+            del self._slowed[key]
+            self._apply(key, False)
 
     def close(self, end_s: float) -> FaultLog:
         """The log at the end of the run: replicas still down count until ``end_s``."""

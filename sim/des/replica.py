@@ -14,7 +14,8 @@ under message fidelity — the replica never asks which); stage-to-stage activat
 A fault (``faults=mtbf``) halts a replica (:meth:`Replica.halt`): its processes are interrupted
 where they are (the step in progress is lost), its requests and KV cache are gone; it serves
 again after :meth:`Replica.resume`. A straggling GPU slows its stage's local work (arithmetic
-and memory traffic, not collectives) by a factor from the next step on (:meth:`Replica.straggle`).
+and memory traffic, not collectives) by a factor from the next step on (:meth:`Replica.straggle`);
+a degraded link prices its collectives at a higher per-message latency (:meth:`Replica.degrade`).
 """
 from __future__ import annotations
 
@@ -108,6 +109,9 @@ class Replica:
         self.epoch = 0                          # faults it has had (a straggler's end is for its epoch)
         self.wanted = True                      # False: the autoscaler is letting it go (draining or off)
         self.slowdown = [1.0] * self.pp         # per stage: its local work takes this many times as long
+        #: the collectives' prices while a link of the replica is degraded (set by the builder)
+        self.degraded_predictor: StepPredictor | None = None
+        self._net: StepPredictor = predictor    # what prices the collectives now
         self.process = env.process(self._loop())
 
     def _loop(self):
@@ -137,6 +141,7 @@ class Replica:
         self.inflight = []
         self._in_span = self._span_cut = False
         self.slowdown = [1.0] * self.pp
+        self._net = self.predictor
         return self.batcher.evict_all()
 
     def power_off(self) -> None:
@@ -145,6 +150,7 @@ class Replica:
         self.epoch += 1
         self.batcher.pool.clear()
         self.slowdown = [1.0] * self.pp
+        self._net = self.predictor
 
     def busy_s(self) -> float:
         """Seconds the replica has computed so far (per stage on average), with one stage the
@@ -160,6 +166,13 @@ class Replica:
         self.stages = [simpy.Resource(self.env, capacity=1) for _ in self.stage_gpus]
         self._wake = self.env.event()
         self.process = self.env.process(self._loop())
+
+    def degrade(self, on: bool) -> None:
+        """A link of the replica is degraded (its per-message latency raised) from the next
+        step on, or healthy again; a fast-forwarded span in progress is cut."""
+        assert self.degraded_predictor is not None
+        self._net = self.degraded_predictor if on else self.predictor
+        self._poke()
 
     def straggle(self, stage: int, factor: float) -> None:
         """Stage ``stage``'s local work takes ``factor`` times as long from the next step on
@@ -226,7 +239,7 @@ class Replica:
     def _program(self, batch: BatchShape, stage: int) -> StageProgram:
         """The stage's step as the network runs it (the cost model remembers what repeats)."""
         work = self.predictor.stage_work(batch, stage)
-        network = self.predictor.network_s(work, stage)
+        network = self._net.network_s(work, stage)
         f = self.slowdown[stage]
         if f != 1.0:
             local = work.local
@@ -272,7 +285,7 @@ class Replica:
         env = self.env
         k = span.steps
         work = self.predictor.stage_work(span.batch(k), 0)
-        network = self.predictor.network_s(work, 0)
+        network = self._net.network_s(work, 0)
         local = work.local
         # arrays over the span's steps (fixed may be one number)
         f = self.slowdown[0]

@@ -18,6 +18,11 @@ Modelling assumptions (``faults=mtbf``):
   straggler_slowdown`` of its speed; a lockstep TP group runs at its slowest GPU's pace, so the
   replica's local work (arithmetic and memory traffic) takes ``straggler_slowdown`` times as
   long while it lasts. Off by default: no fleet report gives a rate we could cite.
+* Degraded links (a flapping or retraining link, congestion): each GPU's link of a replica with
+  more than one GPU starts running degraded at ``1 / degraded_link_mtbf_hours`` for
+  ``degraded_link_duration_s``; the replica's collectives are priced at
+  ``degraded_link_latency_factor`` times the per-message latency (bandwidth unchanged) while it
+  lasts. Off by default, for the same reason.
 
 Default MTBFs are derived from the root causes of the 419 unexpected interruptions of Llama 3
 405B's pre-training (Llama Team, "The Llama 3 Herd of Models", 2024, Table 5): 54 days on
@@ -48,7 +53,7 @@ LLAMA3_HOURS = 54 * 24
 LLAMA3_INTERRUPTIONS = {"gpu": 148 + 72 + 19 + 17 + 6 + 6, "link": 35 + 7, "host": 32 + 3 + 3 + 2 + 2 + 2 + 2}
 
 #: What a fault stops: a component of one GPU, or of one server.
-KINDS = ("gpu", "link", "nvlink", "host", "straggler")
+KINDS = ("gpu", "link", "nvlink", "host", "straggler", "degraded_link")
 
 
 def llama3_mtbf_hours(kind: str) -> float:
@@ -85,10 +90,13 @@ class FaultConfig:
     straggler_mtbf_hours: float | None = None   # per GPU: how often it starts straggling
     straggler_slowdown: float = 2.0           # the straggling group's local work takes this many times as long
     straggler_duration_s: float = 600.0
+    degraded_link_mtbf_hours: float | None = None   # per GPU: how often its link starts running degraded
+    degraded_link_latency_factor: float = 2.0  # the replica's collectives pay this many times the per-message latency
+    degraded_link_duration_s: float = 600.0
 
     def __post_init__(self) -> None:
         require(self.kind in ("none", "mtbf"), f"faults.kind={self.kind!r} is not one of ['none', 'mtbf']")
-        for f in ("gpu", "link", "nvlink", "host", "straggler"):
+        for f in ("gpu", "link", "nvlink", "host", "straggler", "degraded_link"):
             _positive_or_none(getattr(self, f"{f}_mtbf_hours"), f"{f}_mtbf_hours", "hours")
         require(isinstance(self.rate_scale, (int, float)) and not isinstance(self.rate_scale, bool)
                 and math.isfinite(self.rate_scale) and self.rate_scale >= 0,
@@ -104,6 +112,13 @@ class FaultConfig:
         require(isinstance(self.straggler_duration_s, (int, float)) and not isinstance(self.straggler_duration_s, bool)
                 and math.isfinite(self.straggler_duration_s) and self.straggler_duration_s > 0,
                 f"faults.straggler_duration_s={self.straggler_duration_s!r} must be a number of seconds > 0")
+        require(isinstance(self.degraded_link_latency_factor, (int, float))
+                and not isinstance(self.degraded_link_latency_factor, bool)
+                and math.isfinite(self.degraded_link_latency_factor) and self.degraded_link_latency_factor >= 1,
+                f"faults.degraded_link_latency_factor={self.degraded_link_latency_factor!r} must be a number >= 1")
+        require(isinstance(self.degraded_link_duration_s, (int, float)) and not isinstance(self.degraded_link_duration_s, bool)
+                and math.isfinite(self.degraded_link_duration_s) and self.degraded_link_duration_s > 0,
+                f"faults.degraded_link_duration_s={self.degraded_link_duration_s!r} must be a number of seconds > 0")
 
     @property
     def enabled(self) -> bool:
@@ -131,6 +146,7 @@ def fault_sources(cfg: FaultConfig, replica_gpus: Sequence[Sequence[str]], serve
     on_server: dict[int, list[int]] = {}
     gpu_rate, link_rate = rate(cfg.gpu_mtbf_hours), rate(cfg.link_mtbf_hours)
     straggle = 0.0 if cfg.straggler_mtbf_hours is None else 1.0 / (cfg.straggler_mtbf_hours * 3600.0)
+    degrade = 0.0 if cfg.degraded_link_mtbf_hours is None else 1.0 / (cfg.degraded_link_mtbf_hours * 3600.0)
     for k, gpus in enumerate(replica_gpus):
         servers = sorted({server_of[g] for g in gpus})
         for s in servers:
@@ -142,6 +158,8 @@ def fault_sources(cfg: FaultConfig, replica_gpus: Sequence[Sequence[str]], serve
                 out.append(FaultSource("link", g, link_rate, (k,)))
             if straggle > 0:
                 out.append(FaultSource("straggler", g, straggle, (k,)))
+            if degrade > 0 and len(gpus) > 1:
+                out.append(FaultSource("degraded_link", g, degrade, (k,)))
     for kind, mtbf in (("nvlink", cfg.nvlink_mtbf_hours), ("host", cfg.host_mtbf_hours)):
         r = rate(mtbf)
         if r > 0:
@@ -151,7 +169,7 @@ def fault_sources(cfg: FaultConfig, replica_gpus: Sequence[Sequence[str]], serve
 
 def replica_failure_rate_per_s(sources: Sequence[FaultSource], replica: int) -> float:
     """The rate at which replica ``replica`` goes down while up (stragglers do not stop it)."""
-    return sum(s.rate_per_s for s in sources if s.kind != "straggler" and replica in s.replicas)
+    return sum(s.rate_per_s for s in sources if s.kind not in ("straggler", "degraded_link") and replica in s.replicas)
 
 
 def availability(failure_rate_per_s: float, down_s: float) -> float:
