@@ -13,7 +13,8 @@ after a fault is still paid for).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from collections import deque
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -23,7 +24,8 @@ from sim.observe.recorder import rows_table
 from sim.policy.autoscale import Observation, Scaler
 
 if TYPE_CHECKING:
-    from sim.des.simulation import Cluster
+    from sim.des.replica import Replica
+    from sim.policy.routing import Router
 
 REPLICAS = pa.schema([
     ("time_s", pa.float64()),
@@ -100,10 +102,25 @@ class ReplicaLog:
         return rows_table(self.rows, REPLICAS)
 
 
+class ScaledFleet(Protocol):
+    """What the autoscaler observes and acts on (:class:`sim.des.simulation.Cluster`)."""
+
+    replicas: list[Replica]
+    router: Router
+    orphans: deque[int]
+    lifecycle: ReplicaLog | None
+
+    def serving(self) -> int: ...
+
+    def serve(self, replica: int, reason: str) -> None: ...
+
+    def drained_if_empty(self, replica: int) -> None: ...
+
+
 class Autoscaler:
     """Evaluates the policy every ``interval_s`` and starts or drains replicas."""
 
-    def __init__(self, env: simpy.Environment, cluster: Cluster, scaler: Scaler, interval_s: float,
+    def __init__(self, env: simpy.Environment, cluster: ScaledFleet, scaler: Scaler, interval_s: float,
                  initial: int, spinup_s: Sequence[float]) -> None:
         self.env, self.cluster, self.scaler, self.interval_s = env, cluster, scaler, interval_s
         self.spinup_s = list(spinup_s)

@@ -9,7 +9,7 @@ stretch of simulated time costs nothing. ``faults.parquet`` gets one row per fau
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 import pyarrow as pa
 import simpy
@@ -18,7 +18,19 @@ from sim.observe.recorder import rows_table
 from sim.policy.faults import FaultSource, FaultStream
 
 if TYPE_CHECKING:
-    from sim.des.simulation import Cluster
+    from sim.des.replica import Replica
+
+
+class Fleet(Protocol):
+    """What faults act on (:class:`sim.des.simulation.Cluster`)."""
+
+    replicas: list[Replica]
+
+    def powered(self, replica: int) -> bool: ...
+
+    def take_down(self, replicas: Sequence[int]) -> tuple[int, int]: ...
+
+    def bring_up(self, replica: int) -> None: ...
 
 FAULTS = pa.schema([
     ("fault", pa.int64()),                  # in order of time
@@ -68,7 +80,7 @@ class FaultLog:
 class FaultInjector:
     """Draws the fleet's faults one after another and applies them to ``cluster``."""
 
-    def __init__(self, env: simpy.Environment, cluster: Cluster, draws: FaultStream, down_s: Sequence[float],
+    def __init__(self, env: simpy.Environment, cluster: Fleet, draws: FaultStream, down_s: Sequence[float],
                  stage_of: dict[str, tuple[int, int]], straggler_slowdown: float, straggler_duration_s: float,
                  degraded_duration_s: float = 0.0) -> None:
         """``down_s[k]``: how long replica ``k`` stays down after a fault (detection, repair,
