@@ -585,7 +585,7 @@ def add_faults(cfg: RunConfig, plan: ClusterPlan, cluster: Cluster) -> None:
                                     "replicas only; use disagg=none")
     replica_gpus = [[g for stage in rp.stage_gpus for g in stage] for rp in plan.replicas]
     server_of = {g: int(plan.graph.nodes[g]["server"]) for gpus in replica_gpus for g in gpus}
-    sources = fault_sources(f, replica_gpus, server_of)
+    sources = fault_sources(f, replica_gpus, server_of, [rp.predictor.tp > 1 for rp in plan.replicas])
     down = [f.detect_s + f.repair_s + spinup_s(rp.capacity.weights_GB_per_gpu, cfg.spinup) for rp in plan.replicas]
     stage_of = {g: (k, s) for k, rp in enumerate(plan.replicas) for s, stage in enumerate(rp.stage_gpus) for g in stage}
     cluster.recovery, cluster.max_restarts = f.recovery, f.max_restarts
@@ -598,7 +598,7 @@ def add_faults(cfg: RunConfig, plan: ClusterPlan, cluster: Cluster) -> None:
                            plan.graph, oneshot_capable=plan.fabric.oneshot_capable)
         groups, shared = cfg.groups(), {}
         for replica, rp in zip(cluster.replicas, plan.replicas):
-            key = predictor_key(slow, rp.stage_gpus, cfg.parallel.tp_cols, rp.group)
+            key = predictor_key(slow, rp.stage_gpus, groups[rp.group].parallel.tp_cols, rp.group)
             if key not in shared:
                 shared[key] = make_predictor(groups[rp.group], slow, rp.stage_gpus)
             replica.degraded_predictor = shared[key]

@@ -321,3 +321,43 @@ def test_degraded_links_need_collective_fidelity():
                                        "model=llama3_8b", "workload=synthetic", "parallel.tp=2"]))
     with pytest.raises(ConfigError, match="needs network.fidelity=collective"):
         build_simulation(cfg, build_cluster(cfg), load_workload(cfg))
+
+
+def test_a_fault_exactly_at_a_step_boundary_loses_that_step_with_or_without_fast_forward(tmp_path):
+    from sim.observe import schemas
+    from sim.observe.recorder import ColumnRecorder
+    cfg = _config("workload.max_requests=1", "workload.prompt_tokens=128", "workload.output_tokens=200",
+                  "parallel.dp=2", "sim.fast_forward=false")
+    plan = build_cluster(cfg)
+    cluster = build_simulation(cfg, plan, load_workload(cfg))
+    cluster.steps = ColumnRecorder(schemas.STEPS, tmp_path / "steps.parquet")
+    simulate(cluster)
+    boundary = [r for r in pq.read_table(tmp_path / "steps.parquet").to_pylist() if r["replica"] == 0][51]["start_s"]
+    finishes = []
+    for ff in ("true", "false"):
+        result = _simulate(_config("workload.max_requests=1", "workload.prompt_tokens=128", "workload.output_tokens=200",
+                                   "parallel.dp=2", f"sim.fast_forward={ff}"), [(boundary, _gpu_fault(0))], down_s=1.0)
+        finishes.append((result.requests.column("finish_s").to_pylist(), result.steps))
+    assert finishes[0] == finishes[1]
+
+
+def test_degraded_links_are_drawn_only_for_replicas_with_collectives():
+    cfg = FaultConfig(kind="mtbf", degraded_link_mtbf_hours=1.0)
+    gpus = [["gpu0", "gpu1"], ["gpu2", "gpu3"]]
+    server = {g: 0 for rep in gpus for g in rep}
+    sources = fault_sources(cfg, gpus, server, collectives=[True, False])    # TP2, and TP1 x PP2
+    assert {s.replicas for s in sources if s.kind == "degraded_link"} == {(0,)}
+
+
+def test_a_stall_is_reported_while_stragglers_keep_coming():
+    from unittest import mock
+
+    from sim.des.simulation import StopRequest
+    from sim.policy.batching import ContinuousBatcher
+    cfg = parse_config(compose_config(["workload=synthetic", "model=llama3_8b", "parallel.tp=1", "parallel.dp=4",
+                                       "workload.max_requests=20", "output.progress=never", "faults=mtbf",
+                                       "faults.straggler_mtbf_hours=0.05"]))
+    cluster = build_simulation(cfg, build_cluster(cfg), load_workload(cfg))
+    with mock.patch.object(ContinuousBatcher, "plan", return_value=None):
+        with pytest.raises(ConfigError, match="simulation stalled"):
+            simulate(cluster, StopRequest(max_wall_s=60))

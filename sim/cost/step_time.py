@@ -465,6 +465,8 @@ class StepTimePredictor:
             return self._network_s(work, comm)
         out = self._networks.get(key)
         if out is None:
+            if len(self._networks) >= 16384:      # bounded: a predictor asked only for prices (a degraded link's)
+                self._networks.clear()
             out = self._networks[key] = self._network_s(work, comm)
         return out
 

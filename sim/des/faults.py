@@ -148,6 +148,7 @@ class FaultInjector:
         self._apply(key, True)
         now, took = self.env.now, self.duration_s[source.kind]
         self.log.rows.append((len(self.log.rows), now, source.kind, source.component, [k], 1, now + took, 0, 0))
+        self.env.background += 1       # type: ignore[attr-defined]   # its end is no progress either
         self.env.process(self._unslow(key, replica.epoch, took))
 
     def _apply(self, key: tuple[str, int, int], on: bool) -> None:
@@ -160,6 +161,7 @@ class FaultInjector:
 
     def _unslow(self, key: tuple[str, int, int], epoch: int, took: float):
         yield self.env.timeout(took)
+        self.env.background -= 1       # type: ignore[attr-defined]
         replica = self.cluster.replicas[key[1]]
         if replica.epoch != epoch or key not in self._slowed:
             return                      # down or off meanwhile: it came back on other GPUs

@@ -129,7 +129,9 @@ class Replica:
         would have had them), and return the requests it held, in request order; its KV cache,
         swap space and stragglers are gone."""
         if self._in_span:
-            done = int(np.searchsorted(self._span_bounds, self.env.now, side="right")) - 1
+            # steps ended before now: one ending exactly now is lost, as stepping loses it (the
+            # fault was scheduled before that step began, so it comes first)
+            done = int(np.searchsorted(self._span_bounds, self.env.now, side="left")) - 1
             if done >= 1:
                 self._apply_span(min(done, len(self._span_bounds) - 1))
         self.up = False

@@ -135,10 +135,13 @@ class FaultSource:
     replicas: tuple[int, ...]
 
 
-def fault_sources(cfg: FaultConfig, replica_gpus: Sequence[Sequence[str]], server_of: dict[str, int]) -> list[FaultSource]:
+def fault_sources(cfg: FaultConfig, replica_gpus: Sequence[Sequence[str]], server_of: dict[str, int],
+                  collectives: Sequence[bool] | None = None) -> list[FaultSource]:
     """Every component of the fleet with a failure rate: per GPU (its failures and, for a
-    replica spanning servers, its scale-out link's), per server (host, NVLink domain), and the
-    stragglers (per GPU). ``replica_gpus[k]``: replica ``k``'s GPUs; ``server_of``: a GPU's server."""
+    replica spanning servers, its scale-out link's), per server (host, NVLink domain), the
+    stragglers (per GPU) and degraded links (per GPU of a replica whose steps have collectives,
+    ``collectives[k]``; default: more than one GPU). ``replica_gpus[k]``: replica ``k``'s GPUs;
+    ``server_of``: a GPU's server."""
     def rate(mtbf_hours: float | None) -> float:
         return 0.0 if mtbf_hours is None else cfg.rate_scale / (mtbf_hours * 3600.0)
 
@@ -158,7 +161,7 @@ def fault_sources(cfg: FaultConfig, replica_gpus: Sequence[Sequence[str]], serve
                 out.append(FaultSource("link", g, link_rate, (k,)))
             if straggle > 0:
                 out.append(FaultSource("straggler", g, straggle, (k,)))
-            if degrade > 0 and len(gpus) > 1:
+            if degrade > 0 and (collectives[k] if collectives is not None else len(gpus) > 1):
                 out.append(FaultSource("degraded_link", g, degrade, (k,)))
     for kind, mtbf in (("nvlink", cfg.nvlink_mtbf_hours), ("host", cfg.host_mtbf_hours)):
         r = rate(mtbf)
