@@ -18,8 +18,8 @@ Modelling assumptions (``faults=mtbf``):
   straggler_slowdown`` of its speed; a lockstep TP group runs at its slowest GPU's pace, so the
   replica's local work (arithmetic and memory traffic) takes ``straggler_slowdown`` times as
   long while it lasts. Off by default: no fleet report gives a rate we could cite.
-* Degraded links (a flapping or retraining link, congestion): each GPU's link of a replica with
-  more than one GPU starts running degraded at ``1 / degraded_link_mtbf_hours`` for
+* Degraded links (a flapping or retraining link, congestion): each GPU's link of a replica whose
+  steps have collectives (tensor parallelism) starts running degraded at ``1 / degraded_link_mtbf_hours`` for
   ``degraded_link_duration_s``; the replica's collectives are priced at
   ``degraded_link_latency_factor`` times the per-message latency (bandwidth unchanged) while it
   lasts. Off by default, for the same reason.
