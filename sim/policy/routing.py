@@ -61,18 +61,18 @@ class Router:
         (not yet in :attr:`generated`); ``cached[k]``: tokens of this prompt cached on replica
         ``k`` (``needs_cached``)."""
         n, down = len(self.in_flight), self.down
-        up = range(n) if not down else [i for i in range(n) if i not in down]
         if self.policy == "round_robin":
             k = self._next
             while k in down:
                 k = (k + 1) % n
             self._next = (k + 1) % n
         elif self.policy == "least_outstanding_tokens_oracle":
-            k = min(up, key=self.promised.__getitem__)
+            k = min(self._up(), key=self.promised.__getitem__)
         elif not self.needs_cached:
             k = self._least_loaded(span_tokens)
         else:
             load = [a + span_tokens(i) for i, a in enumerate(map(add, self.prompt_tokens, self.generated))]
+            up = self._up()
             k = min(up, key=load.__getitem__)
             flight = [self.in_flight[i] for i in up]
             if max(flight) - min(flight) <= IMBALANCE_REQUESTS:
@@ -83,6 +83,11 @@ class Router:
         self.promised[k] += prompt + output
         self.in_flight[k] += 1
         return k
+
+    def _up(self) -> range | list[int]:
+        """The replicas that may be picked."""
+        n = len(self.in_flight)
+        return range(n) if not self.down else [i for i in range(n) if i not in self.down]
 
     def _least_loaded(self, span_tokens: Callable[[int], int]) -> int:
         """The lowest-index replica with the fewest prompt tokens in flight plus output tokens
