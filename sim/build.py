@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import networkx as nx
 import numpy as np
@@ -52,6 +52,7 @@ from sim.policy.kv_cache import KVBlockPool
 from sim.policy.requests import RequestStore
 from sim.policy.routing import Router
 from sim.policy.speculative import SpeculativeDecoder, request_acceptance, sample_accepted
+from sim.spec.batch import BatchShape
 
 if TYPE_CHECKING:
     import simpy
@@ -149,6 +150,26 @@ def make_fabric(cfg: RunConfig, graph: nx.DiGraph | None = None, oneshot_capable
 
 
 
+def _boxes(cfg: RunConfig, k: int) -> list[tuple[RunConfig, int]]:
+    """A mixed fleet's group as the servers it occupies, each with the GPUs its replicas use: one,
+    except PCIe cards beyond one box (``topology.gpus_per_node``), which fill as many boxes as
+    they need with whole replicas (a homogeneous PCIe run keeps its one box of any size)."""
+    t = cfg.topology
+    if t.kind != "pcie_box" or cfg.gpus <= t.gpus_per_node:
+        return [(cfg, cfg.gpus)]
+    per_replica = cfg.gpus_per_replica
+    require(per_replica <= t.gpus_per_node,
+            f"fleet[{k}]: a replica of {per_replica} GPUs does not fit a {t.gpus_per_node}-GPU PCIe box "
+            f"(topology.gpus_per_node)")
+    per_box = t.gpus_per_node // per_replica
+    out, left = [], cfg.parallel.dp
+    while left:
+        n = min(per_box, left)
+        out.append((replace(cfg, parallel=replace(cfg.parallel, dp=n)), n * per_replica))
+        left -= n
+    return out
+
+
 def fleet_graph(groups: list[RunConfig], ib_joined: bool = False) -> tuple[nx.DiGraph, list[list[str]]]:
     """One graph holding every group's own topology side by side, and each group's GPU names
     in placement order. Data-parallel replicas never talk, so a mixed fleet's groups meet
@@ -167,48 +188,53 @@ def fleet_graph(groups: list[RunConfig], ib_joined: bool = False) -> tuple[nx.Di
     union = nx.DiGraph(name="pools" if ib_joined else "fleet")
     union_bw: dict[tuple[str, str], float] = {}
     names: list[list[str]] = []
+    entries: list[str] = []          # one GPU of every box or node group, joined to the frontend
     server_offset = 0
-    for k, cfg in enumerate(groups):
-        g = build_graph(cfg)
-        per_node = int(g.graph.get("gpus_per_node", cfg.topology.gpus_per_node))
-        require(per_node == cfg.topology.gpus_per_node,
-                f"fleet[{k}]: its topology has {per_node} GPUs per node but topology.gpus_per_node="
-                f"{cfg.topology.gpus_per_node}; fleets need one node size")
-        order = list(topologies.PathTable(g).gpus)
-        mapping = {}
-        for node, data in g.nodes(data=True):
-            if data.get("kind") == "gpu":
-                mapping[node] = topologies.gpu_name(topologies.gpu_index(node) + server_offset * per_node)
-            elif ib_joined and data.get("kind") == "ib_switch":
-                mapping[node] = f"pools/{node}"
+    for k, group in enumerate(groups):
+        names.append([])
+        for b, (cfg, used) in enumerate(_boxes(group, k) if not ib_joined else [(group, group.gpus)]):
+            g = build_graph(cfg)
+            per_node = int(g.graph.get("gpus_per_node", cfg.topology.gpus_per_node))
+            require(per_node == cfg.topology.gpus_per_node,
+                    f"fleet[{k}]: its topology has {per_node} GPUs per node but topology.gpus_per_node="
+                    f"{cfg.topology.gpus_per_node}; fleets need one node size")
+            order = list(topologies.PathTable(g).gpus)[:used]
+            prefix = f"fleet{k}/" if b == 0 else f"fleet{k}box{b}/"
+            mapping = {}
+            for node, data in g.nodes(data=True):
+                if data.get("kind") == "gpu":
+                    mapping[node] = topologies.gpu_name(topologies.gpu_index(node) + server_offset * per_node)
+                elif ib_joined and data.get("kind") == "ib_switch":
+                    mapping[node] = f"pools/{node}"
+                else:
+                    mapping[node] = prefix + node
+            g = nx.relabel_nodes(g, mapping)
+            for node, data in g.nodes(data=True):
+                if data.get("kind") == "gpu":
+                    data["server"] = data["server"] + server_offset
+            servers = {d["server"] for _, d in g.nodes(data=True) if d.get("kind") == "gpu"}
+            server_offset = max(servers) + 1
+            if ib_joined:
+                # switch-to-switch uplinks carry the downlinks of every pool's nodes
+                shared = [(u, v, d["bandwidth_GBps"]) for u, v, d in g.edges(data=True)
+                          if u.startswith("pools/") and v.startswith("pools/") and union.has_edge(u, v)]
+                union = nx.compose(union, g)
+                for u, v, bw in shared:
+                    union.edges[u, v]["bandwidth_GBps"] = bw + union_bw[(u, v)]
+                union_bw = {(u, v): d["bandwidth_GBps"] for u, v, d in union.edges(data=True)}
             else:
-                mapping[node] = f"fleet{k}/{node}"
-        g = nx.relabel_nodes(g, mapping)
-        for node, data in g.nodes(data=True):
-            if data.get("kind") == "gpu":
-                data["server"] = data["server"] + server_offset
-        servers = {d["server"] for _, d in g.nodes(data=True) if d.get("kind") == "gpu"}
-        server_offset = max(servers) + 1
-        if ib_joined:
-            # switch-to-switch uplinks carry the downlinks of every pool's nodes
-            shared = [(u, v, d["bandwidth_GBps"]) for u, v, d in g.edges(data=True)
-                      if u.startswith("pools/") and v.startswith("pools/") and union.has_edge(u, v)]
-            union = nx.compose(union, g)
-            for u, v, bw in shared:
-                union.edges[u, v]["bandwidth_GBps"] = bw + union_bw[(u, v)]
-            union_bw = {(u, v): d["bandwidth_GBps"] for u, v, d in union.edges(data=True)}
-        else:
-            union = nx.union(union, g)
-        names.append([mapping[n] for n in order])
+                union = nx.union(union, g)
+            names[-1] += [mapping[n] for n in order]
+            entries.append(mapping[order[0]])
     if ib_joined:
         union.graph.update(gpus_per_node=groups[0].topology.gpus_per_node)
         return union, names
     # the groups meet only at the data-centre frontend (100 GbE, ~50 us per hop): every GPU
     # reaches every GPU as the topology contract asks, and no collective ever crosses it
     union.add_node("fleet/frontend", kind="ib_switch")
-    for gpus in names:
-        union.add_edge(gpus[0], "fleet/frontend", latency_us=50.0, bandwidth_GBps=12.5, link="ethernet")
-        union.add_edge("fleet/frontend", gpus[0], latency_us=50.0, bandwidth_GBps=12.5, link="ethernet")
+    for gpu in entries:
+        union.add_edge(gpu, "fleet/frontend", latency_us=50.0, bandwidth_GBps=12.5, link="ethernet")
+        union.add_edge("fleet/frontend", gpu, latency_us=50.0, bandwidth_GBps=12.5, link="ethernet")
     union.graph.update(gpus_per_node=groups[0].topology.gpus_per_node)
     return union, names
 
@@ -477,6 +503,13 @@ def prefix_unit_tokens(scheduler: SchedulerConfig, table: workloads.RequestTable
     return unit
 
 
+def prefill_rates(replicas: Sequence[ReplicaPlan], chunk_tokens: int) -> list[float]:
+    """Each replica's prompt tokens per second at a full chunk of ``chunk_tokens`` (what
+    ``least_outstanding_time`` weighs its outstanding tokens by)."""
+    shape = BatchShape.from_sequences([0], [chunk_tokens], [1])
+    return [chunk_tokens / rp.predictor.step(shape).total_s for rp in replicas]
+
+
 def build_simulation(cfg: RunConfig, plan: ClusterPlan, table: workloads.RequestTable,
                      steps_path: Path | None = None, requests_path: Path | None = None,
                      timeline_path: Path | None = None, transfers_path: Path | None = None) -> Cluster:
@@ -514,7 +547,10 @@ def build_simulation(cfg: RunConfig, plan: ClusterPlan, table: workloads.Request
                           min(rp.capacity.tokens for rp in plan.replicas[:prefill_count]) if disagg else None)
     progress = Progress(env, float(arrivals.arrival_s[-1]) if n else 0.0, cfg.output.progress, n)
     cluster = Cluster(env, arrivals, requests, RequestLog(n, requests_path),
-                      Router(cfg.parallel.router, prefill_count or len(plan.replicas)),
+                      Router(cfg.parallel.router, prefill_count or len(plan.replicas),
+                             prefill_rates(plan.replicas[:prefill_count or len(plan.replicas)],
+                                           cfg.scheduler.max_tokens_per_step)
+                             if cfg.parallel.router == "least_outstanding_time" else None),
                       ColumnRecorder(schemas.STEPS, steps_path), progress, admission, plan.gpus)
     cluster.network = network
     cluster.frontend_s = cfg.engine.request_overhead_us * 1e-6

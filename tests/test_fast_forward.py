@@ -5,7 +5,7 @@ Rule: ``sim.fast_forward=true`` (default) and ``false`` give equal ``requests.pa
 order, since a span's rows are written when it closes) and equal summaries, over random
 configurations (two per layout) that cover the scheduler (chunked or whole prefill, block
 sizes, token budgets and batch limits), every layout (tp 1 and 2, pp = 2, dp = 3 behind
-either router, 2-D TP, a mixed H100/A100 fleet, draft-head speculation, a KV cache so small
+either router, 2-D TP, a mixed H100/A100 fleet behind either causal router, draft-head speculation, a KV cache so small
 that requests are preempted and recomputed); and fast-forwarding schedules fewer events.
 """
 from __future__ import annotations
@@ -50,7 +50,8 @@ def random_config(rng: random.Random, layout: str) -> list[str]:
     elif layout == "tp2d":
         o += ["parallel.tp=4", "parallel.tp_cols=2"]
     elif layout == "fleet":
-        o += ["fleet=[{hardware: h100, replicas: 2, tp: 1}, {hardware: a100, replicas: 1, tp: 2}]"]
+        o += ["fleet=[{hardware: h100, replicas: 2, tp: 1}, {hardware: a100, replicas: 1, tp: 2}]",
+              f"parallel.router={rng.choice(['least_outstanding_tokens', 'least_outstanding_time'])}"]
     elif layout == "spec":
         o += ["parallel.tp=2", "speculative=self", f"speculative.num_tokens={rng.choice(['2', 'auto'])}"]
     else:  # a KV cache of a few thousand tokens: preemption and recomputation

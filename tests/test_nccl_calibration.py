@@ -201,3 +201,18 @@ def test_cli_malformed_log_is_one_line_error(tmp_path):
     assert r.stderr.strip().count("\n") == 0 and "line 3" in r.stderr, r.stderr
     r = run_sim("-m", "sim.calibrate", f"data={bad}", "format=nccl-tests", "bogus=1")
     assert r.returncode != 0 and "Traceback" not in r.stderr and "bogus" in r.stderr
+
+
+def test_a_log_that_cannot_tell_launch_from_hop_latency_gets_one_answer():
+    """One ``-g 8`` log alone: launch cost and per-hop latency trade off along a line of equal
+    fits; the weak prior settles the hop at the preset's NCCL figure (0.6 us for H100) and the
+    fit still reproduces the log, wherever the solver starts."""
+    s = system(FIXTURES / "h100_sxm_1node_allreduce_ring_together.txt")
+    assert not launch_identified([s])
+    fit = fit_links([s])
+    assert fit.hop_intra_us["h100"] == pytest.approx(load_hardware("h100").scaleup_latency_us, rel=0.02)
+    from sim.tools.calibration.link_fit import formula_us, per_rank_bytes
+    assert errors(s, formula_us(fit, s, per_rank_bytes(s.log)))["median_abs_error"] < 0.03
+    # with the launch cost known the prior is off: the joint fit's hop is the logs' own
+    pinned = fit_links([s], launch_us=fit.launch_us + 1.0)
+    assert abs(pinned.hop_intra_us["h100"] - fit.hop_intra_us["h100"]) > 0.01

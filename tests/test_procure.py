@@ -220,4 +220,4 @@ def test_disaggregated_pools_win_where_prefill_chunks_break_the_tpot_target(tmp_
     assert summary["ttft_s"]["p99"] == pytest.approx(best["ttft_p99_s"], rel=1e-9)
     assert summary["kv_transfer"]["transfers"] > 0
     report = (out / "procure.md").read_text()
-    assert f"{best['prefill_replicas']} prefill + {best['decode_replicas']} decode" in report
+    assert f"{best['prefill_replicas']}P + {best['decode_replicas']}D x h100 TP8" in report

@@ -24,8 +24,8 @@ from sim.errors import ConfigError
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(policy=st.sampled_from(["fcfs", "priority"]), preemption=st.sampled_from(["recompute", "swap"]),
        caching=st.booleans(), chunked=st.booleans(), block=st.sampled_from([16, 32]),
-       router=st.sampled_from(["round_robin", "least_outstanding_tokens", "least_outstanding_tokens_oracle",
-                               "prefix_aware"]),
+       router=st.sampled_from(["round_robin", "least_outstanding_tokens", "least_outstanding_time",
+                               "least_outstanding_tokens_oracle", "prefix_aware"]),
        dp=st.integers(1, 3), pp=st.sampled_from([1, 2]), speculative=st.booleans(),
        util=st.sampled_from([0.3, 0.9]), n=st.integers(5, 60), rate=st.sampled_from([0.5, 2.0]),
        fast_forward=st.booleans(), budget=st.sampled_from([None, 0.05]),

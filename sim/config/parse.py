@@ -131,7 +131,10 @@ def _group(g: Any, name: str, parallel: Mapping[str, Any], hardware: HardwareSpe
     for f in ("replicas", "tp", "pp"):
         v = g.get(f, parallel.get(f, 1))
         require(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{name}.{f}={v!r} must be an integer >= 1")
-    hw = load_hardware(str(g["hardware"])) if g.get("hardware") is not None else hardware
+    given = g.get("hardware")
+    # a preset's name, or a whole hardware mapping (a sensitivity study's moved hardware)
+    hw = (hardware_from_mapping(dict(given)) if isinstance(given, Mapping)
+          else load_hardware(str(given)) if given is not None else hardware)
     assert hw is not None
     return FleetGroup(hw, int(g["replicas"]), int(g.get("tp", parallel.get("tp", 1))), int(g.get("pp", parallel.get("pp", 1))))
 

@@ -108,6 +108,13 @@ class FleetUse:
         return self.gpus * self.makespan_s if self.alive_gpu_s is None else self.alive_gpu_s
 
 
+def peak_power_kW(cost: CostConfig, hw: HardwareSpec, gpus: int) -> float:
+    """The facility power ``gpus`` GPUs of ``hw`` are provisioned for: every GPU at its TDP plus
+    its host share, times the PUE (what a data-centre power envelope has to hold, whatever the
+    load; the energy above uses the simulated utilization instead)."""
+    return gpus * (hw.tdp_W + cost.host_W(hw.name)) * cost.pue / 1e3
+
+
 def energy(cost: CostConfig, hw: HardwareSpec, use: FleetUse) -> dict[str, Any]:
     """Facility energy of the run from each GPU's busy time (see module docstring)."""
     paid = use.paid_gpu_s

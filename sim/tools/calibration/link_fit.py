@@ -47,6 +47,9 @@ NCCL_LL_BASE_US = NCCL_PROTOCOLS["LL"][0]
 # 400 Gb/s per NIC (conf/topology/multi_node_ib.yaml); RoCE on OCI BM.GPU4.8, 16 x 100 GbE per
 # 8 GPUs = 200 Gb/s per GPU (shared/calibration/nccl/README.md).
 NIC_DATASHEET_GBps = {"ib": 50.0, "roce": 25.0}
+# Weight of the prior that settles the per-hop latency where the logs cannot (see fit_links):
+# small against a log's residuals (each log weighs 1), so it moves nothing the logs identify.
+TIE_PRIOR_WEIGHT = 0.01
 
 
 @dataclass(frozen=True)
@@ -191,10 +194,20 @@ def fit_links(systems: list[LogSystem], max_bytes: float = 1 << 20, prior_weight
                        bw_intra_GBps={k: v[f"bw:{k}"] for k in intra}, bw_net_GBps={k: v[f"bwnet:{k}"] for k in net},
                        bounds_GBps=bw_max)
 
+    # Where the launch cost and the per-hop latency trade off (one-process logs without their
+    # one-process-per-GPU pair, launch cost not given), the logs fix only a line of solutions
+    # and the solver would stop anywhere on it (scipy releases differ by 1 us); a weak prior
+    # pulling each system's hop latency toward its preset's (NCCL's per-hop figure) picks one point.
+    tied = launch_us is None and not launch_identified(systems) and any(s.log.gpus_per_process > 1 for s in systems)
+    hop_prior = np.array([max(float(hw[k].scaleup_latency_us), 0.05) for k in intra])
+    hop_at = slice(2, 2 + len(intra))
+
     def residuals(x: np.ndarray) -> np.ndarray:
         fit = make(x)
         parts = [np.log(formula_us(fit, s, b) / t) / math.sqrt(len(t)) for s, b, t in rows]
         parts.append(np.array([prior_weight * x[0] / NCCL_LL_BASE_US]))
+        if tied:
+            parts.append(TIE_PRIOR_WEIGHT * np.log(x[hop_at] / hop_prior))
         return np.concatenate(parts)
 
     if launch_us is not None:

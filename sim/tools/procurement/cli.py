@@ -19,6 +19,7 @@ and prints, last, one JSON line with a ``best`` object (``hardware``, ``gpus``, 
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,10 @@ from sim.config.parse import load_hardware, parse_config
 from sim.config.presets import CONF_DIR, check_group_choices
 from sim.cost.analytic import pareto_mask, steady_step_s
 from sim.errors import ConfigError
+from sim.policy.routing import ROUTERS
 from sim.tools.cli import check_output_dirs, guarded
 from sim.tools.procurement.search import (
+    Caps,
     Candidate,
     Layout,
     LayoutBound,
@@ -46,7 +49,10 @@ from sim.tools.procurement.search import (
     Slo,
     TrafficStats,
     candidates,
+    confirm_once,
+    cross_pool_candidates,
     layout_bound,
+    mix_candidates,
     order,
     pool_bound,
     pool_candidates,
@@ -55,7 +61,7 @@ from sim.tools.procurement.search import (
 from sim.tools.procurement.sensitivity import plot_tornado, sensitivity, tornado_rows
 
 SEARCH_KEYS = ("hardware", "tp", "pp", "max_batch_size", "max_tokens_per_step", "max_gpus", "max_replicas", "max_runs",
-               "disagg")
+               "disagg", "fleet_mix", "mix_router", "budget_usd_per_hour", "power_kW", "headroom")
 
 
 def _int_list(name: str, value: Any) -> list[int]:
@@ -73,17 +79,25 @@ def traffic_stats(cfg_map: dict[str, Any]) -> TrafficStats:
     duration = float(arrival[-1] - arrival[0]) or 1.0
     cum = np.concatenate([[0.0], np.cumsum(prompts)])
     windows = []
-    for w in (1.0, 3.0, 10.0, 30.0, 100.0):
+    # bursts from a second to an hour (the longer windows only where the trace lasts that long:
+    # under a rate profile they carry its peak hours)
+    for w in (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3600.0):
+        if w > 100.0 and w > duration:
+            break
         end = np.searchsorted(arrival, arrival + w, side="right")   # requests in [t_i, t_i + w]
         windows.append((w, float(np.max(cum[end] - cum[np.arange(len(arrival))]))))
     return TrafficStats(len(table), duration, float(prompts.mean()), float(outputs.mean()),
                         float(np.percentile(prompts, 99)), tuple(windows))
 
 
-def deployment(base: dict[str, Any], layout: Layout, replicas: int, prefill_replicas: int = 0) -> dict[str, Any]:
+def deployment(base: dict[str, Any], layout: Layout, replicas: int, prefill_replicas: int = 0,
+               mix: tuple[tuple[Layout, int], ...] = (), mix_router: str = "least_outstanding_time") -> dict[str, Any]:
     """The run config of ``replicas`` x ``layout`` (topology chosen to hold the GPUs); with
     ``prefill_replicas`` > 0, disaggregated pools of that many prefill replicas and the rest
-    decoding (both on the run's hardware, so a sensitivity study moves both)."""
+    decoding (both on the run's hardware, so a sensitivity study moves both). With ``mix``
+    (layout, replicas) groups of different hardware: a mixed fleet (``fleet:``, each group on a
+    topology its hardware can have, routed by ``mix_router``) or, with ``prefill_replicas``,
+    prefill and decode pools on the two groups' hardware."""
     cfg = json.loads(json.dumps(base))
     hw_map = dict(cfg["hardware_presets"][layout.hardware])
     cfg["hardware"] = hw_map
@@ -101,6 +115,18 @@ def deployment(base: dict[str, Any], layout: Layout, replicas: int, prefill_repl
                         "max_tokens_per_step": layout.max_tokens_per_step}
     cfg["output"] = {**cfg["output"], "progress": "never", "write_parquet": False}
     cfg.pop("hardware_presets")
+    if mix:
+        groups = [{"hardware": lay.hardware, "replicas": r, "tp": lay.tp, "pp": lay.pp} for lay, r in mix]
+        if prefill_replicas:
+            cfg["topology"] = {**topo, "kind": "multi_node_ib", "nodes": "auto"}
+            cfg["parallel"]["dp"] = 1
+            cfg["disagg"] = {"mode": "pools", "transfer": "layerwise", "prefill": groups[0], "decode": groups[1]}
+        else:
+            cfg["topology"] = {**topo, "kind": "hgx"}          # RunConfig.groups() fits each group's topology
+            cfg["parallel"]["dp"] = mix[0][1]
+            cfg["parallel"]["router"] = mix_router
+            cfg["fleet"] = groups
+        return cfg
     if prefill_replicas:
         cfg["parallel"]["dp"] = 1
         cfg["topology"] = {**topo, "kind": "multi_node_ib", "nodes": "auto"}
@@ -120,17 +146,26 @@ def goodput(summary_requests, slo: Slo, makespan_s: float) -> float | None:
     return float(ok.sum()) / makespan_s if makespan_s > 0 else None
 
 
-def candidate_row(c: Candidate, bound) -> dict[str, Any]:
+def candidate_row(c: Candidate, bound: LayoutBound | PoolBound | None) -> dict[str, Any]:
+    """One row of ``procure.parquet`` (``bound``: the layout's analytic verdict; None for a mix)."""
     s = c.summary or {}
     cost = s.get("cost", {})
-    pools = isinstance(bound, PoolBound)
-    return {"hardware": c.layout.hardware, "tp": c.layout.tp, "pp": c.layout.pp, "max_batch_size": c.layout.max_batch_size,
+    pools = c.prefill_replicas > 0
+    if bound is None:
+        min_replicas = tok_s = None
+    elif isinstance(bound, PoolBound):
+        min_replicas, tok_s = bound.min_prefill + bound.min_decode, bound.decode_tok_s
+    else:
+        min_replicas, tok_s = bound.min_replicas, bound.replica_tok_s
+    return {"hardware": "+".join(c.kind), "tp": c.layout.tp, "pp": c.layout.pp,
+            "max_batch_size": c.layout.max_batch_size,
             "max_tokens_per_step": c.layout.max_tokens_per_step, "replicas": c.replicas,
             "prefill_replicas": c.prefill_replicas if pools else None,
             "decode_replicas": c.replicas - c.prefill_replicas if pools else None,
-            "gpus": c.gpus, "analytic_usd_per_hour": c.usd_per_hour, "pruned": c.pruned,
-            "analytic_min_replicas": bound.min_prefill + bound.min_decode if pools else bound.min_replicas,
-            "analytic_replica_tok_s": bound.decode_tok_s if pools else bound.replica_tok_s,
+            "fleet": c.label(), "mixed": bool(c.mix),
+            "gpus": c.gpus, "analytic_usd_per_hour": c.usd_per_hour, "power_kW": c.power_kW,
+            "over_caps": c.over_caps or None, "pruned": c.pruned,
+            "analytic_min_replicas": min_replicas, "analytic_replica_tok_s": tok_s,
             "analytic_utilization": c.analytic_utilization, "simulated": c.summary is not None or bool(c.error),
             "meets_slo": c.meets_slo, "error": c.error or None,
             "ttft_p50_s": s.get("ttft_s", {}).get("p50"), "ttft_p99_s": s.get("ttft_s", {}).get("p99"),
@@ -141,26 +176,30 @@ def candidate_row(c: Candidate, bound) -> dict[str, Any]:
             "usd_per_million_output_tokens": cost.get("usd_per_million_output_tokens"),
             "joules_per_output_token": cost.get("energy", {}).get("joules_per_output_token"),
             "gpu_utilization": cost.get("energy", {}).get("gpu_utilization"),
-            "rerun": " ".join(c.extra["rerun"]) if "rerun" in c.extra else None}
+            "pareto": c.extra.get("pareto"),
+            "rerun": shlex.join(c.extra["rerun"]) if "rerun" in c.extra else None}
 
 
 def infeasible_row(bound) -> dict[str, Any]:
     lay = bound.layout
     return {"hardware": lay.hardware, "tp": lay.tp, "pp": lay.pp, "max_batch_size": lay.max_batch_size,
-            "max_tokens_per_step": lay.max_tokens_per_step, "replicas": None, "gpus": None, "pruned": True, "simulated": False, "meets_slo": False,
-            "error": bound.reason, "rerun": None}
+            "max_tokens_per_step": lay.max_tokens_per_step, "replicas": None, "gpus": None, "mixed": False,
+            "pruned": True, "simulated": False, "meets_slo": False, "error": bound.reason, "rerun": None}
 
 
 def best_json(c: Candidate) -> dict[str, Any]:
     s = c.summary
     assert s is not None, "the best candidate was simulated"
-    return {"hardware": c.layout.hardware, "gpus": c.gpus, "tp": c.layout.tp, "pp": c.layout.pp,
+    return {"hardware": "+".join(c.kind), "gpus": c.gpus, "tp": c.layout.tp, "pp": c.layout.pp,
             "replicas": c.replicas, "prefill_replicas": c.prefill_replicas or None,
             "decode_replicas": c.replicas - c.prefill_replicas if c.prefill_replicas else None,
+            "fleet": c.label(),
+            "groups": [{"hardware": lay.hardware, "replicas": r, "tp": lay.tp, "pp": lay.pp} for lay, r in c.groups],
             "max_batch_size": c.layout.max_batch_size,
             "max_tokens_per_step": c.layout.max_tokens_per_step,
             "usd_per_million_output_tokens": s["cost"]["usd_per_million_output_tokens"],
-            "usd_per_hour": s["cost"]["usd_per_hour"],
+            "usd_per_hour": s["cost"]["usd_per_hour"], "power_kW": c.power_kW,
+            "goodput_requests_per_s": c.extra.get("goodput"),
             "ttft_p99_s": s["ttft_s"]["p99"], "tpot_p99_s": s["tpot_s"]["p99"],
             "rerun": c.extra.get("rerun", [])}
 
@@ -183,7 +222,7 @@ def plot_frontier(table: pa.Table, path: Path, slo: Slo) -> None:
         order = np.argsort(cost[front])
         ax.plot(cost[front][order], lat[front][order], "k--", lw=1, label="Pareto frontier")
         for i, k in enumerate(sim):
-            ax.annotate(f"{d['hardware'][k]} {d['replicas'][k]}x TP{d['tp'][k]}", (cost[i], lat[i]), fontsize=7,
+            ax.annotate(d["fleet"][k], (cost[i], lat[i]), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
     ax.axhline(slo.tpot_p99_s * 1e3, color="grey", lw=0.8, ls=":", label="TPOT p99 target")
     ax.set_xlabel("$ per million output tokens (simulated)")
@@ -195,47 +234,75 @@ def plot_frontier(table: pa.Table, path: Path, slo: Slo) -> None:
     plt.close(fig)
 
 
+def _fmt(v: Any, fmt: str) -> str:
+    return format(v, fmt) if v is not None else "-"
+
+
+def _why_missed(c: Candidate) -> str:
+    s = c.summary or {}
+    return c.error or (f"TTFT p99 {s['ttft_s']['p99']:.3f} s, TPOT p99 {s['tpot_s']['p99'] * 1e3:.1f} ms, "
+                       f"{s['requests']['completed']}/{s['requests']['total']} completed")
+
+
 def report(rows: list[dict[str, Any]], best: Candidate, cheaper: Candidate | None, slo: Slo, stats: TrafficStats,
-           sens: list[dict[str, Any]] | None) -> str:
+           sens: list[dict[str, Any]] | None, caps: Caps | None = None,
+           by_kind: dict[tuple[str, ...], tuple[Candidate | None, Candidate | None]] | None = None) -> str:
     lines = ["# Procurement report", "",
              f"Targets: TTFT p99 <= {slo.ttft_p99_s} s, TPOT p99 <= {slo.tpot_p99_s} s. Traffic: {stats.requests} "
              f"requests over {stats.duration_s:.0f} s, mean prompt {stats.mean_prompt:.0f}, mean output "
              f"{stats.mean_output:.0f} tokens ({stats.output_tokens_per_s:.0f} output tok/s).", ""]
+    if caps is not None and (caps.budget_usd_per_hour or caps.power_kW or caps.headroom):
+        lines += [f"Caps: budget {_fmt(caps.budget_usd_per_hour, '.2f')} $/h, facility power "
+                  f"{_fmt(caps.power_kW, '.1f')} kW (every GPU at TDP plus its host, times the PUE), headroom "
+                  f"N+{caps.headroom}.", ""]
     b = best_json(best)
-    shape = (f"{b['prefill_replicas']} prefill + {b['decode_replicas']} decode" if b["prefill_replicas"]
-             else str(b["replicas"]))
-    lines += ["## Best", "", f"**{shape} x {best.layout.hardware} TP{b['tp']} PP{b['pp']}** "
-              f"(max batch {b['max_batch_size']}, {b['max_tokens_per_step']} tokens/step, {b['gpus']} GPUs): ${b['usd_per_million_output_tokens']:.3f} per "
+    lines += ["## Best", "", f"**{best.label()}** "
+              f"(max batch {b['max_batch_size']}, {b['max_tokens_per_step']} tokens/step, {b['gpus']} GPUs, "
+              f"{b['power_kW']:.1f} kW): ${b['usd_per_million_output_tokens']:.3f} per "
               f"million output tokens, ${b['usd_per_hour']:.2f}/h, TTFT p99 {b['ttft_p99_s']:.3f} s, "
               f"TPOT p99 {b['tpot_p99_s'] * 1e3:.1f} ms.", "",
-              "Reproduce it: `python -m sim " + " ".join(b["rerun"]) + "`", ""]
+              "Reproduce it: `python -m sim " + shlex.join(b["rerun"]) + "`", ""]
     if cheaper is not None:
-        s = cheaper.summary or {}
-        why = cheaper.error or (f"TTFT p99 {s['ttft_s']['p99']:.3f} s, TPOT p99 {s['tpot_s']['p99'] * 1e3:.1f} ms, "
-                                f"{s['requests']['completed']}/{s['requests']['total']} completed")
-        what = (f"{cheaper.prefill_replicas} prefill + {cheaper.replicas - cheaper.prefill_replicas} decode"
-                if cheaper.prefill_replicas else str(cheaper.replicas))
-        lines += [f"One step cheaper: {what} x {cheaper.layout.hardware} TP{cheaper.layout.tp} "
-                  f"PP{cheaper.layout.pp} (max batch {cheaper.layout.max_batch_size}, {cheaper.layout.max_tokens_per_step} "
-                  f"tokens/step, ${cheaper.usd_per_hour:.2f}/h "
-                  f"analytic) misses: {why}.", ""]
+        lines += [f"One step cheaper: {cheaper.label()} (max batch {cheaper.layout.max_batch_size}, "
+                  f"{cheaper.layout.max_tokens_per_step} tokens/step, ${cheaper.usd_per_hour:.2f}/h "
+                  f"analytic) misses: {_why_missed(cheaper)}.", ""]
+    if by_kind:
+        lines += ["## Cheapest fleet of each hardware kind (search.fleet_mix)", "",
+                  "Each kind searched on its own, cheapest first, confirmed by simulation; the fleet one step "
+                  "cheaper of the same kind simulated too (where none meets the targets, the dearest fleet of the "
+                  "kind within the limits and caps is simulated and shown to miss).", "",
+                  "| hardware | cheapest meeting the targets | GPUs | kW | $/h | TTFT p99 s | TPOT p99 ms | "
+                  "one step cheaper (misses) |", "|---|---|---|---|---|---|---|---|"]
+        for kind, (kb, kc) in by_kind.items():
+            if kb is None:
+                dearest = ("none within the caps" if kc is None else
+                           f"the dearest within the limits and caps, {kc.label()}: {_why_missed(kc)}")
+                lines.append(f"| {'+'.join(kind)} | none | - | - | - | - | - | {dearest} |")
+                continue
+            ks = kb.summary or {}
+            lines.append(f"| {'+'.join(kind)} | {kb.label()} | {kb.gpus} | {kb.power_kW:.1f} | "
+                         f"{ks['cost']['usd_per_hour']:.2f} | {ks['ttft_s']['p99']:.3f} | "
+                         f"{ks['tpot_s']['p99'] * 1e3:.1f} | "
+                         f"{'-' if kc is None else kc.label() + ': ' + _why_missed(kc)} |")
+        lines.append("")
     lines += ["## Simulated configurations (cheapest first)", "",
-              "| hardware | TP | PP | max batch | tokens/step | replicas | GPUs | $/h | $/M tok | TTFT p99 s | TPOT p99 ms | goodput req/s | meets |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| fleet | max batch | tokens/step | GPUs | kW | $/h | $/M tok | TTFT p99 s | TPOT p99 ms | goodput req/s "
+              "| meets | Pareto |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     sim = sorted((r for r in rows if r.get("simulated")), key=lambda r: r["analytic_usd_per_hour"])
     for r in sim:
-        def f(v, fmt):
-            return format(v, fmt) if v is not None else "-"
-        replicas = (f"{r['prefill_replicas']}P+{r['decode_replicas']}D" if r.get("prefill_replicas")
-                    else str(r["replicas"]))
-        lines.append(f"| {r['hardware']} | {r['tp']} | {r['pp']} | {r['max_batch_size']} | {r['max_tokens_per_step']} | "
-                     f"{replicas} | {r['gpus']} | "
-                     f"{f(r['analytic_usd_per_hour'], '.2f')} | {f(r['usd_per_million_output_tokens'], '.3f')} | "
-                     f"{f(r['ttft_p99_s'], '.3f')} | {f(r['tpot_p99_s'] and r['tpot_p99_s'] * 1e3, '.1f')} | "
-                     f"{f(r['goodput_requests_per_s'], '.2f')} | {'yes' if r['meets_slo'] else 'no'} |")
+        lines.append(f"| {r['fleet']} | {r['max_batch_size']} | {r['max_tokens_per_step']} | "
+                     f"{r['gpus']} | {_fmt(r['power_kW'], '.1f')} | "
+                     f"{_fmt(r['analytic_usd_per_hour'], '.2f')} | {_fmt(r['usd_per_million_output_tokens'], '.3f')} | "
+                     f"{_fmt(r['ttft_p99_s'], '.3f')} | {_fmt(r['tpot_p99_s'] and r['tpot_p99_s'] * 1e3, '.1f')} | "
+                     f"{_fmt(r['goodput_requests_per_s'], '.2f')} | {'yes' if r['meets_slo'] else 'no'} | "
+                     f"{'yes' if r.get('pareto') else ''} |")
     pruned = sum(1 for r in rows if r.get("pruned") and not r.get("simulated"))
+    over = sum(1 for r in rows if r.get("over_caps"))
     lines += ["", f"{len(rows)} configurations considered, {len(sim)} simulated, {pruned} pruned by the analytic model "
-                  "(predicted to miss the targets or infeasible; see procure.parquet)."]
+                  "(predicted to miss the targets or infeasible)"
+              + (f", {over} over the caps" if over else "") + "; see procure.parquet. Pareto: no other simulated "
+              "configuration has both more goodput (requests per second meeting both targets) and a lower $/h."]
     if sens:
         lines += ["", "## Sensitivity of the best configuration", "",
                   "| parameter | change | $/M tok | TPOT p99 ms |", "|---|---|---|---|"]
@@ -265,9 +332,16 @@ def procure(cfg_map: dict[str, Any], out: Path) -> dict[str, Any]:
     max_gpus = _int_list("max_gpus", search_map.get("max_gpus", 32))[0]
     max_replicas = _int_list("max_replicas", search_map.get("max_replicas", 16))[0]
     max_runs = _int_list("max_runs", search_map.get("max_runs", 40))[0]
-    disagg = search_map.get("disagg", False)
-    if not isinstance(disagg, bool):
-        raise ConfigError(f"search.disagg={disagg!r} must be true or false")
+    flags = {}
+    for key in ("disagg", "fleet_mix"):
+        flags[key] = search_map.get(key, False)
+        if not isinstance(flags[key], bool):
+            raise ConfigError(f"search.{key}={flags[key]!r} must be true or false")
+    disagg, fleet_mix = flags["disagg"], flags["fleet_mix"]
+    mix_router = search_map.get("mix_router", "least_outstanding_time")
+    if mix_router not in ROUTERS:
+        raise ConfigError(f"search.mix_router={mix_router!r} is not one of {list(ROUTERS)}")
+    caps = Caps(search_map.get("budget_usd_per_hour"), search_map.get("power_kW"), search_map.get("headroom", 0))
     base = {**cfg_map, "hardware_presets": presets}
     stats = traffic_stats(cfg_map)
     bounds = []
@@ -289,20 +363,46 @@ def procure(cfg_map: dict[str, Any], out: Path) -> dict[str, Any]:
                                                           bounds[-1].prefill_p99_s))
     cost_cfg = parse_config(cfg_map).cost
     gpn = int(cfg_map["topology"].get("gpus_per_node", 8))
-    cands = order(candidates(bounds, stats, cost_cfg, lambda n: load_hardware(n), max_gpus, max_replicas, gpn)
-                  + pool_candidates(pool_bounds, stats, cost_cfg, lambda n: load_hardware(n), max_gpus, max_replicas, gpn))
+    limits = (stats, cost_cfg, load_hardware, max_gpus, max_replicas, gpn)
+    cands = (candidates(bounds, *limits, headroom=caps.headroom)
+             + pool_candidates(pool_bounds, *limits, headroom=caps.headroom))
+    if fleet_mix:
+        cands += mix_candidates(bounds, stats, slo, *limits[1:], headroom=caps.headroom)
+        cands += cross_pool_candidates(pool_bounds, *limits, headroom=caps.headroom)
+    cands = order(cands)
+    caps.apply(cands, cost_cfg, load_hardware)
+    allowed = [c for c in cands if not c.over_caps]
 
     def simulate(c: Candidate) -> dict[str, Any]:
-        run_cfg = deployment(base, c.layout, c.replicas, c.prefill_replicas)
+        run_cfg = deployment(base, c.layout, c.replicas, c.prefill_replicas, c.mix, mix_router)
         c.extra["rerun"] = overrides_for(run_cfg)       # python -m sim with these reproduces the point
         summary, result = evaluate(run_cfg)
         c.extra["goodput"] = goodput(result.requests, slo, summary["throughput"]["makespan_s"])
         return summary
 
-    best, cheaper = search(cands, slo, simulate, max_runs)
+    by_kind: dict[tuple[str, ...], tuple[Candidate | None, Candidate | None]] = {}
+    if fleet_mix:
+        # every hardware kind (one preset, or two mixed) searched on its own, so the cheapest
+        # fleet of each is confirmed by simulation and the mixes can be compared with them
+        for kind in sorted({c.kind for c in cands}, key=lambda k: (len(k), k)):
+            mine = [c for c in allowed if c.kind == kind]
+            by_kind[kind] = search(mine, slo, simulate, max_runs)
+            if by_kind[kind][0] is None and mine:
+                # none meets: the dearest fleet of the kind within the caps is simulated too, so
+                # "none" is confirmed by a run and not only by the analytic bound
+                dearest = mine[-1]
+                met = confirm_once(dearest, slo, simulate)
+                by_kind[kind] = (dearest, None) if met else (None, dearest)
+        found = [(b, c) for b, c in by_kind.values() if b is not None]
+        best, cheaper = min(found, key=lambda bc: (simulated_usd_per_hour(bc[0]), bc[0].gpus, bc[0].label())) \
+            if found else (None, None)
+    else:
+        best, cheaper = search(allowed, slo, simulate, max_runs)
+    mark_pareto(cands)
     by_layout = {b.layout: b for b in bounds}
     by_pools = {b.layout: b for b in pool_bounds}
-    rows = ([candidate_row(c, by_pools[c.layout] if c.prefill_replicas else by_layout[c.layout]) for c in cands]
+    rows = ([candidate_row(c, None if c.mix else by_pools[c.layout] if c.prefill_replicas else by_layout[c.layout])
+             for c in cands]
             + [infeasible_row(b) for b in bounds if not b.feasible])
     blank = Layout("", 1, 1, 1, 1)
     columns = list(candidate_row(Candidate(blank, 1, 0.0, True, 0.0), LayoutBound(blank, False)))
@@ -310,28 +410,91 @@ def procure(cfg_map: dict[str, Any], out: Path) -> dict[str, Any]:
     table = pa.Table.from_pylist(rows) if rows else pa.table({k: pa.array([], pa.null()) for k in columns})
     pq.write_table(table, out / "procure.parquet")
     plot_frontier(table, out / "procure_frontier.png", slo)
+    plot_pareto(table, out / "procure_pareto.png")
     if best is None:
         simulated = sum(1 for c in cands if c.meets_slo is not None)
         why = next((f"; e.g. {b.layout.hardware} TP{b.layout.tp}: {b.reason}" for b in bounds if not b.feasible), "")
+        capped = f", {len(cands) - len(allowed)} over search.budget_usd_per_hour / search.power_kW" if len(allowed) < len(cands) else ""
         raise ConfigError(f"no configuration within search.max_gpus={max_gpus} meets TTFT p99 <= {slo.ttft_p99_s} s and "
-                          f"TPOT p99 <= {slo.tpot_p99_s} s ({len(cands)} candidates, {simulated} simulated; "
+                          f"TPOT p99 <= {slo.tpot_p99_s} s ({len(cands)} candidates{capped}, {simulated} simulated; "
                           f"see {out / 'procure.parquet'}){why}; widen search.* or relax slo.*")
     sens = None
     assert best.summary is not None, "the best candidate was simulated"
     if sens_map.get("enabled", True):
-        sens = sensitivity(deployment(base, best.layout, best.replicas, best.prefill_replicas), lambda c: evaluate(c)[0],
+        sens = sensitivity(deployment(base, best.layout, best.replicas, best.prefill_replicas, best.mix, mix_router),
+                           lambda c: evaluate(c)[0],
                            best.summary,
                            float(sens_map.get("delta", 0.2)), int(sens_map.get("seeds", 3)))
         pq.write_table(pa.Table.from_pylist(sens), out / "sensitivity.parquet")
         plot_tornado(tornado_rows(sens, best.summary), out / "sensitivity.png")
-    (out / "procure.md").write_text(report(rows, best, cheaper, slo, stats, sens))
-    result = {"best": best_json(best), "one_step_cheaper": None if cheaper is None else {
-        "hardware": cheaper.layout.hardware, "gpus": cheaper.gpus, "tp": cheaper.layout.tp, "pp": cheaper.layout.pp,
-        "replicas": cheaper.replicas, "prefill_replicas": cheaper.prefill_replicas or None, "meets_slo": cheaper.meets_slo,
-        "ttft_p99_s": (cheaper.summary or {}).get("ttft_s", {}).get("p99"),
-        "tpot_p99_s": (cheaper.summary or {}).get("tpot_s", {}).get("p99")},
-        "simulated": sum(1 for c in cands if c.meets_slo is not None), "candidates": len(cands), "run_dir": str(out)}
+    (out / "procure.md").write_text(report(rows, best, cheaper, slo, stats, sens, caps, by_kind))
+    result = {"best": best_json(best), "one_step_cheaper": None if cheaper is None else short_json(cheaper),
+              "simulated": sum(1 for c in cands if c.meets_slo is not None), "candidates": len(cands),
+              "over_caps": len(cands) - len(allowed), "run_dir": str(out)}
+    if fleet_mix:
+        result["by_kind"] = {"+".join(k): {"best": None if b is None else short_json(b),
+                                           "one_step_cheaper" if b is not None else "dearest_within_caps":
+                                           None if c is None else short_json(c)} for k, (b, c) in by_kind.items()}
     return result
+
+
+def simulated_usd_per_hour(c: Candidate) -> float:
+    """The simulated fleet's $/h (what the fleet-mix search compares kinds by)."""
+    assert c.summary is not None, "a kind's best was simulated"
+    return float(c.summary["cost"]["usd_per_hour"])
+
+
+def short_json(c: Candidate) -> dict[str, Any]:
+    """A simulated candidate in the last JSON line (the one a step cheaper, each kind's best)."""
+    s = c.summary or {}
+    return {"hardware": "+".join(c.kind), "fleet": c.label(), "gpus": c.gpus, "tp": c.layout.tp, "pp": c.layout.pp,
+            "replicas": c.replicas, "prefill_replicas": c.prefill_replicas or None, "meets_slo": c.meets_slo,
+            "usd_per_hour": s.get("cost", {}).get("usd_per_hour"), "power_kW": c.power_kW,
+            "ttft_p99_s": s.get("ttft_s", {}).get("p99"), "tpot_p99_s": s.get("tpot_s", {}).get("p99")}
+
+
+def mark_pareto(cands: list[Candidate]) -> None:
+    """``extra["pareto"]`` on every simulated candidate: no other has both more goodput and a
+    lower simulated $/h."""
+    sim = [c for c in cands if c.summary is not None and c.extra.get("goodput") is not None]
+    if not sim:
+        return
+    keep = pareto_mask(np.array([c.extra["goodput"] for c in sim]),
+                       np.array([c.summary["cost"]["usd_per_hour"] for c in sim]))  # type: ignore[index]
+    for c, k in zip(sim, keep):
+        c.extra["pareto"] = bool(k)
+
+
+def plot_pareto(table: pa.Table, path: Path) -> None:
+    """Goodput vs $/h of every simulated configuration, the Pareto set joined."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d = table.to_pydict()
+    sim = [i for i in range(table.num_rows) if d["goodput_requests_per_s"][i] is not None and d["usd_per_hour"][i]]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if sim:
+        cost = np.array([d["usd_per_hour"][i] for i in sim])
+        good = np.array([d["goodput_requests_per_s"][i] for i in sim])
+        ok = np.array([bool(d["meets_slo"][i]) for i in sim])
+        front = np.array([bool(d["pareto"][i]) for i in sim])
+        mixed = np.array([bool(d["mixed"][i]) for i in sim])
+        for sel, marker, label in ((ok & ~mixed, "o", "one hardware, meets"), (ok & mixed, "D", "mixed, meets"),
+                                   (~ok, "x", "misses the SLOs")):
+            if sel.any():
+                ax.scatter(cost[sel], good[sel], marker=marker, label=label)
+        o = np.argsort(cost[front])
+        ax.plot(cost[front][o], good[front][o], "k--", lw=1, label="Pareto set")
+        for i, k in enumerate(sim):
+            ax.annotate(d["fleet"][k], (cost[i], good[i]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("$ per hour (simulated)")
+    ax.set_ylabel("goodput (requests/s meeting both targets)")
+    ax.set_title("Simulated fleets: goodput vs cost")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def load_hardware_map(name: str) -> dict[str, Any]:

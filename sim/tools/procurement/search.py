@@ -36,10 +36,11 @@ repeats.
 from __future__ import annotations
 
 import math
+from itertools import combinations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from sim.cost.money import CostConfig, FleetUse, fleet_cost
+from sim.cost.money import CostConfig, FleetUse, fleet_cost, peak_power_kW
 from sim.errors import ConfigError
 from sim.spec.hardware import HardwareSpec
 
@@ -103,20 +104,29 @@ class LayoutBound:
     batch: int = 0
     min_replicas: int = 0
     prefill_p99_s: float = 0.0
+    prefill_tok_s: float = 0.0       # prompt tokens per second of one replica at full-chunk steps (bursts)
 
 
 @dataclass
 class PoolBound:
     """Analytic verdict for one layout run as disaggregated pools: the prefill and decode
-    replicas the trace needs at least."""
+    replicas the trace needs at least. The two halves are judged apart, so a layout can
+    prefill for another hardware's decode pool (``search.fleet_mix``) even when it cannot
+    decode within the target itself."""
 
     layout: Layout
-    feasible: bool
+    prefill_ok: bool
+    decode_ok: bool
     reason: str = ""
     min_prefill: int = 0
     min_decode: int = 0
     decode_tok_s: float = 0.0
+    prefill_tok_s: float = 0.0
     batch: int = 0
+
+    @property
+    def feasible(self) -> bool:
+        return self.prefill_ok and self.decode_ok
 
 
 @dataclass
@@ -131,10 +141,74 @@ class Candidate:
     error: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     prefill_replicas: int = 0       # disaggregated pools: of ``replicas``, these prefill (0: co-located)
+    # a mixed fleet (``search.fleet_mix``): its groups (layout, replicas); with
+    # ``prefill_replicas``, the prefill pool then the decode pool. Empty: ``replicas`` x ``layout``
+    mix: tuple[tuple[Layout, int], ...] = ()
+    power_kW: float = 0.0           # provisioned facility power (every GPU at TDP, hosts, PUE)
+    over_caps: str = ""             # why the candidate breaks search.budget_usd_per_hour / power_kW / headroom ("" if not)
+    headroom_short: str = ""        # set by the generators when it lacks its N+k spares (Caps.apply reads it)
+
+    @property
+    def groups(self) -> tuple[tuple[Layout, int], ...]:
+        """(layout, replicas) of every group: one, or the prefill and decode pools, or a mix's."""
+        if self.mix:
+            return self.mix
+        if self.prefill_replicas:
+            return ((self.layout, self.prefill_replicas), (self.layout, self.replicas - self.prefill_replicas))
+        return ((self.layout, self.replicas),)
 
     @property
     def gpus(self) -> int:
-        return self.replicas * self.layout.gpus_per_replica
+        return sum(r * lay.gpus_per_replica for lay, r in self.groups)
+
+    @property
+    def kind(self) -> tuple[str, ...]:
+        """The hardware presets it is made of (the unit the fleet-mix search compares)."""
+        return tuple(sorted({lay.hardware for lay, _ in self.groups}))
+
+    def label(self) -> str:
+        """E.g. ``6 x h100 TP4``, ``3P + 1D x h100 TP8``, ``4 x a100 TP1 + 1 x b200 TP1``,
+        ``3P x h100 TP8 + 1D x b200 TP8``."""
+        def one(lay: Layout, r: int, tag: str = "") -> str:
+            return f"{r}{tag} x {lay.hardware} TP{lay.tp}" + (f" PP{lay.pp}" if lay.pp > 1 else "")
+        if self.mix:
+            tags = ("P", "D") if self.prefill_replicas else ("", "")
+            return " + ".join(one(lay, r, t) for (lay, r), t in zip(self.mix, tags))
+        if self.prefill_replicas:
+            return one(self.layout, self.prefill_replicas, "P").replace(" x", f" + {self.replicas - self.prefill_replicas}D x")
+        return one(self.layout, self.replicas)
+
+
+@dataclass(frozen=True)
+class Caps:
+    """What every candidate must keep: ``budget_usd_per_hour`` (its analytic $/h) and
+    ``power_kW`` (its provisioned facility power, :func:`sim.cost.money.peak_power_kW`), None
+    for no limit; ``headroom`` k: the analytic bound must hold with the k largest replicas
+    (of each pool) out of service, N+k (the candidate generators mark a fleet short of it; it
+    is then excluded like one over a cap, never simulated)."""
+
+    budget_usd_per_hour: float | None = None
+    power_kW: float | None = None
+    headroom: int = 0
+
+    def __post_init__(self) -> None:
+        for f in ("budget_usd_per_hour", "power_kW"):
+            v = getattr(self, f)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
+                raise ConfigError(f"search.{f}={v!r} must be a number > 0 or null")
+        if isinstance(self.headroom, bool) or not isinstance(self.headroom, int) or self.headroom < 0:
+            raise ConfigError(f"search.headroom={self.headroom!r} must be an integer >= 0")
+
+    def apply(self, cands: Iterable[Candidate], cost: CostConfig, hardware: Callable[[str], HardwareSpec]) -> None:
+        """Set each candidate's ``power_kW`` and, where it breaks a cap, ``over_caps``."""
+        for c in cands:
+            c.power_kW = sum(peak_power_kW(cost, hardware(lay.hardware), r * lay.gpus_per_replica) for lay, r in c.groups)
+            why = [c.headroom_short] if c.headroom_short else []
+            if self.budget_usd_per_hour is not None and c.usd_per_hour > self.budget_usd_per_hour:
+                why.append(f"${c.usd_per_hour:.2f}/h > search.budget_usd_per_hour={self.budget_usd_per_hour}")
+            if self.power_kW is not None and c.power_kW > self.power_kW:
+                why.append(f"{c.power_kW:.1f} kW > search.power_kW={self.power_kW}")
+            c.over_caps = "; ".join(why)
 
 
 def largest_batch(step_s: Callable[[int], float], most: int, target_s: float) -> tuple[int, float]:
@@ -201,8 +275,10 @@ def layout_bound(layout: Layout, model, stats: TrafficStats, slo: Slo,
     # bursts: 99 % of the prompts arriving within any window of W seconds must be prefilled
     # within W + ttft_p99_s, at most ``budget`` tokens per step of a replica
     chunk_step = steady_step_s(model, 1, stats.mean_prompt, stats.mean_output, max(0, budget - 1))
-    need = burst_replicas(need, max(0, budget - 1) / chunk_step, stats, slo)
-    return LayoutBound(layout, True, replica_tok_s=tput, batch=best_b, min_replicas=need, prefill_p99_s=prefill)
+    chunk_tok_s = max(0, budget - 1) / chunk_step
+    need = burst_replicas(need, chunk_tok_s, stats, slo)
+    return LayoutBound(layout, True, replica_tok_s=tput, batch=best_b, min_replicas=need, prefill_p99_s=prefill,
+                       prefill_tok_s=chunk_tok_s)
 
 
 def pool_bound(layout: Layout, model, stats: TrafficStats, slo: Slo,
@@ -210,9 +286,10 @@ def pool_bound(layout: Layout, model, stats: TrafficStats, slo: Slo,
                prefill_p99_s: float) -> PoolBound:
     """The analytic verdict for ``layout`` as disaggregated pools (``prefill_p99_s``: the p99
     prompt's chunked prefill alone, from :func:`layout_bound`)."""
-    if prefill_p99_s > slo.ttft_p99_s:
-        return PoolBound(layout, False, f"prefill of the p99 prompt alone takes {prefill_p99_s:.3f} s "
-                                        f"> ttft_p99_s={slo.ttft_p99_s}")
+    reasons = []
+    prefill_ok = prefill_p99_s <= slo.ttft_p99_s
+    if not prefill_ok:
+        reasons.append(f"prefill of the p99 prompt alone takes {prefill_p99_s:.3f} s > ttft_p99_s={slo.ttft_p99_s}")
     budget = layout.max_tokens_per_step
     # prefill pool: full chunks, no decode sharing them
     prefill_tok_s = budget / steady_step_s(model, 0, stats.mean_prompt, 0.0, budget)
@@ -221,28 +298,35 @@ def pool_bound(layout: Layout, model, stats: TrafficStats, slo: Slo,
     # decode pool: decode steps only, the largest batch within the TPOT target
     kv_cap = int(model.capacity.tokens // max(1.0, stats.mean_prompt + stats.mean_output))
     most = min(layout.max_batch_size, kv_cap, budget)
-    if most < 1 or steady_step_s(model, 1, stats.mean_prompt, stats.mean_output, 0) > slo.tpot_p99_s:
-        return PoolBound(layout, False, "a decode step of one sequence misses tpot_p99_s" if most >= 1
-                         else "the KV cache holds no request of mean length")
+    decode_ok = most >= 1 and steady_step_s(model, 1, stats.mean_prompt, stats.mean_output, 0) <= slo.tpot_p99_s
+    if not decode_ok:
+        reasons.append("a decode step of one sequence misses tpot_p99_s" if most >= 1
+                       else "the KV cache holds no request of mean length")
+        return PoolBound(layout, prefill_ok, False, "; ".join(reasons), min_prefill=need_p,
+                         prefill_tok_s=prefill_tok_s)
     best_b, best_t = largest_batch(lambda b: steady_step_s(model, b, stats.mean_prompt, stats.mean_output, 0),
                                    most, slo.tpot_p99_s)
     tput = best_b / best_t
     need_d = max(1, math.ceil(stats.output_tokens_per_s / tput))
-    return PoolBound(layout, True, min_prefill=need_p, min_decode=need_d, decode_tok_s=tput, batch=best_b)
+    return PoolBound(layout, prefill_ok, True, "; ".join(reasons), min_prefill=need_p, min_decode=need_d,
+                     decode_tok_s=tput, prefill_tok_s=prefill_tok_s, batch=best_b)
 
 
 def pool_candidates(bounds: Iterable[PoolBound], stats: TrafficStats, cost: CostConfig,
                     hardware: Callable[[str], HardwareSpec], max_gpus: int, max_replicas: int,
-                    gpus_per_node: int) -> list[Candidate]:
+                    gpus_per_node: int, headroom: int = 0) -> list[Candidate]:
     """Every (feasible layout, prefill replicas, decode replicas) within the limits (every
-    GPU of the pools has an InfiniBand port)."""
+    GPU of the pools has an InfiniBand port); ``headroom`` spare replicas in each pool."""
     out = []
     for b, r, gpus, hw in _sizes(bounds, hardware, max_gpus, max_replicas, 2):
+        if hw.scaleup_link == "pcie":
+            continue            # pools are built on NVLink nodes joined over InfiniBand
         for p in range(1, r):
             d = r - p
             util = min(1.0, stats.output_tokens_per_s / (d * b.decode_tok_s))
             out.append(Candidate(b.layout, r, _usd_per_hour(cost, hw, gpus, util, gpus_per_node, gpus),
                                  pruned=p < b.min_prefill or d < b.min_decode, analytic_utilization=util,
+                                 headroom_short=_short(headroom, p < b.min_prefill + headroom or d < b.min_decode + headroom),
                                  prefill_replicas=p))
     return out
 
@@ -272,21 +356,131 @@ def _usd_per_hour(cost: CostConfig, hw: HardwareSpec, gpus: int, util: float, gp
 
 def order(cands: list[Candidate]) -> list[Candidate]:
     """Cheapest first (co-located before pools of the same price)."""
-    return sorted(cands, key=lambda c: (c.usd_per_hour, c.gpus, c.prefill_replicas > 0, c.layout.hardware, c.layout.tp,
-                                        c.layout.pp, c.layout.max_batch_size, c.layout.max_tokens_per_step,
-                                        c.replicas, c.prefill_replicas))
+    return sorted(cands, key=lambda c: (c.usd_per_hour, c.gpus, c.prefill_replicas > 0, bool(c.mix), c.layout.hardware,
+                                        c.layout.tp, c.layout.pp, c.layout.max_batch_size, c.layout.max_tokens_per_step,
+                                        c.replicas, c.prefill_replicas,
+                                        tuple((lay.hardware, lay.tp, lay.pp, r) for lay, r in c.mix)))
 
 
 def candidates(bounds: Iterable[LayoutBound], stats: TrafficStats, cost: CostConfig,
                hardware: Callable[[str], HardwareSpec], max_gpus: int, max_replicas: int,
-               gpus_per_node: int) -> list[Candidate]:
-    """Every (feasible layout, replicas) pair within the limits, cheapest first."""
+               gpus_per_node: int, headroom: int = 0) -> list[Candidate]:
+    """Every (feasible layout, replicas) pair within the limits, cheapest first; ``headroom``
+    replicas beyond the analytic bound (N+k)."""
     out = []
     for b, r, gpus, hw in _sizes(bounds, hardware, max_gpus, max_replicas, 1):
         util = min(1.0, stats.output_tokens_per_s / (r * b.replica_tok_s))
         price = _usd_per_hour(cost, hw, gpus, util, gpus_per_node, gpus if gpus > gpus_per_node else 0)
-        out.append(Candidate(b.layout, r, price, pruned=r < b.min_replicas, analytic_utilization=util))
+        out.append(Candidate(b.layout, r, price, pruned=r < b.min_replicas, analytic_utilization=util,
+                             headroom_short=_short(headroom, r < b.min_replicas + headroom)))
     return order(out)
+
+
+def _short(headroom: int, short: bool) -> str:
+    """The cap a candidate breaks when it lacks its N+k spare replicas ("" if it has them):
+    such a fleet is never simulated, so the cheaper-candidate check cannot pick it either."""
+    return f"fewer than N+{headroom} replicas (search.headroom={headroom})" if headroom and short else ""
+
+
+def serves(units: list[tuple[float, float, int]], stats: TrafficStats, slo: Slo, headroom: int = 0) -> bool:
+    """Whether replicas of different layouts behind one router keep up with the trace by the
+    analytic bound of :func:`layout_bound`, summed over replicas: ``units`` are (output tokens/s
+    under the TPOT target, prompt tokens/s at full-chunk steps, replicas); the ``headroom``
+    replicas with the most output throughput are taken out first (N+k). Output: the trace's
+    mean output rate; prompts: 99 % of the prompt tokens arriving in any window of W seconds
+    prefilled within W + ttft_p99_s."""
+    each = sorted(((tok, pre) for tok, pre, n in units for _ in range(n)), reverse=True)[headroom:]
+    if not each or sum(t for t, _ in each) < stats.output_tokens_per_s:
+        return False
+    prefill = sum(p for _, p in each)
+    return all(prefill * (w + slo.ttft_p99_s) >= 0.99 * tokens for w, tokens in stats.window_prompt_tokens)
+
+
+def _groups_usd(cost: CostConfig, hardware: Callable[[str], HardwareSpec], groups: list[tuple[Layout, int, float]],
+                gpus_per_node: int, pools: bool) -> float:
+    """$/h of groups (layout, replicas, utilization), each priced at its hardware's rate; a
+    group spanning nodes (every GPU of disaggregated pools) has an InfiniBand port per GPU."""
+    total = 0.0
+    for lay, r, util in groups:
+        gpus = r * lay.gpus_per_replica
+        total += _usd_per_hour(cost, hardware(lay.hardware), gpus, util, gpus_per_node,
+                               gpus if pools or gpus > gpus_per_node else 0)
+    return total
+
+
+def _same_limits(a: Layout, b: Layout) -> bool:
+    """Groups of one run share its scheduler's batch limits."""
+    return (a.max_batch_size, a.max_tokens_per_step) == (b.max_batch_size, b.max_tokens_per_step)
+
+
+def mix_candidates(bounds: Iterable[LayoutBound], stats: TrafficStats, slo: Slo, cost: CostConfig,
+                   hardware: Callable[[str], HardwareSpec], max_gpus: int, max_replicas: int,
+                   gpus_per_node: int, headroom: int = 0) -> list[Candidate]:
+    """Every fleet of two feasible layouts on different hardware (same batch limits) behind one
+    router, at least one replica of each, within the limits; pruned where :func:`serves` says
+    the replicas together cannot keep up. Both groups are taken to run at the fleet's analytic
+    utilization."""
+    feasible = [b for b in bounds if b.feasible]
+    out = []
+    for b1, b2 in combinations(feasible, 2):
+        l1, l2 = b1.layout, b2.layout
+        if l1.hardware == l2.hardware or not _same_limits(l1, l2):
+            continue
+        for r1 in range(1, max_replicas):
+            if r1 * l1.gpus_per_replica + l2.gpus_per_replica > max_gpus:
+                break
+            for r2 in range(1, max_replicas - r1 + 1):
+                if r1 * l1.gpus_per_replica + r2 * l2.gpus_per_replica > max_gpus:
+                    break
+                util = min(1.0, stats.output_tokens_per_s / (r1 * b1.replica_tok_s + r2 * b2.replica_tok_s))
+                price = _groups_usd(cost, hardware, [(l1, r1, util), (l2, r2, util)], gpus_per_node, False)
+                units = [(b1.replica_tok_s, b1.prefill_tok_s, r1), (b2.replica_tok_s, b2.prefill_tok_s, r2)]
+                out.append(Candidate(l1, r1 + r2, price, pruned=not serves(units, stats, slo),
+                                     analytic_utilization=util, mix=((l1, r1), (l2, r2)),
+                                     headroom_short=_short(headroom, not serves(units, stats, slo, headroom))))
+    return out
+
+
+def cross_pool_candidates(bounds: Iterable[PoolBound], stats: TrafficStats, cost: CostConfig,
+                          hardware: Callable[[str], HardwareSpec], max_gpus: int, max_replicas: int,
+                          gpus_per_node: int, headroom: int = 0) -> list[Candidate]:
+    """Disaggregated pools on different hardware: every (layout that can prefill, layout of
+    other hardware that can decode, same batch limits, P prefill and D decode replicas) within
+    the limits, pruned below either pool's bound plus ``headroom``."""
+    bounds = list(bounds)
+    out = []
+    for bp in (b for b in bounds if b.prefill_ok):
+        for bd in (b for b in bounds if b.decode_ok):
+            lp, ld = bp.layout, bd.layout
+            if lp.hardware == ld.hardware or not _same_limits(lp, ld) or "pcie" in (
+                    hardware(lp.hardware).scaleup_link, hardware(ld.hardware).scaleup_link):
+                continue
+            for p in range(1, max_replicas):
+                if p * lp.gpus_per_replica + ld.gpus_per_replica > max_gpus:
+                    break
+                for d in range(1, max_replicas - p + 1):
+                    if p * lp.gpus_per_replica + d * ld.gpus_per_replica > max_gpus:
+                        break
+                    util_d = min(1.0, stats.output_tokens_per_s / (d * bd.decode_tok_s))
+                    util_p = min(1.0, stats.requests * stats.mean_prompt / stats.duration_s / (p * bp.prefill_tok_s))
+                    price = _groups_usd(cost, hardware, [(lp, p, util_p), (ld, d, util_d)], gpus_per_node, True)
+                    out.append(Candidate(lp, p + d, price, pruned=p < bp.min_prefill or d < bd.min_decode,
+                                         headroom_short=_short(headroom, p < bp.min_prefill + headroom
+                                                          or d < bd.min_decode + headroom),
+                                         analytic_utilization=util_d, prefill_replicas=p, mix=((lp, p), (ld, d))))
+    return out
+
+
+def confirm_once(c: Candidate, slo: Slo, simulate: Callable[[Candidate], dict[str, Any]]) -> bool:
+    """Whether ``c`` meets the SLOs, simulating it unless it already was (a configuration the
+    simulator refuses misses, with its one-line reason in ``error``)."""
+    if c.meets_slo is None:
+        try:
+            c.summary = simulate(c)
+            c.meets_slo = slo.met(c.summary)
+        except ConfigError as exc:
+            c.error, c.meets_slo = str(exc).splitlines()[0], False
+    return bool(c.meets_slo)
 
 
 def search(cands: list[Candidate], slo: Slo, simulate: Callable[[Candidate], dict[str, Any]],
@@ -300,12 +494,7 @@ def search(cands: list[Candidate], slo: Slo, simulate: Callable[[Candidate], dic
         nonlocal runs
         if c.meets_slo is None:
             runs += 1
-            try:
-                c.summary = simulate(c)
-                c.meets_slo = slo.met(c.summary)
-            except ConfigError as exc:
-                c.error, c.meets_slo = str(exc).splitlines()[0], False
-        return bool(c.meets_slo)
+        return confirm_once(c, slo, simulate)
 
     best_i = None
     for i, c in enumerate(cands):

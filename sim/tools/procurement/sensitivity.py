@@ -1,7 +1,8 @@
 """How a configuration's cost per token and p99 TPOT move with its hardware, price and traffic.
 
 Each hardware parameter (HBM bandwidth, peak FLOP/s of every format, per-message link latency,
-link bandwidth) is moved by -/+``delta`` in turn and the configuration is simulated again on
+link bandwidth; of every hardware in a mixed fleet or in disaggregated pools) is moved by
+-/+``delta`` in turn and the configuration is simulated again on
 the same trace; the price (rent per GPU-hour, or the purchase prices when owning) moves the
 cost only, so it is applied to the base run's cost without a new simulation (latency does not
 depend on it). The spread over traffic is ``seeds`` bootstrap draws of the trace
@@ -20,9 +21,35 @@ def _scaled(cfg: dict[str, Any], change: Callable[[dict[str, Any]], None]) -> di
     return out
 
 
+def _hardware_maps(c: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every hardware mapping of a run config: the run's, each mixed-fleet group's and each
+    disaggregated pool's (a preset named by a group is replaced by its mapping so it can move)."""
+    from sim.config.presets import load_preset
+
+    maps = [c["hardware"]]
+    groups = list(c.get("fleet") or [])
+    disagg = c.get("disagg") or {}
+    if disagg.get("mode") == "pools":
+        groups += [disagg[p] for p in ("prefill", "decode") if disagg.get(p)]
+    for g in groups:
+        if isinstance(g.get("hardware"), str):
+            g["hardware"] = load_preset("hardware", g["hardware"])
+        if g.get("hardware") is not None:
+            maps.append(g["hardware"])
+    return maps
+
+
 def _flops(f: float) -> Callable[[dict[str, Any]], None]:
     def change(c: dict[str, Any]) -> None:
-        c["hardware"]["flops_TFLOPs"] = {k: (v * f if v else v) for k, v in c["hardware"]["flops_TFLOPs"].items()}
+        for hw in _hardware_maps(c):
+            hw["flops_TFLOPs"] = {k: (v * f if v else v) for k, v in hw["flops_TFLOPs"].items()}
+    return change
+
+
+def _hbm(f: float) -> Callable[[dict[str, Any]], None]:
+    def change(c: dict[str, Any]) -> None:
+        for hw in _hardware_maps(c):
+            hw["hbm_bandwidth_GBps"] = hw["hbm_bandwidth_GBps"] * f
     return change
 
 
@@ -53,7 +80,7 @@ def sensitivity(cfg: dict[str, Any], evaluate: Callable[[dict[str, Any]], dict[s
     for sign in (-1, 1):
         f = 1.0 + sign * delta
         label = f"{sign * delta:+.0%}"
-        for name, change in (("HBM bandwidth", _set("hardware", "hbm_bandwidth_GBps", f)),
+        for name, change in (("HBM bandwidth", _hbm(f)),
                              ("FLOP/s", _flops(f)),
                              ("link latency", _set("network", "latency_scale", f)),
                              ("link bandwidth", _set("network", "bandwidth_scale", f))):
