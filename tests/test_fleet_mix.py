@@ -108,6 +108,15 @@ def test_mixed_fleet_report_pareto_and_sensitivity(mixed):
         assert not any(o["usd_per_hour"] < r["usd_per_hour"] and o["goodput_requests_per_s"] > r["goodput_requests_per_s"]
                        for o in sim)
     assert (out / "procure_pareto.png").stat().st_size > 10_000
+    # bands on the best mix: 8 draws of the calibration's parameters and of the traffic
+    bands = result["best"]["bands"]
+    draws = pq.read_table(out / "uncertainty.parquet").to_pylist()
+    assert bands["draws"] == len(draws) == 8 and 0.0 <= bands["meets_slo_fraction"] <= 1.0
+    assert bands["meets_slo_fraction"] == sum(d["meets_slo"] for d in draws) / 8
+    for key in ("usd_per_million_output_tokens", "ttft_p99_s", "tpot_p99_s", "goodput_requests_per_s"):
+        b = bands[key]
+        assert b["low"] < b["high"] and b["low"] <= b["median"] <= b["high"], key
+    assert "## Uncertainty of the best configuration" in report
     # the sensitivity study moves the hardware of both groups of the mix
     sens = pq.read_table(out / "sensitivity.parquet").to_pylist()
     base = next(r for r in sens if r["parameter"] == "base")

@@ -29,13 +29,15 @@ from sim.tools.calibration.engine_fit import (
     DOCUMENTED_DEFAULTS,
     FIT_BOUNDS,
     FIT_PARAMS,
+    bootstrap_factors,
+    draws_yaml,
     fit_engine,
     profile_yaml,
     read_measurements,
 )
 from sim.tools.cli import fail, guarded, key_values
 
-STEP_ARGS = ("data", "hardware", "name", "out", "start", "fit")
+STEP_ARGS = ("data", "hardware", "name", "out", "start", "fit", "uncertainty")
 
 
 def fit_params(choice: str) -> tuple[str, ...]:
@@ -97,9 +99,21 @@ def main(argv: list[str] | None = None) -> dict:
     (out_dir / f"{name}_eager.yaml").write_text(profile_yaml(
         eager, f"{name} engine in eager mode on {hardware.name} (host-launch-bound)", source))
     import numpy as np
+    draws_written = []
+    if "uncertainty" in args:
+        try:
+            n = int(args["uncertainty"])
+        except ValueError:
+            n = 0
+        if n < 2:
+            fail(f"uncertainty={args['uncertainty']!r} must be an integer >= 2 (bootstrap refits)")
+        names, factors = bootstrap_factors(rows, hardware, start, n, params=fit_params(args.get("fit", "default")))
+        path = out_dir / f"{name}_draws.yaml"
+        path.write_text(draws_yaml(names, factors, source, hardware.name, 0))
+        draws_written.append(str(path))
     report = {"rows": len(result.rows), "median_abs_error_graph": float(np.median(graph_err)) if graph_err else None,
               "median_abs_error_eager": float(np.median(eager_err)) if eager_err else None,
-              "written": [str(out_dir / f"{name}_cudagraph.yaml"), str(out_dir / f"{name}_eager.yaml")]}
+              "written": [str(out_dir / f"{name}_cudagraph.yaml"), str(out_dir / f"{name}_eager.yaml"), *draws_written]}
     print(json.dumps(report))
     return report
 

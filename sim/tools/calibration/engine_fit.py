@@ -291,3 +291,48 @@ def profile_yaml(engine: EngineProfile, description: str, fitted_from: str) -> s
             value = float(f"{value:.4g}") if value != int(value) else value
         lines.append(f"{key}: {json.dumps(value)}")
     return "\n".join(lines) + "\n"
+
+
+def bootstrap_factors(rows: list[Measurement], hardware: HardwareSpec, start: EngineProfile, draws: int,
+                      seed: int = 0, params: Iterable[str] = FIT_PARAMS) -> tuple[tuple[str, ...], list[list[float]]]:
+    """How far the fitted parameters move when the data are redrawn: ``draws`` refits, each on a
+    cluster bootstrap of the graph-mode rows (the (model, phase) groups -- decode of one model,
+    prefill of another, ... -- drawn with replacement, so a draw can lose or double a whole
+    model; the matmul sweep's rows drawn one by one and always present, as in leave-one-model-
+    out), each parameter as a factor on the all-data fit. Returns (parameters, factors per draw).
+
+    The spread is the fit's uncertainty *given the model*: what the data cannot pin down, not
+    the model's own error (``sim.validate``'s held-out errors)."""
+    rng = np.random.default_rng(seed)
+    graph = [r for r in rows if r.mode == "graph"]
+    sweep = [r for r in graph if r.model is None]
+    clusters: dict[tuple[str, str], list[Measurement]] = {}
+    for r in graph:
+        if r.model is not None:
+            clusters.setdefault((r.model.name, r.kind), []).append(r)
+    groups = [clusters[k] for k in sorted(clusters)]
+    full = fit_engine(graph, hardware, start, params).engine
+    names = tuple(p for p in params if getattr(full, p) is not None and
+                  (p != "low_precision_compute_efficiency" or any(
+                      r.kind == "gemm_sweep" and Precision(weights=r.dtype).compute_format != "bf16" for r in graph)))
+    out = []
+    for _ in range(draws):
+        picked = [r for i in rng.integers(0, len(groups), len(groups)) for r in groups[i]] if groups else []
+        for dtype in sorted({r.dtype for r in sweep}):      # bf16 and fp8 rows each redrawn among themselves
+            same = [r for r in sweep if r.dtype == dtype]
+            picked += [same[i] for i in rng.integers(0, len(same), len(same))]
+        eng = fit_engine(picked, hardware, start, params).engine
+        out.append([float(getattr(eng, p)) / float(getattr(full, p)) for p in names])
+    return names, out
+
+
+def draws_yaml(names: tuple[str, ...], factors: list[list[float]], source: str, hardware: str, seed: int) -> str:
+    """The file ``uncertainty.draws_file`` reads (see :mod:`sim.tools.uncertainty`)."""
+    lines = ["# Calibration uncertainty: factors on the engine parameters the step-time fit adjusts, one",
+             "# row per refit on a cluster bootstrap of the measurements (bootstrap_factors in",
+             "# sim/tools/calibration/engine_fit.py). Written by `python -m sim.calibrate uncertainty=N`;",
+             "# refit rather than edit.",
+             f"source: {json.dumps(source)}", f"hardware: {hardware}", f"seed: {seed}",
+             f"params: {json.dumps(list(names))}", "factors:"]
+    lines += ["  - [" + ", ".join(f"{f:.5f}" for f in row) + "]" for row in factors]
+    return "\n".join(lines) + "\n"

@@ -59,6 +59,7 @@ from sim.tools.procurement.search import (
     search,
 )
 from sim.tools.procurement.sensitivity import plot_tornado, sensitivity, tornado_rows
+from sim.tools.uncertainty import UncertaintyConfig, draw_bands
 
 SEARCH_KEYS = ("hardware", "tp", "pp", "max_batch_size", "max_tokens_per_step", "max_gpus", "max_replicas", "max_runs",
                "disagg", "fleet_mix", "mix_router", "budget_usd_per_hour", "power_kW", "headroom")
@@ -246,7 +247,8 @@ def _why_missed(c: Candidate) -> str:
 
 def report(rows: list[dict[str, Any]], best: Candidate, cheaper: Candidate | None, slo: Slo, stats: TrafficStats,
            sens: list[dict[str, Any]] | None, caps: Caps | None = None,
-           by_kind: dict[tuple[str, ...], tuple[Candidate | None, Candidate | None]] | None = None) -> str:
+           by_kind: dict[tuple[str, ...], tuple[Candidate | None, Candidate | None]] | None = None,
+           bands: dict[str, Any] | None = None) -> str:
     lines = ["# Procurement report", "",
              f"Targets: TTFT p99 <= {slo.ttft_p99_s} s, TPOT p99 <= {slo.tpot_p99_s} s. Traffic: {stats.requests} "
              f"requests over {stats.duration_s:.0f} s, mean prompt {stats.mean_prompt:.0f}, mean output "
@@ -266,6 +268,25 @@ def report(rows: list[dict[str, Any]], best: Candidate, cheaper: Candidate | Non
         lines += [f"One step cheaper: {cheaper.label()} (max batch {cheaper.layout.max_batch_size}, "
                   f"{cheaper.layout.max_tokens_per_step} tokens/step, ${cheaper.usd_per_hour:.2f}/h "
                   f"analytic) misses: {_why_missed(cheaper)}.", ""]
+    if bands:
+        lo, hi = bands["percentiles"]
+        what = " and ".join(w for w, on in (("the calibration's parameter uncertainty", bands["calibration"]),
+                                            ("redrawn traffic", bands["traffic"])) if on)
+        lines += ["## Uncertainty of the best configuration", "",
+                  f"{bands['draws']} draws of {what} (uncertainty.parquet); {lo:g}th / 50th / {hi:g}th percentile. "
+                  f"The targets are met in {bands['meets_slo_fraction']:.0%} of the draws.", "",
+                  "| metric | base | low | median | high |", "|---|---|---|---|---|"]
+        base_s = best.summary or {}
+        base_vals = {"usd_per_million_output_tokens": base_s["cost"]["usd_per_million_output_tokens"],
+                     "ttft_p99_s": base_s["ttft_s"]["p99"], "tpot_p99_s": base_s["tpot_s"]["p99"],
+                     "goodput_requests_per_s": best.extra.get("goodput")}
+        for key, label, fmt in (("usd_per_million_output_tokens", "$ per million output tokens", ".3f"),
+                                ("ttft_p99_s", "TTFT p99 (s)", ".3f"), ("tpot_p99_s", "TPOT p99 (s)", ".4f"),
+                                ("goodput_requests_per_s", "goodput (requests/s)", ".2f")):
+            b = bands[key]
+            lines.append(f"| {label} | {_fmt(base_vals[key], fmt)} | {_fmt(b['low'], fmt)} | "
+                         f"{_fmt(b['median'], fmt)} | {_fmt(b['high'], fmt)} |")
+        lines.append("")
     if by_kind:
         lines += ["## Cheapest fleet of each hardware kind (search.fleet_mix)", "",
                   "Each kind searched on its own, cheapest first, confirmed by simulation; the fleet one step "
@@ -316,6 +337,7 @@ def procure(cfg_map: dict[str, Any], out: Path) -> dict[str, Any]:
     slo_map = cfg_map.pop("slo", None) or {}
     search_map = cfg_map.pop("search", None) or {}
     sens_map = cfg_map.pop("sensitivity", None) or {}
+    ucfg = UncertaintyConfig.from_map(cfg_map.pop("uncertainty", None))
     unknown = sorted(set(search_map) - set(SEARCH_KEYS))
     if unknown:
         raise ConfigError(f"search has unknown field(s) {unknown}; allowed: {list(SEARCH_KEYS)}")
@@ -427,8 +449,20 @@ def procure(cfg_map: dict[str, Any], out: Path) -> dict[str, Any]:
                            float(sens_map.get("delta", 0.2)), int(sens_map.get("seeds", 3)))
         pq.write_table(pa.Table.from_pylist(sens), out / "sensitivity.parquet")
         plot_tornado(tornado_rows(sens, best.summary), out / "sensitivity.png")
-    (out / "procure.md").write_text(report(rows, best, cheaper, slo, stats, sens, caps, by_kind))
-    result = {"best": best_json(best), "one_step_cheaper": None if cheaper is None else short_json(cheaper),
+    bands = None
+    if ucfg.draws:
+        def measure(run_cfg: dict[str, Any]) -> dict[str, Any]:
+            summary, res = evaluate(run_cfg)
+            cost = summary["cost"]
+            return {"meets_slo": slo.met(summary), "usd_per_hour": cost["usd_per_hour"],
+                    "usd_per_million_output_tokens": cost["usd_per_million_output_tokens"],
+                    "ttft_p99_s": summary["ttft_s"]["p99"], "tpot_p99_s": summary["tpot_s"]["p99"],
+                    "goodput_requests_per_s": goodput(res.requests, slo, summary["throughput"]["makespan_s"])}
+        draw_rows, bands = draw_bands(deployment(base, best.layout, best.replicas, best.prefill_replicas, best.mix,
+                                                 mix_router), measure, ucfg)
+        pq.write_table(pa.Table.from_pylist(draw_rows), out / "uncertainty.parquet")
+    (out / "procure.md").write_text(report(rows, best, cheaper, slo, stats, sens, caps, by_kind, bands))
+    result = {"best": {**best_json(best), "bands": bands} if bands else best_json(best), "one_step_cheaper": None if cheaper is None else short_json(cheaper),
               "simulated": sum(1 for c in cands if c.meets_slo is not None), "candidates": len(cands),
               "over_caps": len(cands) - len(allowed), "run_dir": str(out)}
     if fleet_mix:
