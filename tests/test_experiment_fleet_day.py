@@ -91,3 +91,27 @@ def test_hourly_replicas_time_averages_the_alive_count(tmp_path):
     pq.write_table(pa.table({"time_s": [0.0, 1800.0, 5400.0], "alive": [1, 3, 2]}), path)
     out = fleet_day.hourly_replicas(path, hours=3)
     assert out.tolist() == pytest.approx([2.0, 2.5, 2.0])
+
+
+def test_bands_over_calibration_and_traffic_draws(quick):
+    """The headline comparison again over draws of the calibration's parameters and the traffic:
+    each deployment's cost and attainment as 10th / 50th / 90th percentiles, and the paired saving."""
+    root, tables = quick
+    rows = tables["bands"].to_pylist()
+    labels = {r["deployment"] for r in rows}
+    assert labels == {"fixed 2", "autoscaled (slo)", "autoscaled (slo) vs fixed 2"}
+    for r in rows:
+        assert r["draws"] == 2
+        if r["low"] is not None:
+            assert r["low"] <= r["median"] <= r["high"]
+    cost = {r["deployment"]: r for r in rows if r["metric"] == "usd_per_day"}
+    assert cost["fixed 2"]["low"] > 0 and cost["autoscaled (slo)"]["low"] > 0
+    saving = next(r for r in rows if r["metric"] == "saving")
+    assert saving["low"] <= saving["high"] < 1.0          # 1 - autoscaled / fixed cost of the same draw
+    meets = [r for r in rows if r["metric"] == "meets_5s_fraction"]
+    assert len(meets) == 2 and all(0.0 <= r["median"] <= 1.0 for r in meets)
+    assert pq.read_table(root / "fleet_day_bands.parquet").equals(tables["bands"])
+    # the draws moved the engine: the two fixed-fleet draws are different simulations
+    from sim.experiments.fleet_day import band_points
+    pts = [p for label, _, p in band_points(True) if label == "fixed 2"]
+    assert pts[0]["engine.hbm_efficiency"] != pts[1]["engine.hbm_efficiency"] and pts[0]["seed"] != pts[1]["seed"]

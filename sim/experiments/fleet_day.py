@@ -19,6 +19,12 @@ SLO attainment: the fraction of requests whose TTFT is within ``SLO_TTFT_S`` and
 within ``SLO_TPOT_S`` (DistServe's definition); a deployment meets an SLO level when at least
 ``ATTAINMENT`` of the day's requests do. Cost: rented GPU-hours alive over the day.
 
+Bands: the headline comparison (the cheapest fixed fleet meeting the 5 s level, ``BAND_FIXED``
+replicas, against the ``slo``-autoscaled one) is run again for ``BAND_DRAWS`` draws of the
+calibration's parameter uncertainty and of the traffic (:mod:`sim.tools.uncertainty`; draw
+``k`` is the same for both, so the saving is a paired difference); the ``bands`` table gives
+each deployment's cost and attainment, and the saving, at the 10th / 50th / 90th percentile.
+
 ``quick``: the bundled hour's first ``QUICK_REQUESTS`` requests twice (the day's first ~30
 minutes: the night's low load), fewer points; for the tests and the notebook's quick run.
 """
@@ -45,6 +51,9 @@ SLO_LEVELS = (2.0, 5.0, 10.0)
 #: failures at this multiple of the published rates, to see what they do within a day
 STRESS = 1000.0
 QUICK_REQUESTS = 2000
+#: the bands' draws and the fixed fleet they compare with the slo-autoscaled one
+BAND_DRAWS = 8
+BAND_FIXED = 5
 
 #: the autoscaled deployments (1..MAX_REPLICAS, HPA arithmetic), by label: on the serving
 #: replicas' busy fraction (60 % target), on the p90 TTFT of each interval (1 s target), and the
@@ -69,6 +78,50 @@ def points(quick: bool) -> list[dict[str, Any]]:
     if quick:
         out = [{**p, "workload.max_requests": QUICK_REQUESTS, "workload.repeat": 2} for p in out]
     return out
+
+
+def band_points(quick: bool) -> list[tuple[str, int, dict[str, Any]]]:
+    """The bands' runs: draw k (1..``BAND_DRAWS``; 2 when quick) of the fixed and the slo-autoscaled
+    deployment, each with its draw's overrides and a ``band.draw`` / ``band.deployment`` tag."""
+    from sim.config.compose import compose_config
+    from sim.tools.uncertainty import UncertaintyConfig, draw_overrides
+
+    draws = 2 if quick else BAND_DRAWS
+    fixed = {"parallel.dp": 2 if quick else BAND_FIXED}
+    deployments = {f"fixed {fixed['parallel.dp']}": fixed, "autoscaled (slo)": AUTOSCALED["autoscaled (slo)"]}
+    extra = {"workload.max_requests": QUICK_REQUESTS, "workload.repeat": 2} if quick else {}
+    out = []
+    for label, point in deployments.items():
+        overrides = [f"{k}={v}" for k, v in {**point, **extra}.items()]
+        cfg = compose_config(BASE + overrides)
+        for k in range(1, draws + 1):
+            out.append((label, k, {**point, **extra, **draw_overrides(cfg, k, UncertaintyConfig(draws=draws))}))
+    return out
+
+
+def bands(root: Path, quick: bool) -> pa.Table:
+    """Run the bands' draws under ``root`` and summarise them (see the module docstring)."""
+    from sim.tools.uncertainty import band
+
+    pts = band_points(quick)
+    sweep = run_points(BASE, [p for _, _, p in pts], root).to_pylist()
+    per: dict[str, dict[int, dict[str, float]]] = {}
+    for i, ((label, k, _), r) in enumerate(zip(pts, sweep)):
+        req = root / str(r.get("job", i)) / "requests.parquet"
+        per.setdefault(label, {})[k] = {"usd_per_day": _usd_per_day(r), "attainment": attainment(req)}
+    rows = []
+    for label, draws in per.items():
+        for metric in ("usd_per_day", "attainment"):
+            b = band([d[metric] for d in draws.values()], 10, 90)
+            rows.append({"deployment": label, "metric": metric, "draws": len(draws), **b})
+        rows.append({"deployment": label, "metric": "meets_5s_fraction", "draws": len(draws), "low": None,
+                     "median": float(np.mean([d["attainment"] >= ATTAINMENT for d in draws.values()])), "high": None})
+    fixed_label, auto_label = list(per)
+    paired = [1.0 - per[auto_label][k]["usd_per_day"] / per[fixed_label][k]["usd_per_day"]
+              for k in per[fixed_label] if k in per[auto_label]]
+    rows.append({"deployment": f"{auto_label} vs {fixed_label}", "metric": "saving", "draws": len(paired),
+                 **band(paired, 10, 90)})
+    return pa.Table.from_pylist(rows)
 
 
 def attainment(requests_path: Path, ttft_s: float = SLO_TTFT_S, tpot_s: float = SLO_TPOT_S) -> float:
@@ -108,7 +161,7 @@ def run(root: str | Path, quick: bool = False) -> dict[str, pa.Table]:
             row[f"attainment_ttft_{level:g}s"] = attainment(job / "requests.parquet", ttft_s=level)
         rows.append(row)
     runs = pa.Table.from_pylist(rows)
-    return save_tables({"runs": runs, "slo_levels": slo_costs(runs)}, root, NAME)
+    return save_tables({"runs": runs, "slo_levels": slo_costs(runs), "bands": bands(root / "bands", quick)}, root, NAME)
 
 
 def _gpu_hours(r: dict[str, Any]) -> float:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import yaml
@@ -95,7 +95,7 @@ def drawn_config(cfg: dict[str, Any], k: int, names: tuple[str, ...], factors: l
     return out
 
 
-def band(values: list[float | None], low: float, high: float) -> dict[str, float | None]:
+def band(values: Sequence[float | None], low: float, high: float) -> dict[str, float | None]:
     """``low``-th, median and ``high``-th percentile of the values given (None where none)."""
     v = np.array([x for x in values if x is not None and np.isfinite(x)], dtype=float)
     if not len(v):
@@ -127,3 +127,16 @@ def draw_bands(cfg: dict[str, Any], measure: Callable[[dict[str, Any]], dict[str
         else:
             bands[m] = band(vals, ucfg.low_percentile, ucfg.high_percentile)
     return rows, bands
+
+
+def draw_overrides(cfg: dict[str, Any], k: int, ucfg: UncertaintyConfig,
+                   path: Path = DRAWS_FILE) -> dict[str, Any]:
+    """Draw ``k`` of the composed run config ``cfg`` as command-line overrides (what a sweep of
+    ``python -m sim`` runs takes): the moved engine parameters, ``workload.resample`` and ``seed``."""
+    names, factors = load_factors(path)
+    drawn = drawn_config(cfg, k, names, factors, ucfg)
+    out: dict[str, Any] = {f"engine.{n}": round(drawn["engine"][n], 6) for n in names
+                           if drawn["engine"].get(n) is not None and drawn["engine"][n] != cfg["engine"].get(n)}
+    if ucfg.traffic:
+        out.update({"workload.resample": "true", "seed": drawn["seed"]})
+    return out
