@@ -205,14 +205,20 @@ def best_json(c: Candidate) -> dict[str, Any]:
             "rerun": c.extra.get("rerun", [])}
 
 
-def plot_frontier(table: pa.Table, path: Path, slo: Slo) -> None:
+def _figure(table: pa.Table, y: str, x: str):
+    """(pyplot, figure, axes, the table as columns, the rows simulated with both ``x`` and ``y``)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     d = table.to_pydict()
-    sim = [i for i in range(table.num_rows) if d["tpot_p99_s"][i] is not None and d["usd_per_million_output_tokens"][i]]
+    sim = [i for i in range(table.num_rows) if d[y][i] is not None and d[x][i]]
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    return plt, fig, ax, d, sim
+
+
+def plot_frontier(table: pa.Table, path: Path, slo: Slo) -> None:
+    plt, fig, ax, d, sim = _figure(table, "tpot_p99_s", "usd_per_million_output_tokens")
     if sim:
         cost = np.array([d["usd_per_million_output_tokens"][i] for i in sim])
         lat = np.array([d["tpot_p99_s"][i] for i in sim]) * 1e3
@@ -220,15 +226,24 @@ def plot_frontier(table: pa.Table, path: Path, slo: Slo) -> None:
         front = pareto_mask(-lat, cost)
         ax.scatter(cost[~ok], lat[~ok], marker="x", color="tab:red", label="misses the SLOs")
         ax.scatter(cost[ok], lat[ok], marker="o", color="tab:green", label="meets the SLOs")
-        order = np.argsort(cost[front])
-        ax.plot(cost[front][order], lat[front][order], "k--", lw=1, label="Pareto frontier")
-        for i, k in enumerate(sim):
-            ax.annotate(d["fleet"][k], (cost[i], lat[i]), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points")
+        _front(ax, cost, lat, front, [d["fleet"][k] for k in sim], "Pareto frontier")
     ax.axhline(slo.tpot_p99_s * 1e3, color="grey", lw=0.8, ls=":", label="TPOT p99 target")
-    ax.set_xlabel("$ per million output tokens (simulated)")
-    ax.set_ylabel("TPOT p99 (ms)")
-    ax.set_title("Simulated configurations: latency vs cost")
+    _finish(plt, fig, ax, path, "$ per million output tokens (simulated)", "TPOT p99 (ms)",
+            "Simulated configurations: latency vs cost")
+
+
+def _front(ax, x: np.ndarray, y: np.ndarray, front: np.ndarray, labels: list[str], name: str) -> None:
+    """The Pareto points joined, every point labelled with its fleet."""
+    o = np.argsort(x[front])
+    ax.plot(x[front][o], y[front][o], "k--", lw=1, label=name)
+    for i, label in enumerate(labels):
+        ax.annotate(label, (x[i], y[i]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+
+
+def _finish(plt, fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -501,13 +516,7 @@ def mark_pareto(cands: list[Candidate]) -> None:
 
 def plot_pareto(table: pa.Table, path: Path) -> None:
     """Goodput vs $/h of every simulated configuration, the Pareto set joined."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    d = table.to_pydict()
-    sim = [i for i in range(table.num_rows) if d["goodput_requests_per_s"][i] is not None and d["usd_per_hour"][i]]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    plt, fig, ax, d, sim = _figure(table, "goodput_requests_per_s", "usd_per_hour")
     if sim:
         cost = np.array([d["usd_per_hour"][i] for i in sim])
         good = np.array([d["goodput_requests_per_s"][i] for i in sim])
@@ -518,17 +527,9 @@ def plot_pareto(table: pa.Table, path: Path) -> None:
                                    (~ok, "x", "misses the SLOs")):
             if sel.any():
                 ax.scatter(cost[sel], good[sel], marker=marker, label=label)
-        o = np.argsort(cost[front])
-        ax.plot(cost[front][o], good[front][o], "k--", lw=1, label="Pareto set")
-        for i, k in enumerate(sim):
-            ax.annotate(d["fleet"][k], (cost[i], good[i]), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("$ per hour (simulated)")
-    ax.set_ylabel("goodput (requests/s meeting both targets)")
-    ax.set_title("Simulated fleets: goodput vs cost")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        _front(ax, cost, good, front, [d["fleet"][k] for k in sim], "Pareto set")
+    _finish(plt, fig, ax, path, "$ per hour (simulated)", "goodput (requests/s meeting both targets)",
+            "Simulated fleets: goodput vs cost")
 
 
 def load_hardware_map(name: str) -> dict[str, Any]:

@@ -413,6 +413,17 @@ def _same_limits(a: Layout, b: Layout) -> bool:
     return (a.max_batch_size, a.max_tokens_per_step) == (b.max_batch_size, b.max_tokens_per_step)
 
 
+def _pair_sizes(a: Layout, b: Layout, max_gpus: int, max_replicas: int) -> Iterable[tuple[int, int]]:
+    """Every (replicas of ``a``, replicas of ``b``), at least one each, within the limits."""
+    for ra in range(1, max_replicas):
+        if ra * a.gpus_per_replica + b.gpus_per_replica > max_gpus:
+            break
+        for rb in range(1, max_replicas - ra + 1):
+            if ra * a.gpus_per_replica + rb * b.gpus_per_replica > max_gpus:
+                break
+            yield ra, rb
+
+
 def mix_candidates(bounds: Iterable[LayoutBound], stats: TrafficStats, slo: Slo, cost: CostConfig,
                    hardware: Callable[[str], HardwareSpec], max_gpus: int, max_replicas: int,
                    gpus_per_node: int, headroom: int = 0) -> list[Candidate]:
@@ -426,12 +437,7 @@ def mix_candidates(bounds: Iterable[LayoutBound], stats: TrafficStats, slo: Slo,
         l1, l2 = b1.layout, b2.layout
         if l1.hardware == l2.hardware or not _same_limits(l1, l2):
             continue
-        for r1 in range(1, max_replicas):
-            if r1 * l1.gpus_per_replica + l2.gpus_per_replica > max_gpus:
-                break
-            for r2 in range(1, max_replicas - r1 + 1):
-                if r1 * l1.gpus_per_replica + r2 * l2.gpus_per_replica > max_gpus:
-                    break
+        for r1, r2 in _pair_sizes(l1, l2, max_gpus, max_replicas):
                 util = min(1.0, stats.output_tokens_per_s / (r1 * b1.replica_tok_s + r2 * b2.replica_tok_s))
                 price = _groups_usd(cost, hardware, [(l1, r1, util), (l2, r2, util)], gpus_per_node, False)
                 units = [(b1.replica_tok_s, b1.prefill_tok_s, r1), (b2.replica_tok_s, b2.prefill_tok_s, r2)]
@@ -455,12 +461,7 @@ def cross_pool_candidates(bounds: Iterable[PoolBound], stats: TrafficStats, cost
             if lp.hardware == ld.hardware or not _same_limits(lp, ld) or "pcie" in (
                     hardware(lp.hardware).scaleup_link, hardware(ld.hardware).scaleup_link):
                 continue
-            for p in range(1, max_replicas):
-                if p * lp.gpus_per_replica + ld.gpus_per_replica > max_gpus:
-                    break
-                for d in range(1, max_replicas - p + 1):
-                    if p * lp.gpus_per_replica + d * ld.gpus_per_replica > max_gpus:
-                        break
+            for p, d in _pair_sizes(lp, ld, max_gpus, max_replicas):
                     util_d = min(1.0, stats.output_tokens_per_s / (d * bd.decode_tok_s))
                     util_p = min(1.0, stats.requests * stats.mean_prompt / stats.duration_s / (p * bp.prefill_tok_s))
                     price = _groups_usd(cost, hardware, [(lp, p, util_p), (ld, d, util_d)], gpus_per_node, True)
