@@ -221,3 +221,21 @@ def test_disaggregated_pools_win_where_prefill_chunks_break_the_tpot_target(tmp_
     assert summary["kv_transfer"]["transfers"] > 0
     report = (out / "procure.md").read_text()
     assert f"{best['prefill_replicas']}P + {best['decode_replicas']}D x h100 TP8" in report
+
+
+def test_search_status_tells_cut_short_from_none():
+    """Out of runs is not "nothing meets": a fleet-mix kind cut short is left out of the comparison."""
+    from sim.tools.procurement.search import descend, search_status
+
+    simulate, calls = _fake({5.0})
+    assert search_status([_cand(float(i)) for i in range(1, 6)], Slo(1.0, 1.0), simulate, 2)[2] == "cut short"
+    simulate, calls = _fake(set())
+    assert search_status([_cand(float(i)) for i in range(1, 4)], Slo(1.0, 1.0), simulate, 10)[2] == "none"
+    # the dearest meets though every unpruned one missed: step down to the cheapest that meets
+    cands = [_cand(1, pruned=True), _cand(2), _cand(3, pruned=True), _cand(4, pruned=True)]
+    simulate, calls = _fake({3.0, 4.0})
+    assert search_status(cands, Slo(1.0, 1.0), simulate, 10)[2] == "none" and calls == [2]
+    simulate(cands[-1])
+    cands[-1].meets_slo, cands[-1].summary = True, {}
+    best, cheaper = descend(cands, 3, Slo(1.0, 1.0), simulate)
+    assert best.usd_per_hour == 3 and cheaper.usd_per_hour == 2

@@ -16,7 +16,7 @@ from sim.tools.calibration.engine_fit import FIT_BOUNDS, FIT_PARAMS, bootstrap_f
 from sim.tools.uncertainty import DRAWS_FILE, UncertaintyConfig, band, draw_bands, drawn_config, load_factors
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_STEPS = REPO.parent / "shared" / "calibration" / "h100_pytorch_cudagraph.jsonl"
+STEPS = REPO / "tests" / "fixtures" / "h100_pytorch_cudagraph.jsonl"   # a copy of shared/calibration's
 
 
 def test_the_bundled_draws_are_a_bootstrap_around_the_fit():
@@ -30,14 +30,13 @@ def test_the_bundled_draws_are_a_bootstrap_around_the_fit():
     assert np.all(spread > 0) and spread[FIT_PARAMS.index("hbm_efficiency")] < 0.05
 
 
-@pytest.mark.skipif(not SHARED_STEPS.exists(), reason="shared calibration data not present")
-def test_bootstrap_factors_reproduce_the_bundled_file():
+def test_bootstrap_factors_reproduce_the_bundled_file(tmp_path):
     from sim.spec.engine import EngineProfile
     from sim.config.parse import load_hardware
     from sim.tools.calibration.engine_fit import DOCUMENTED_DEFAULTS
 
     start = EngineProfile(name="pytorch", allreduce_algorithm="ring", collective_software_us=12.0, **DOCUMENTED_DEFAULTS)
-    rows = read_measurements(SHARED_STEPS)
+    rows = read_measurements(STEPS)
     names, factors = bootstrap_factors(rows, load_hardware("h100"), start, 3)
     bundled = load_factors()[1][:3]
     assert names == load_factors()[0]
@@ -48,6 +47,13 @@ def test_bootstrap_factors_reproduce_the_bundled_file():
         for n, f in zip(names, row):
             lo, hi = FIT_BOUNDS[n]
             assert lo <= getattr(full, n) * f <= hi
+    # the command writes the file the bands read (given elsewhere with draws_out=), not into conf/engine
+    r = subprocess.run([sys.executable, "-m", "sim.calibrate", f"data={STEPS}", "uncertainty=2", f"out={tmp_path}",
+                        f"draws_out={tmp_path / 'draws.yaml'}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-1000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1])["written"][-1] == str(tmp_path / "draws.yaml")
+    assert load_factors(tmp_path / "draws.yaml")[1] == load_factors()[1][:2]
+    assert not any("draws" in p.name for p in (REPO / "conf" / "engine").iterdir())
 
 
 def test_a_draw_moves_the_fitted_engine_parameters_and_the_traffic_seed():

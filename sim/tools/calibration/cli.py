@@ -37,7 +37,7 @@ from sim.tools.calibration.engine_fit import (
 )
 from sim.tools.cli import fail, guarded, key_values
 
-STEP_ARGS = ("data", "hardware", "name", "out", "start", "fit", "uncertainty")
+STEP_ARGS = ("data", "hardware", "name", "out", "start", "fit", "uncertainty", "draws_out")
 
 
 def fit_params(choice: str) -> tuple[str, ...]:
@@ -108,8 +108,10 @@ def main(argv: list[str] | None = None) -> dict:
         if n < 2:
             fail(f"uncertainty={args['uncertainty']!r} must be an integer >= 2 (bootstrap refits)")
         names, factors = bootstrap_factors(rows, hardware, start, n, params=fit_params(args.get("fit", "default")))
-        path = out_dir / f"{name}_draws.yaml"
-        path.write_text(draws_yaml(names, factors, source, hardware.name, 0))
+        # not into conf/engine (every file there is an engine profile): where the bands read it
+        path = Path(args.get("draws_out", CONF_DIR / "calibration" / f"{hardware.name}_engine_draws.yaml"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(draws_yaml(names, factors, f"{source} ({len(rows)} rows)", hardware.name, 0))
         draws_written.append(str(path))
     report = {"rows": len(result.rows), "median_abs_error_graph": float(np.median(graph_err)) if graph_err else None,
               "median_abs_error_eager": float(np.median(eager_err)) if eager_err else None,

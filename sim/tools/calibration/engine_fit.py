@@ -327,10 +327,11 @@ def bootstrap_factors(rows: list[Measurement], hardware: HardwareSpec, start: En
 
 
 def draws_yaml(names: tuple[str, ...], factors: list[list[float]], source: str, hardware: str, seed: int) -> str:
-    """The file ``uncertainty.draws_file`` reads (see :mod:`sim.tools.uncertainty`)."""
+    """The draws file the bands read (``conf/calibration/<hardware>_engine_draws.yaml``,
+    :mod:`sim.tools.uncertainty`)."""
     lines = ["# Calibration uncertainty: factors on the engine parameters the step-time fit adjusts, one",
              "# row per refit on a cluster bootstrap of the measurements (bootstrap_factors in",
-             "# sim/tools/calibration/engine_fit.py). Written by `python -m sim.calibrate uncertainty=N`;",
+             "# sim/tools/calibration/engine_fit.py). Written by `python -m sim.calibrate data=FILE uncertainty=N`;",
              "# refit rather than edit.",
              f"source: {json.dumps(source)}", f"hardware: {hardware}", f"seed: {seed}",
              f"params: {json.dumps(list(names))}", "factors:"]

@@ -51,12 +51,14 @@ from sim.tools.procurement.search import (
     candidates,
     confirm_once,
     cross_pool_candidates,
+    descend,
     layout_bound,
     mix_candidates,
     order,
     pool_bound,
     pool_candidates,
     search,
+    search_status,
 )
 from sim.tools.procurement.sensitivity import plot_tornado, sensitivity, tornado_rows
 from sim.tools.uncertainty import UncertaintyConfig, draw_bands
@@ -147,6 +149,12 @@ def goodput(summary_requests, slo: Slo, makespan_s: float) -> float | None:
     return float(ok.sum()) / makespan_s if makespan_s > 0 else None
 
 
+def _split(c: Candidate, key: str) -> int | None:
+    """The candidate's tp or pp; None for a mix whose groups differ (``groups`` says each)."""
+    values = {getattr(lay, key) for lay, _ in c.groups}
+    return values.pop() if len(values) == 1 else None
+
+
 def candidate_row(c: Candidate, bound: LayoutBound | PoolBound | None) -> dict[str, Any]:
     """One row of ``procure.parquet`` (``bound``: the layout's analytic verdict; None for a mix)."""
     s = c.summary or {}
@@ -158,7 +166,7 @@ def candidate_row(c: Candidate, bound: LayoutBound | PoolBound | None) -> dict[s
         min_replicas, tok_s = bound.min_prefill + bound.min_decode, bound.decode_tok_s
     else:
         min_replicas, tok_s = bound.min_replicas, bound.replica_tok_s
-    return {"hardware": "+".join(c.kind), "tp": c.layout.tp, "pp": c.layout.pp,
+    return {"hardware": "+".join(c.kind), "tp": _split(c, "tp"), "pp": _split(c, "pp"),
             "max_batch_size": c.layout.max_batch_size,
             "max_tokens_per_step": c.layout.max_tokens_per_step, "replicas": c.replicas,
             "prefill_replicas": c.prefill_replicas if pools else None,
@@ -191,7 +199,7 @@ def infeasible_row(bound) -> dict[str, Any]:
 def best_json(c: Candidate) -> dict[str, Any]:
     s = c.summary
     assert s is not None, "the best candidate was simulated"
-    return {"hardware": "+".join(c.kind), "gpus": c.gpus, "tp": c.layout.tp, "pp": c.layout.pp,
+    return {"hardware": "+".join(c.kind), "gpus": c.gpus, "tp": _split(c, "tp"), "pp": _split(c, "pp"),
             "replicas": c.replicas, "prefill_replicas": c.prefill_replicas or None,
             "decode_replicas": c.replicas - c.prefill_replicas if c.prefill_replicas else None,
             "fleet": c.label(),
@@ -244,7 +252,8 @@ def _finish(plt, fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> N
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -263,7 +272,7 @@ def _why_missed(c: Candidate) -> str:
 def report(rows: list[dict[str, Any]], best: Candidate, cheaper: Candidate | None, slo: Slo, stats: TrafficStats,
            sens: list[dict[str, Any]] | None, caps: Caps | None = None,
            by_kind: dict[tuple[str, ...], tuple[Candidate | None, Candidate | None]] | None = None,
-           bands: dict[str, Any] | None = None) -> str:
+           bands: dict[str, Any] | None = None, kind_status: dict[tuple[str, ...], str] | None = None) -> str:
     lines = ["# Procurement report", "",
              f"Targets: TTFT p99 <= {slo.ttft_p99_s} s, TPOT p99 <= {slo.tpot_p99_s} s. Traffic: {stats.requests} "
              f"requests over {stats.duration_s:.0f} s, mean prompt {stats.mean_prompt:.0f}, mean output "
@@ -313,6 +322,8 @@ def report(rows: list[dict[str, Any]], best: Candidate, cheaper: Candidate | Non
             if kb is None:
                 dearest = ("none within the caps" if kc is None else
                            f"the dearest within the limits and caps, {kc.label()}: {_why_missed(kc)}")
+                if (kind_status or {}).get(kind) == "cut short":
+                    dearest = "search cut short by search.max_runs: not compared (raise it)"
                 lines.append(f"| {'+'.join(kind)} | none | - | - | - | - | - | {dearest} |")
                 continue
             ks = kb.summary or {}
@@ -338,7 +349,8 @@ def report(rows: list[dict[str, Any]], best: Candidate, cheaper: Candidate | Non
     lines += ["", f"{len(rows)} configurations considered, {len(sim)} simulated, {pruned} pruned by the analytic model "
                   "(predicted to miss the targets or infeasible)"
               + (f", {over} over the caps" if over else "") + "; see procure.parquet. Pareto: no other simulated "
-              "configuration has both more goodput (requests per second meeting both targets) and a lower $/h."]
+              "configuration has at least its goodput (requests per second meeting both targets) for at most its $/h, "
+              "and more goodput or a lower $/h."]
     if sens:
         lines += ["", "## Sensitivity of the best configuration", "",
                   "| parameter | change | $/M tok | TPOT p99 ms |", "|---|---|---|---|"]
@@ -378,6 +390,8 @@ def procure(cfg_map: dict[str, Any], out: Path) -> dict[str, Any]:
     mix_router = search_map.get("mix_router", "least_outstanding_time")
     if mix_router not in ROUTERS:
         raise ConfigError(f"search.mix_router={mix_router!r} is not one of {list(ROUTERS)}")
+    if mix_router == "prefix_aware" and not cfg_map["scheduler"].get("prefix_caching"):
+        raise ConfigError("search.mix_router=prefix_aware needs scheduler.prefix_caching=true")
     caps = Caps(search_map.get("budget_usd_per_hour"), search_map.get("power_kW"), search_map.get("headroom", 0))
     base = {**cfg_map, "hardware_presets": presets}
     stats = traffic_stats(cfg_map)
@@ -418,18 +432,24 @@ def procure(cfg_map: dict[str, Any], out: Path) -> dict[str, Any]:
         return summary
 
     by_kind: dict[tuple[str, ...], tuple[Candidate | None, Candidate | None]] = {}
+    kind_status: dict[tuple[str, ...], str] = {}
     if fleet_mix:
         # every hardware kind (one preset, or two mixed) searched on its own, so the cheapest
         # fleet of each is confirmed by simulation and the mixes can be compared with them
         for kind in sorted({c.kind for c in cands}, key=lambda k: (len(k), k)):
             mine = [c for c in allowed if c.kind == kind]
-            by_kind[kind] = search(mine, slo, simulate, max_runs)
-            if by_kind[kind][0] is None and mine:
+            kb, kc, kind_status[kind] = search_status(mine, slo, simulate, max_runs)
+            if kind_status[kind] == "none" and mine:
                 # none meets: the dearest fleet of the kind within the caps is simulated too, so
-                # "none" is confirmed by a run and not only by the analytic bound
-                dearest = mine[-1]
-                met = confirm_once(dearest, slo, simulate)
-                by_kind[kind] = (dearest, None) if met else (None, dearest)
+                # "none" is confirmed by a run and not only by the analytic bound (should it meet
+                # the targets, the pruning was wrong: step down to the cheapest that does)
+                if confirm_once(mine[-1], slo, simulate):
+                    kb, kc = descend(mine, len(mine) - 1, slo, simulate)
+                    kind_status[kind] = "found"
+                else:
+                    kc = mine[-1]
+            by_kind[kind] = (kb, kc)
+        # a kind cut short by search.max_runs is left out of the comparison (the report says so)
         found = [(b, c) for b, c in by_kind.values() if b is not None]
         best, cheaper = min(found, key=lambda bc: (simulated_usd_per_hour(bc[0]), bc[0].gpus, bc[0].label())) \
             if found else (None, None)
@@ -451,7 +471,8 @@ def procure(cfg_map: dict[str, Any], out: Path) -> dict[str, Any]:
     if best is None:
         simulated = sum(1 for c in cands if c.meets_slo is not None)
         why = next((f"; e.g. {b.layout.hardware} TP{b.layout.tp}: {b.reason}" for b in bounds if not b.feasible), "")
-        capped = f", {len(cands) - len(allowed)} over search.budget_usd_per_hour / search.power_kW" if len(allowed) < len(cands) else ""
+        capped = (f", {len(cands) - len(allowed)} excluded by search.budget_usd_per_hour / search.power_kW / "
+                  f"search.headroom" if len(allowed) < len(cands) else "")
         raise ConfigError(f"no configuration within search.max_gpus={max_gpus} meets TTFT p99 <= {slo.ttft_p99_s} s and "
                           f"TPOT p99 <= {slo.tpot_p99_s} s ({len(cands)} candidates{capped}, {simulated} simulated; "
                           f"see {out / 'procure.parquet'}){why}; widen search.* or relax slo.*")
@@ -476,12 +497,12 @@ def procure(cfg_map: dict[str, Any], out: Path) -> dict[str, Any]:
         draw_rows, bands = draw_bands(deployment(base, best.layout, best.replicas, best.prefill_replicas, best.mix,
                                                  mix_router), measure, ucfg)
         pq.write_table(pa.Table.from_pylist(draw_rows), out / "uncertainty.parquet")
-    (out / "procure.md").write_text(report(rows, best, cheaper, slo, stats, sens, caps, by_kind, bands))
+    (out / "procure.md").write_text(report(rows, best, cheaper, slo, stats, sens, caps, by_kind, bands, kind_status))
     result = {"best": {**best_json(best), "bands": bands} if bands else best_json(best), "one_step_cheaper": None if cheaper is None else short_json(cheaper),
               "simulated": sum(1 for c in cands if c.meets_slo is not None), "candidates": len(cands),
               "over_caps": len(cands) - len(allowed), "run_dir": str(out)}
     if fleet_mix:
-        result["by_kind"] = {"+".join(k): {"best": None if b is None else short_json(b),
+        result["by_kind"] = {"+".join(k): {"status": kind_status[k], "best": None if b is None else short_json(b),
                                            "one_step_cheaper" if b is not None else "dearest_within_caps":
                                            None if c is None else short_json(c)} for k, (b, c) in by_kind.items()}
     return result
@@ -496,7 +517,7 @@ def simulated_usd_per_hour(c: Candidate) -> float:
 def short_json(c: Candidate) -> dict[str, Any]:
     """A simulated candidate in the last JSON line (the one a step cheaper, each kind's best)."""
     s = c.summary or {}
-    return {"hardware": "+".join(c.kind), "fleet": c.label(), "gpus": c.gpus, "tp": c.layout.tp, "pp": c.layout.pp,
+    return {"hardware": "+".join(c.kind), "fleet": c.label(), "gpus": c.gpus, "tp": _split(c, "tp"), "pp": _split(c, "pp"),
             "replicas": c.replicas, "prefill_replicas": c.prefill_replicas or None, "meets_slo": c.meets_slo,
             "usd_per_hour": s.get("cost", {}).get("usd_per_hour"), "power_kW": c.power_kW,
             "ttft_p99_s": s.get("ttft_s", {}).get("p99"), "tpot_p99_s": s.get("tpot_s", {}).get("p99")}

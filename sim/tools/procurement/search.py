@@ -385,15 +385,33 @@ def _short(headroom: int, short: bool) -> str:
 def serves(units: list[tuple[float, float, int]], stats: TrafficStats, slo: Slo, headroom: int = 0) -> bool:
     """Whether replicas of different layouts behind one router keep up with the trace by the
     analytic bound of :func:`layout_bound`, summed over replicas: ``units`` are (output tokens/s
-    under the TPOT target, prompt tokens/s at full-chunk steps, replicas); the ``headroom``
-    replicas with the most output throughput are taken out first (N+k). Output: the trace's
+    under the TPOT target, prompt tokens/s at full-chunk steps, replicas). Output: the trace's
     mean output rate; prompts: 99 % of the prompt tokens arriving in any window of W seconds
-    prefilled within W + ttft_p99_s."""
-    each = sorted(((tok, pre) for tok, pre, n in units for _ in range(n)), reverse=True)[headroom:]
-    if not each or sum(t for t, _ in each) < stats.output_tokens_per_s:
+    prefilled within W + ttft_p99_s. With ``headroom`` k (N+k) it must hold whichever k
+    replicas are out of service: every way of taking k from the groups is tried (the replica
+    with the most output throughput need not have the most prefill throughput)."""
+    counts = [n for _, _, n in units]
+    if headroom >= sum(counts):
         return False
-    prefill = sum(p for _, p in each)
-    return all(prefill * (w + slo.ttft_p99_s) >= 0.99 * tokens for w, tokens in stats.window_prompt_tokens)
+    for out in _removals(counts, headroom):
+        left = [(tok, pre, n - k) for (tok, pre, n), k in zip(units, out)]
+        if sum(tok * n for tok, _, n in left) < stats.output_tokens_per_s:
+            return False
+        prefill = sum(pre * n for _, pre, n in left)
+        if any(prefill * (w + slo.ttft_p99_s) < 0.99 * tokens for w, tokens in stats.window_prompt_tokens):
+            return False
+    return True
+
+
+def _removals(counts: list[int], k: int) -> Iterable[tuple[int, ...]]:
+    """Every way of taking ``k`` replicas from groups of ``counts`` (as many from each as it has)."""
+    if not counts:
+        if k == 0:
+            yield ()
+        return
+    for first in range(min(k, counts[0]) + 1):
+        for rest in _removals(counts[1:], k - first):
+            yield (first, *rest)
 
 
 def _groups_usd(cost: CostConfig, hardware: Callable[[str], HardwareSpec], groups: list[tuple[Layout, int, float]],
@@ -434,6 +452,8 @@ def mix_candidates(bounds: Iterable[LayoutBound], stats: TrafficStats, slo: Slo,
     feasible = [b for b in bounds if b.feasible]
     out = []
     for b1, b2 in combinations(feasible, 2):
+        if b1.layout.hardware > b2.layout.hardware:
+            b1, b2 = b2, b1             # groups in hardware-name order, whatever search.hardware's order
         l1, l2 = b1.layout, b2.layout
         if l1.hardware == l2.hardware or not _same_limits(l1, l2):
             continue
@@ -489,30 +509,35 @@ def search(cands: list[Candidate], slo: Slo, simulate: Callable[[Candidate], dic
     """Simulate unpruned candidates cheapest first until one meets the SLOs; then make sure
     the nearest strictly cheaper candidate was simulated and misses (if it meets them, it is
     the new best and the check repeats). Returns (best, one step cheaper)."""
+    best, cheaper, _ = search_status(cands, slo, simulate, max_runs)
+    return best, cheaper
+
+
+def search_status(cands: list[Candidate], slo: Slo, simulate: Callable[[Candidate], dict[str, Any]],
+                  max_runs: int) -> tuple[Candidate | None, Candidate | None, str]:
+    """:func:`search`, and how it ended: ``found``, ``none`` (every unpruned candidate simulated
+    and missing) or ``cut short`` (``max_runs`` reached first)."""
     runs = 0
-
-    def confirm(c: Candidate) -> bool:
-        nonlocal runs
-        if c.meets_slo is None:
-            runs += 1
-        return confirm_once(c, slo, simulate)
-
-    best_i = None
     for i, c in enumerate(cands):
-        if c.pruned:
+        if c.pruned or c.meets_slo is False:
             continue
         if runs >= max_runs:
-            break
-        if confirm(c):
-            best_i = i
-            break
-    if best_i is None:
-        return None, None
+            return None, None, "cut short"
+        if c.meets_slo is None:
+            runs += 1
+        if confirm_once(c, slo, simulate):
+            return (*descend(cands, i, slo, simulate), "found")
+    return None, None, "none"
+
+
+def descend(cands: list[Candidate], best_i: int, slo: Slo,
+            simulate: Callable[[Candidate], dict[str, Any]]) -> tuple[Candidate, Candidate | None]:
+    """From ``cands[best_i]`` (simulated, meeting the SLOs): simulate the nearest strictly
+    cheaper candidate until one misses; returns (the cheapest meeting them, that one)."""
     while True:
         cheaper_i = max((j for j in range(best_i) if cands[j].usd_per_hour < cands[best_i].usd_per_hour), default=None)
         if cheaper_i is None:
             return cands[best_i], None
-        if not confirm(cands[cheaper_i]):
+        if not confirm_once(cands[cheaper_i], slo, simulate):
             return cands[best_i], cands[cheaper_i]
         best_i = cheaper_i   # the analytic pruning was wrong: the cheaper one is the new best
-
