@@ -1,0 +1,101 @@
+"""Headline experiment ``headline`` (issue 16), first part: where one decoding token's time goes as
+tensor parallelism spreads a model over more GPUs, and what per-message latency and link
+bandwidth each buy.
+
+Design. Llama-3-70B and the MoE preset (Qwen3-235B-A22B, 128 experts, top-8), bf16, tensor-
+parallel over ``GPU_COUNTS`` H100s: one HGX node up to 8 (NVSwitch), InfiniBand across nodes
+beyond (rail-optimised, ``multi_node_ib``). One decode step at batch ``BATCHES`` and a
+``CONTEXT``-token KV context per sequence, from the step-time model the simulator runs
+(:meth:`sim.cost.step_time.StepTimePredictor.step`, the same as ``python -m sim.steptime``; no
+queueing): its time in five additive parts,
+
+* ``compute_s``, ``memory_s``, ``fixed_s``: the predictor's own parts (arithmetic, HBM traffic,
+  kernel launch gaps and per-step overhead);
+* ``network_latency_s``: the step's collectives with every link's bandwidth multiplied by
+  ``UNBOUNDED`` (only per-message latencies left: link hops, NCCL's base and software latency);
+* ``network_bandwidth_s``: the rest of the step's network time (its serialisation at the links'
+  bandwidth). NCCL's protocol choice depends on both, so the split is an attribution: the
+  latency part is what an infinitely fast link would leave, the bandwidth part what it saves.
+
+The per-request decode speed is one token per step (``tokens_per_s``). The same step under
+``network.latency_scale`` in ``LATENCY_SCALES`` and ``network.bandwidth_scale`` in
+``BANDWIDTH_SCALES`` gives what halving latency or multiplying bandwidth buys at each GPU count
+(:func:`sweeps`). Not yet here (issue 16): the regime map on the bundled traces, speculative
+decoding's decomposition, bands and the notebook.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import pyarrow as pa
+
+NAME = "headline"
+MODELS = {"Llama-3-70B": "llama3_70b", "Qwen3-235B-A22B (MoE)": "qwen3_moe"}
+GPU_COUNTS = (4, 8, 16, 32, 64)
+QUICK_GPU_COUNTS = (8, 16, 32)
+BATCHES = (1, 8, 64)
+CONTEXT = 2048
+LATENCY_SCALES = (0.25, 0.5, 1.0, 2.0)
+BANDWIDTH_SCALES = (1.0, 2.0, 10.0)
+#: bandwidth multiplier standing in for an infinitely fast link (the latency part of the split)
+UNBOUNDED = 1e6
+
+
+def _step_model(model: str, gpus: int, latency_scale: float = 1.0, bandwidth_scale: float = 1.0):
+    from sim.build import build_step_model
+    from sim.config.compose import compose_config
+
+    topology = "hgx" if gpus <= 8 else "multi_node_ib"
+    return build_step_model(compose_config([f"model={model}", f"parallel.tp={gpus}", f"topology={topology}",
+                                            f"network.latency_scale={latency_scale}",
+                                            f"network.bandwidth_scale={bandwidth_scale}"]))
+
+
+def _decode(batch: int):
+    from sim.spec.batch import BatchShape
+
+    return BatchShape.from_sequences([CONTEXT] * batch, [1] * batch, [1] * batch)
+
+
+def breakdown(gpu_counts: Iterable[int] = GPU_COUNTS, batches: Iterable[int] = BATCHES) -> pa.Table:
+    """One row per (model, GPUs, batch): the decode step's five parts and the per-request speed.
+    A model that does not fit on the GPUs (weights beyond their memory) is left out."""
+    from sim.errors import ConfigError
+
+    rows: list[dict[str, Any]] = []
+    for label, model in MODELS.items():
+        for gpus in gpu_counts:
+            try:
+                base, unbounded = _step_model(model, gpus), _step_model(model, gpus, bandwidth_scale=UNBOUNDED)
+            except ConfigError:
+                continue
+            for batch in batches:
+                step, lat = base.predictor.step(_decode(batch)), unbounded.predictor.step(_decode(batch))
+                latency = min(lat.network_s, step.network_s)
+                rows.append({"model": label, "gpus": gpus, "nodes": max(1, gpus // 8), "batch": batch,
+                             "step_s": step.total_s, "tokens_per_s": 1.0 / step.total_s,
+                             "compute_s": step.compute_s, "memory_s": step.memory_s,
+                             "network_latency_s": latency, "network_bandwidth_s": step.network_s - latency,
+                             "fixed_s": step.fixed_s})
+    return pa.Table.from_pylist(rows)
+
+
+def sweeps(gpu_counts: Iterable[int] = GPU_COUNTS, batch: int = 1) -> pa.Table:
+    """One row per (model, GPUs, swept knob, scale): the decode step at ``batch`` and its change
+    against the unscaled network (``change``: step / unscaled step - 1)."""
+    from sim.errors import ConfigError
+
+    rows: list[dict[str, Any]] = []
+    for label, model in MODELS.items():
+        for gpus in gpu_counts:
+            try:
+                base_s = _step_model(model, gpus).predictor.step(_decode(batch)).total_s
+            except ConfigError:
+                continue
+            for swept, scales in (("latency", LATENCY_SCALES), ("bandwidth", BANDWIDTH_SCALES)):
+                for scale in scales:
+                    kw = {"latency_scale": scale} if swept == "latency" else {"bandwidth_scale": scale}
+                    s = _step_model(model, gpus, **kw).predictor.step(_decode(batch)).total_s
+                    rows.append({"model": label, "gpus": gpus, "batch": batch, "swept": swept, "scale": scale,
+                                 "step_s": s, "change": s / base_s - 1.0})
+    return pa.Table.from_pylist(rows)

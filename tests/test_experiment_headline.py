@@ -1,0 +1,76 @@
+"""Headline experiment ``headline`` (issue 16), first part: a decoding token's time in five parts
+as tensor parallelism spreads a model over 8 to 32 H100s, and what latency and bandwidth buy.
+
+Rules (analytic, no simulation; 8, 16 and 32 GPUs):
+* the five parts add up to the step, and the per-request speed is one token per step;
+* inside one node the network is a small part; across nodes its latency part dominates the
+  batch-1 step and grows with the node count, while its bandwidth part stays small;
+* so the speed stops growing past one node (TP16 slower than TP8 for both models);
+* halving per-message latency cuts the batch-1 step across nodes by far more than 10x bandwidth,
+  and by about the latency part's half;
+* a larger batch moves the step towards HBM traffic (and, for the MoE, more experts read).
+"""
+from __future__ import annotations
+
+import pytest
+
+from sim.experiments import headline
+
+GPUS = headline.QUICK_GPU_COUNTS
+
+
+@pytest.fixture(scope="module")
+def parts():
+    return headline.breakdown(GPUS).to_pylist()
+
+
+@pytest.fixture(scope="module")
+def swept():
+    return headline.sweeps(GPUS).to_pylist()
+
+
+def _row(rows, model, gpus, batch):
+    return next(r for r in rows if r["model"] == model and r["gpus"] == gpus and r["batch"] == batch)
+
+
+def test_parts_add_up_to_the_step(parts):
+    assert {r["model"] for r in parts} == set(headline.MODELS)
+    for r in parts:
+        total = r["compute_s"] + r["memory_s"] + r["network_latency_s"] + r["network_bandwidth_s"] + r["fixed_s"]
+        assert total == pytest.approx(r["step_s"], rel=1e-12)
+        assert r["tokens_per_s"] == pytest.approx(1.0 / r["step_s"])
+        assert min(r["network_latency_s"], r["network_bandwidth_s"]) >= 0.0
+
+
+def test_latency_takes_over_across_nodes_and_the_speed_stops_growing(parts):
+    for model in headline.MODELS:
+        one, two, four = (_row(parts, model, g, 1) for g in GPUS)
+        assert one["network_latency_s"] < 0.25 * one["step_s"]
+        assert two["network_latency_s"] > 0.5 * two["step_s"] and four["network_latency_s"] > two["network_latency_s"]
+        for r in (one, two, four):
+            assert r["network_bandwidth_s"] < 0.1 * r["network_latency_s"] + 1e-4
+        assert four["tokens_per_s"] < two["tokens_per_s"] < one["tokens_per_s"]
+        assert four["memory_s"] < one["memory_s"]                   # the weights are spread thinner all the same
+
+
+def test_halving_latency_beats_ten_times_bandwidth_across_nodes(swept, parts):
+    for model in headline.MODELS:
+        for gpus in GPUS:
+            change = {(r["swept"], r["scale"]): r["change"] for r in swept if r["model"] == model and r["gpus"] == gpus}
+            assert change[("latency", 1.0)] == 0.0 and change[("bandwidth", 1.0)] == 0.0
+            assert change[("latency", 0.5)] < change[("bandwidth", 10.0)] <= 0.0
+            assert change[("latency", 2.0)] > 0.0
+            if gpus > 8:
+                r = _row(parts, model, gpus, 1)
+                # about half of the latency part (NCCL may switch protocol, so not exactly)
+                assert -change[("latency", 0.5)] == pytest.approx(0.5 * r["network_latency_s"] / r["step_s"], rel=0.15)
+                assert change[("latency", 0.5)] < -0.25 and change[("bandwidth", 10.0)] > -0.01
+
+
+def test_a_larger_batch_reads_more(parts):
+    for model in headline.MODELS:
+        small, big = _row(parts, model, 8, 1), _row(parts, model, 8, 64)
+        assert big["memory_s"] > small["memory_s"] and big["step_s"] > small["step_s"]
+    moe_growth = _row(parts, "Qwen3-235B-A22B (MoE)", 8, 64)["memory_s"] / _row(parts, "Qwen3-235B-A22B (MoE)", 8, 1)["memory_s"]
+    dense_growth = _row(parts, "Llama-3-70B", 8, 64)["memory_s"] / _row(parts, "Llama-3-70B", 8, 1)["memory_s"]
+    assert moe_growth > 3 * dense_growth          # a batch of 64 reads most of the 128 experts; a dense model its KV
