@@ -74,3 +74,49 @@ def test_a_larger_batch_reads_more(parts):
     moe_growth = _row(parts, "Qwen3-235B-A22B (MoE)", 8, 64)["memory_s"] / _row(parts, "Qwen3-235B-A22B (MoE)", 8, 1)["memory_s"]
     dense_growth = _row(parts, "Llama-3-70B", 8, 64)["memory_s"] / _row(parts, "Llama-3-70B", 8, 1)["memory_s"]
     assert moe_growth > 3 * dense_growth          # a batch of 64 reads most of the 128 experts; a dense model its KV
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return headline.speculation((8, 16), (1, 64, 256)).to_pylist()
+
+
+def _spec(rows, placement, gpus, batch):
+    return next(r for r in rows if r["placement"] == placement and r["gpus"] == gpus and r["batch"] == batch)
+
+
+HEADS, SHARDED, OWN = headline.PLACEMENTS
+
+
+def test_speculation_divides_latency_and_fixed_costs_by_the_tokens_per_pass(spec):
+    """Draft heads: the per-message latency and launch costs paid once per pass are shared by
+    the ~3.4 tokens a pass yields (a = 0.8, gamma = 4), less the heads' own small share."""
+    for gpus in (8, 16):
+        r = _spec(spec, HEADS, gpus, 1)
+        assert r["tokens_per_pass"] == pytest.approx((1 - 0.8 ** 5) / 0.2)
+        plain = r["plain_network_latency_s"] + r["plain_fixed_s"]
+        per_token = r["spec_network_latency_s"] + r["spec_fixed_s"]
+        assert 1.0 <= per_token * r["tokens_per_pass"] / plain < 1.3
+        assert r["speedup"] > 2.5
+
+
+def test_what_grows_with_the_verified_tokens_is_not_amortized(spec):
+    """At batch 64 the verification pass's arithmetic (gamma + 1 tokens per sequence) is no
+    longer hidden under the weight reads: compute per token grows with speculation."""
+    r = _spec(spec, HEADS, 8, 64)
+    assert r["spec_compute_s"] > 10 * r["plain_compute_s"]
+    for placement in headline.PLACEMENTS:
+        gains = [_spec(spec, placement, 8, b)["speedup"] for b in (1, 64, 256)]
+        assert gains[0] > gains[1] > gains[2], placement
+    assert _spec(spec, SHARDED, 8, 256)["speedup"] < 1.0 < _spec(spec, HEADS, 8, 256)["speedup"]
+
+
+def test_how_the_gain_depends_on_latency_for_each_placement():
+    """Across two nodes: the sharded 8B draft pays the network on every drafted token (its own
+    all-reduces), so more latency shrinks its gain; the draft on its own GPU drafts without the
+    network, so more latency raises its gain; the heads' gain barely moves."""
+    gain = {ls: {r["placement"]: r["speedup"] for r in headline.speculation((16,), (1,), ls).to_pylist()}
+            for ls in (0.5, 2.0)}
+    assert gain[2.0][SHARDED] < gain[0.5][SHARDED]
+    assert gain[2.0][OWN] > gain[0.5][OWN] + 0.3
+    assert gain[2.0][HEADS] == pytest.approx(gain[0.5][HEADS], rel=0.05)

@@ -20,8 +20,20 @@ queueing): its time in five additive parts,
 The per-request decode speed is one token per step (``tokens_per_s``). The same step under
 ``network.latency_scale`` in ``LATENCY_SCALES`` and ``network.bandwidth_scale`` in
 ``BANDWIDTH_SCALES`` gives what halving latency or multiplying bandwidth buys at each GPU count
-(:func:`sweeps`). Not yet here (issue 16): the regime map on the bundled traces, speculative
-decoding's decomposition, bands and the notebook.
+(:func:`sweeps`).
+
+Speculative decoding, decomposed (:func:`speculation`): Llama-3-70B with ``PLACEMENTS`` of the
+draft -- EAGLE/MTP-like draft heads (``speculative=self``), a Llama-3-8B draft sharded like the
+target on its GPUs (``speculative=draft``, ``placement=same``), and the same draft on one GPU of
+its own (``placement=separate``: beside a full 8-GPU node it sits on a second node, tokens
+handed over InfiniBand) -- at acceptance
+``ACCEPTANCE`` and ``GAMMA`` drafted tokens: one steady pass (drafting plus verifying
+``GAMMA + 1`` tokens per sequence) divided by its expected tokens per sequence
+(:func:`sim.policy.speculative.expected_tokens`), part by part, against one plain decode step
+per token. The parts paid once per pass (per-message latency, launch gaps) are divided by the
+tokens per pass; the work that grows with the verified tokens (arithmetic, KV reads of the
+verified positions) is not. Not yet here (issue 16): the regime map on the bundled traces,
+bands and the notebook.
 """
 from __future__ import annotations
 
@@ -98,4 +110,62 @@ def sweeps(gpu_counts: Iterable[int] = GPU_COUNTS, batch: int = 1) -> pa.Table:
                     s = _step_model(model, gpus, **kw).predictor.step(_decode(batch)).total_s
                     rows.append({"model": label, "gpus": gpus, "batch": batch, "swept": swept, "scale": scale,
                                  "step_s": s, "change": s / base_s - 1.0})
+    return pa.Table.from_pylist(rows)
+
+
+PLACEMENTS = {"draft heads": ["speculative=self"],
+              "8B draft, sharded like the target": ["speculative=draft", "speculative.placement=same"],
+              "8B draft, own GPU": ["speculative=draft", "speculative.placement=separate"]}
+ACCEPTANCE = 0.8
+GAMMA = 4
+SPEC_BATCHES = (1, 8, 64, 256)
+PARTS = ("compute_s", "memory_s", "network_latency_s", "network_bandwidth_s", "fixed_s")
+
+
+def _spec_model(extra: list[str], gpus: int, bandwidth_scale: float = 1.0, latency_scale: float = 1.0):
+    from sim.build import build_step_model
+    from sim.config.compose import compose_config
+
+    extra_gpus = 1 if "speculative.placement=separate" in extra else 0   # the draft's own GPU (draft_tp 1)
+    topology = "hgx" if gpus + extra_gpus <= 8 else "multi_node_ib"
+    return build_step_model(compose_config(["model=llama3_70b", f"parallel.tp={gpus}", f"topology={topology}",
+                                            f"network.latency_scale={latency_scale}",
+                                            f"network.bandwidth_scale={bandwidth_scale}", *extra,
+                                            *([] if extra == ["speculative=none"] else
+                                              [f"speculative.acceptance={ACCEPTANCE}", f"speculative.num_tokens={GAMMA}"])]))
+
+
+def _per_token(step, unbounded, tokens: float) -> dict[str, float]:
+    """A pass's (or step's) five parts per generated token (``unbounded``: the same with links of
+    unbounded bandwidth, whose network time is the latency part)."""
+    latency = min(unbounded.network_s, step.network_s)
+    parts = {"compute_s": step.compute_s, "memory_s": step.memory_s, "network_latency_s": latency,
+             "network_bandwidth_s": step.network_s - latency, "fixed_s": step.fixed_s}
+    return {k: v / tokens for k, v in parts.items()}
+
+
+def speculation(gpu_counts: Iterable[int] = (8, 16), batches: Iterable[int] = SPEC_BATCHES,
+                latency_scale: float = 1.0) -> pa.Table:
+    """One row per (placement, GPUs, batch): per generated token, each part without and with
+    speculation (``plain_<part>``, ``spec_<part>``), the tokens per pass and the speedup of the
+    per-request decode speed (plain step per token / speculative pass per token)."""
+    from sim.policy.speculative import expected_tokens
+
+    rows: list[dict[str, Any]] = []
+    tokens = float(expected_tokens(ACCEPTANCE, GAMMA))
+    for gpus in gpu_counts:
+        plain = _spec_model(["speculative=none"], gpus, latency_scale=latency_scale)
+        plain_u = _spec_model(["speculative=none"], gpus, UNBOUNDED, latency_scale)
+        for label, extra in PLACEMENTS.items():
+            m, mu = _spec_model(extra, gpus, latency_scale=latency_scale), _spec_model(extra, gpus, UNBOUNDED, latency_scale)
+            for batch in batches:
+                base = _per_token(plain.predictor.step(_decode(batch)), plain_u.predictor.step(_decode(batch)), 1.0)
+                spec = _per_token(m.spec.pass_time(batch, CONTEXT, GAMMA), mu.spec.pass_time(batch, CONTEXT, GAMMA),
+                                  tokens)
+                row: dict[str, Any] = {"placement": label, "gpus": gpus, "batch": batch, "latency_scale": latency_scale,
+                                       "tokens_per_pass": tokens,
+                                       "speedup": sum(base.values()) / sum(spec.values())}
+                row.update({f"plain_{k}": v for k, v in base.items()})
+                row.update({f"spec_{k}": v for k, v in spec.items()})
+                rows.append(row)
     return pa.Table.from_pylist(rows)
