@@ -120,3 +120,22 @@ def test_how_the_gain_depends_on_latency_for_each_placement():
     assert gain[2.0][SHARDED] < gain[0.5][SHARDED]
     assert gain[2.0][OWN] > gain[0.5][OWN] + 0.3
     assert gain[2.0][HEADS] == pytest.approx(gain[0.5][HEADS], rel=0.05)
+
+
+def test_regime_map_on_the_azure_trace():
+    """Replayed at 0.05x its rate the trace decodes small batches: across nodes the network's
+    per-message latency is the largest part, far above its bandwidth part; inside one node HBM.
+    At 4x, inside one node, long prefill chunks make arithmetic the largest part and the
+    network's bandwidth part outweighs its latency part."""
+    rows = {(r["rate_scale"], r["gpus"]): r for r in headline.regime_map((0.05, 4.0), (8, 16), 600).to_pylist()}
+    for r in rows.values():
+        shares = [r[k] for k in ("compute_share", "memory_share", "network_latency_share", "network_bandwidth_share",
+                                 "fixed_share")]
+        assert sum(shares) == pytest.approx(1.0) and min(shares) >= 0.0
+    low_far, low_near, high_near = rows[(0.05, 16)], rows[(0.05, 8)], rows[(4.0, 8)]
+    assert low_far["regime"] == "network_latency"
+    assert low_far["network_latency_share"] > 3 * low_far["network_bandwidth_share"]
+    assert low_near["regime"] == "memory"
+    assert high_near["regime"] in ("compute", "network_bandwidth")
+    assert high_near["network_bandwidth_share"] > high_near["network_latency_share"]
+    assert high_near["tpot_p50_s"] > 3 * low_near["tpot_p50_s"]         # prefill chunks share the decode steps

@@ -32,8 +32,14 @@ handed over InfiniBand) -- at acceptance
 (:func:`sim.policy.speculative.expected_tokens`), part by part, against one plain decode step
 per token. The parts paid once per pass (per-message latency, launch gaps) are divided by the
 tokens per pass; the work that grows with the verified tokens (arithmetic, KV reads of the
-verified positions) is not. Not yet here (issue 16): the regime map on the bundled traces,
-bands and the notebook.
+verified positions) is not.
+
+The regime map (:func:`regime_map`): the bundled Azure code trace (its first ``MAP_REQUESTS``
+requests) replayed at ``MAP_RATES`` times its recorded rate on Llama-3-70B over ``MAP_GPUS``
+GPUs, each point one discrete-event run (continuous batching, 2,048-token chunked prefill), the
+time of every step summed by part over the run; the network's latency part is the same run's
+network time with links of unbounded bandwidth (a second run), the bandwidth part the rest. The
+regime of a point is its largest part. Not yet here (issue 16): bands and the notebook.
 """
 from __future__ import annotations
 
@@ -110,6 +116,39 @@ def sweeps(gpu_counts: Iterable[int] = GPU_COUNTS, batch: int = 1) -> pa.Table:
                     s = _step_model(model, gpus, **kw).predictor.step(_decode(batch)).total_s
                     rows.append({"model": label, "gpus": gpus, "batch": batch, "swept": swept, "scale": scale,
                                  "step_s": s, "change": s / base_s - 1.0})
+    return pa.Table.from_pylist(rows)
+
+
+MAP_RATES = (0.05, 0.25, 1.0, 4.0)
+MAP_GPUS = (8, 16, 32)
+MAP_REQUESTS = 1500
+
+
+def regime_map(rates: Iterable[float] = MAP_RATES, gpu_counts: Iterable[int] = MAP_GPUS,
+               requests: int = MAP_REQUESTS) -> pa.Table:
+    """One row per (rate scale, GPUs): each part's share of the run's summed step time, the
+    dominant part, and the run's TPOT p50/p99 and TTFT p99."""
+    from sim.app import evaluate
+    from sim.config.compose import compose_config
+
+    rows: list[dict[str, Any]] = []
+    for rate in rates:
+        for gpus in gpu_counts:
+            over = ["model=llama3_70b", f"parallel.tp={gpus}", f"topology={'hgx' if gpus <= 8 else 'multi_node_ib'}",
+                    "workload=azure_code", f"workload.max_requests={requests}", f"workload.rate_scale={rate}",
+                    "output.progress=never", "output.write_parquet=false"]
+            summary = evaluate(compose_config(over))[0]
+            unbounded = evaluate(compose_config([*over, f"network.bandwidth_scale={UNBOUNDED}"]))[0]
+            t = summary["time_breakdown"]
+            latency = min(unbounded["time_breakdown"]["network_s"], t["network_s"])
+            parts = {"compute_s": t["compute_s"], "memory_s": t["memory_s"], "network_latency_s": latency,
+                     "network_bandwidth_s": t["network_s"] - latency, "fixed_s": t["fixed_s"]}
+            total = sum(parts.values())
+            rows.append({"rate_scale": rate, "gpus": gpus, "requests": requests,
+                         **{k.replace("_s", "_share"): v / total for k, v in parts.items()},
+                         "regime": max(parts, key=parts.__getitem__).removesuffix("_s"),
+                         "tpot_p50_s": summary["tpot_s"]["p50"], "tpot_p99_s": summary["tpot_s"]["p99"],
+                         "ttft_p99_s": summary["ttft_s"]["p99"]})
     return pa.Table.from_pylist(rows)
 
 
