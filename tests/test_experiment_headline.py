@@ -139,3 +139,31 @@ def test_regime_map_on_the_azure_trace():
     assert high_near["regime"] in ("compute", "network_bandwidth")
     assert high_near["network_bandwidth_share"] > high_near["network_latency_share"]
     assert high_near["tpot_p50_s"] > 3 * low_near["tpot_p50_s"]         # prefill chunks share the decode steps
+
+
+def test_notebook_runs_quick_and_bands_hold_the_directions(tmp_path, monkeypatch):
+    from helpers import execute_notebook
+
+    import pyarrow.parquet as pq
+
+    execute_notebook("headline", tmp_path, monkeypatch)
+    assert (tmp_path / "headline.png").stat().st_size > 30_000
+    # the notebook's own small run holds the README's directions
+    regimes = {(r["rate_scale"], r["gpus"]): r for r in pq.read_table(tmp_path / "headline_regimes.parquet").to_pylist()}
+    far_low, near_high = regimes[(0.05, 16)], regimes[(4.0, 8)]
+    assert far_low["network_latency_share"] > far_low["network_bandwidth_share"]        # across nodes, low load
+    assert near_high["regime"] in ("compute", "network_bandwidth")                     # one node, high load
+    assert near_high["network_bandwidth_share"] > near_high["network_latency_share"]
+    spec = pq.read_table(tmp_path / "headline_speculation.parquet").to_pylist()
+    heads = next(r for r in spec if r["placement"] == HEADS and r["gpus"] == 16 and r["batch"] == 1)
+    once = heads["plain_network_latency_s"] + heads["plain_fixed_s"]
+    assert once / (heads["spec_network_latency_s"] + heads["spec_fixed_s"]) == pytest.approx(heads["tokens_per_pass"],
+                                                                                             rel=0.25)
+    rows = {r["number"]: r for r in pq.read_table(tmp_path / "headline_bands.parquet").to_pylist()}
+    for r in rows.values():
+        assert r["low"] <= r["median"] <= r["high"]
+    # the directions hold across the band, not only at its centre
+    assert rows["70B step change with half the latency, 16 GPUs"]["high"] < \
+        rows["70B step change with 10x the bandwidth, 16 GPUs"]["low"]
+    assert rows["network latency share, 0.05x, 16 GPUs"]["low"] > 0.35
+    assert rows["70B tokens/s, batch 1, 16 GPUs"]["high"] < rows["70B tokens/s, batch 1, 8 GPUs"]["low"]

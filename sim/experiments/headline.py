@@ -43,7 +43,7 @@ regime of a point is its largest part. Not yet here (issue 16): bands and the no
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import pyarrow as pa
 
@@ -59,14 +59,15 @@ BANDWIDTH_SCALES = (1.0, 2.0, 10.0)
 UNBOUNDED = 1e6
 
 
-def _step_model(model: str, gpus: int, latency_scale: float = 1.0, bandwidth_scale: float = 1.0):
+def _step_model(model: str, gpus: int, latency_scale: float = 1.0, bandwidth_scale: float = 1.0,
+                extra: Sequence[str] = ()):
     from sim.build import build_step_model
     from sim.config.compose import compose_config
 
     topology = "hgx" if gpus <= 8 else "multi_node_ib"
     return build_step_model(compose_config([f"model={model}", f"parallel.tp={gpus}", f"topology={topology}",
                                             f"network.latency_scale={latency_scale}",
-                                            f"network.bandwidth_scale={bandwidth_scale}"]))
+                                            f"network.bandwidth_scale={bandwidth_scale}", *extra]))
 
 
 def _decode(batch: int):
@@ -75,16 +76,19 @@ def _decode(batch: int):
     return BatchShape.from_sequences([CONTEXT] * batch, [1] * batch, [1] * batch)
 
 
-def breakdown(gpu_counts: Iterable[int] = GPU_COUNTS, batches: Iterable[int] = BATCHES) -> pa.Table:
+def breakdown(gpu_counts: Iterable[int] = GPU_COUNTS, batches: Iterable[int] = BATCHES,
+              extra: Sequence[str] = (), models: Iterable[str] = tuple(MODELS)) -> pa.Table:
     """One row per (model, GPUs, batch): the decode step's five parts and the per-request speed.
     A model that does not fit on the GPUs (weights beyond their memory) is left out."""
     from sim.errors import ConfigError
 
     rows: list[dict[str, Any]] = []
-    for label, model in MODELS.items():
+    for label in models:
+        model = MODELS[label]
         for gpus in gpu_counts:
             try:
-                base, unbounded = _step_model(model, gpus), _step_model(model, gpus, bandwidth_scale=UNBOUNDED)
+                base = _step_model(model, gpus, extra=extra)
+                unbounded = _step_model(model, gpus, bandwidth_scale=UNBOUNDED, extra=extra)
             except ConfigError:
                 continue
             for batch in batches:
@@ -98,22 +102,24 @@ def breakdown(gpu_counts: Iterable[int] = GPU_COUNTS, batches: Iterable[int] = B
     return pa.Table.from_pylist(rows)
 
 
-def sweeps(gpu_counts: Iterable[int] = GPU_COUNTS, batch: int = 1) -> pa.Table:
+def sweeps(gpu_counts: Iterable[int] = GPU_COUNTS, batch: int = 1, extra: Sequence[str] = (),
+           models: Iterable[str] = tuple(MODELS)) -> pa.Table:
     """One row per (model, GPUs, swept knob, scale): the decode step at ``batch`` and its change
     against the unscaled network (``change``: step / unscaled step - 1)."""
     from sim.errors import ConfigError
 
     rows: list[dict[str, Any]] = []
-    for label, model in MODELS.items():
+    for label in models:
+        model = MODELS[label]
         for gpus in gpu_counts:
             try:
-                base_s = _step_model(model, gpus).predictor.step(_decode(batch)).total_s
+                base_s = _step_model(model, gpus, extra=extra).predictor.step(_decode(batch)).total_s
             except ConfigError:
                 continue
             for swept, scales in (("latency", LATENCY_SCALES), ("bandwidth", BANDWIDTH_SCALES)):
                 for scale in scales:
                     kw = {"latency_scale": scale} if swept == "latency" else {"bandwidth_scale": scale}
-                    s = _step_model(model, gpus, **kw).predictor.step(_decode(batch)).total_s
+                    s = _step_model(model, gpus, extra=extra, **kw).predictor.step(_decode(batch)).total_s
                     rows.append({"model": label, "gpus": gpus, "batch": batch, "swept": swept, "scale": scale,
                                  "step_s": s, "change": s / base_s - 1.0})
     return pa.Table.from_pylist(rows)
@@ -125,7 +131,7 @@ MAP_REQUESTS = 1500
 
 
 def regime_map(rates: Iterable[float] = MAP_RATES, gpu_counts: Iterable[int] = MAP_GPUS,
-               requests: int = MAP_REQUESTS) -> pa.Table:
+               requests: int = MAP_REQUESTS, extra: Sequence[str] = ()) -> pa.Table:
     """One row per (rate scale, GPUs): each part's share of the run's summed step time, the
     dominant part, and the run's TPOT p50/p99 and TTFT p99."""
     from sim.app import evaluate
@@ -136,7 +142,7 @@ def regime_map(rates: Iterable[float] = MAP_RATES, gpu_counts: Iterable[int] = M
         for gpus in gpu_counts:
             over = ["model=llama3_70b", f"parallel.tp={gpus}", f"topology={'hgx' if gpus <= 8 else 'multi_node_ib'}",
                     "workload=azure_code", f"workload.max_requests={requests}", f"workload.rate_scale={rate}",
-                    "output.progress=never", "output.write_parquet=false"]
+                    "output.progress=never", "output.write_parquet=false", *extra]
             summary = evaluate(compose_config(over))[0]
             unbounded = evaluate(compose_config([*over, f"network.bandwidth_scale={UNBOUNDED}"]))[0]
             t = summary["time_breakdown"]
@@ -161,7 +167,8 @@ SPEC_BATCHES = (1, 8, 64, 256)
 PARTS = ("compute_s", "memory_s", "network_latency_s", "network_bandwidth_s", "fixed_s")
 
 
-def _spec_model(extra: list[str], gpus: int, bandwidth_scale: float = 1.0, latency_scale: float = 1.0):
+def _spec_model(extra: list[str], gpus: int, bandwidth_scale: float = 1.0, latency_scale: float = 1.0,
+                engine: Sequence[str] = ()):
     from sim.build import build_step_model
     from sim.config.compose import compose_config
 
@@ -171,7 +178,8 @@ def _spec_model(extra: list[str], gpus: int, bandwidth_scale: float = 1.0, laten
                                             f"network.latency_scale={latency_scale}",
                                             f"network.bandwidth_scale={bandwidth_scale}", *extra,
                                             *([] if extra == ["speculative=none"] else
-                                              [f"speculative.acceptance={ACCEPTANCE}", f"speculative.num_tokens={GAMMA}"])]))
+                                              [f"speculative.acceptance={ACCEPTANCE}", f"speculative.num_tokens={GAMMA}"]),
+                                            *engine]))
 
 
 def _per_token(step, unbounded, tokens: float) -> dict[str, float]:
@@ -184,7 +192,8 @@ def _per_token(step, unbounded, tokens: float) -> dict[str, float]:
 
 
 def speculation(gpu_counts: Iterable[int] = (8, 16), batches: Iterable[int] = SPEC_BATCHES,
-                latency_scale: float = 1.0) -> pa.Table:
+                latency_scale: float = 1.0, engine: Sequence[str] = (),
+                placements: Iterable[str] = tuple(PLACEMENTS)) -> pa.Table:
     """One row per (placement, GPUs, batch): per generated token, each part without and with
     speculation (``plain_<part>``, ``spec_<part>``), the tokens per pass and the speedup of the
     per-request decode speed (plain step per token / speculative pass per token)."""
@@ -193,10 +202,12 @@ def speculation(gpu_counts: Iterable[int] = (8, 16), batches: Iterable[int] = SP
     rows: list[dict[str, Any]] = []
     tokens = float(expected_tokens(ACCEPTANCE, GAMMA))
     for gpus in gpu_counts:
-        plain = _spec_model(["speculative=none"], gpus, latency_scale=latency_scale)
-        plain_u = _spec_model(["speculative=none"], gpus, UNBOUNDED, latency_scale)
-        for label, extra in PLACEMENTS.items():
-            m, mu = _spec_model(extra, gpus, latency_scale=latency_scale), _spec_model(extra, gpus, UNBOUNDED, latency_scale)
+        plain = _spec_model(["speculative=none"], gpus, latency_scale=latency_scale, engine=engine)
+        plain_u = _spec_model(["speculative=none"], gpus, UNBOUNDED, latency_scale, engine)
+        for label in placements:
+            extra = PLACEMENTS[label]
+            m = _spec_model(extra, gpus, latency_scale=latency_scale, engine=engine)
+            mu = _spec_model(extra, gpus, UNBOUNDED, latency_scale, engine)
             for batch in batches:
                 base = _per_token(plain.predictor.step(_decode(batch)), plain_u.predictor.step(_decode(batch)), 1.0)
                 spec = _per_token(m.spec.pass_time(batch, CONTEXT, GAMMA), mu.spec.pass_time(batch, CONTEXT, GAMMA),
@@ -208,3 +219,44 @@ def speculation(gpu_counts: Iterable[int] = (8, 16), batches: Iterable[int] = SP
                 row.update({f"spec_{k}": v for k, v in spec.items()})
                 rows.append(row)
     return pa.Table.from_pylist(rows)
+
+
+def bands(draws: int = 8, quick: bool = False) -> pa.Table:
+    """The headline numbers again over ``draws`` draws of the calibration's parameter uncertainty
+    (:mod:`sim.tools.uncertainty`: the engine's fitted parameters moved by one bootstrap refit
+    each) -- and, for the regime map's discrete-event runs, of the traffic too (the trace's
+    request lengths redrawn). One row per headline number: its value, and the 10th / 50th /
+    90th percentile over the draws."""
+    from sim.config.compose import compose_config
+    from sim.tools.uncertainty import UncertaintyConfig, band, draw_overrides
+
+    gpus = (8, 16) if quick else (8, 16, 32)
+    base_cfg = compose_config([])
+    calib = UncertaintyConfig(draws=draws, traffic=False)
+    both = UncertaintyConfig(draws=draws)
+
+    def numbers(engine: Sequence[str], traffic: Sequence[str]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for r in breakdown(gpus, (1,), engine, ("Llama-3-70B",)).to_pylist():
+            out[f"70B tokens/s, batch 1, {r['gpus']} GPUs"] = r["tokens_per_s"]
+        for r in sweeps(gpus, 1, engine, ("Llama-3-70B",)).to_pylist():
+            if (r["swept"], r["scale"]) in (("latency", 0.5), ("bandwidth", 10.0)):
+                what = "half the latency" if r["swept"] == "latency" else "10x the bandwidth"
+                out[f"70B step change with {what}, {r['gpus']} GPUs"] = r["change"]
+        for r in speculation((16,), (1,), engine=engine).to_pylist():
+            out[f"speedup, {r['placement']}, 16 GPUs, batch 1"] = r["speedup"]
+        requests = 400 if quick else MAP_REQUESTS
+        for r in regime_map((0.05,), (16,), requests, [*engine, *traffic]).to_pylist():
+            out["network latency share, 0.05x, 16 GPUs"] = r["network_latency_share"]
+        for r in regime_map((4.0,), (8,), requests, [*engine, *traffic]).to_pylist():
+            out["network bandwidth share, 4x, 8 GPUs"] = r["network_bandwidth_share"]
+        return out
+
+    base = numbers((), ())
+    drawn = []
+    for k in range(1, draws + 1):
+        engine = [f"{key}={v}" for key, v in draw_overrides(base_cfg, k, calib).items()]
+        traffic = [f"{key}={v}" for key, v in draw_overrides(base_cfg, k, both).items() if not key.startswith("engine.")]
+        drawn.append(numbers(engine, traffic))
+    return pa.Table.from_pylist([{"number": key, "value": value, "draws": draws,
+                                  **band([d[key] for d in drawn], 10, 90)} for key, value in base.items()])
