@@ -131,30 +131,31 @@ MAP_REQUESTS = 1500
 
 
 def regime_map(rates: Iterable[float] = MAP_RATES, gpu_counts: Iterable[int] = MAP_GPUS,
-               requests: int = MAP_REQUESTS, extra: Sequence[str] = ()) -> pa.Table:
-    """One row per (rate scale, GPUs): each part's share of the run's summed step time, the
-    dominant part, and the run's TPOT p50/p99 and TTFT p99."""
+               requests: int = MAP_REQUESTS, extra: Sequence[str] = (),
+               traces: Iterable[str] = ("azure_code",)) -> pa.Table:
+    """One row per (trace, rate scale, GPUs): each part's share of the run's summed step time,
+    the dominant part, and the run's TPOT p50/p99 and TTFT p99. ``traces``: bundled workloads
+    (``azure_code``, ``mooncake_synthetic``)."""
     from sim.app import evaluate
     from sim.config.compose import compose_config
 
     rows: list[dict[str, Any]] = []
-    for rate in rates:
-        for gpus in gpu_counts:
-            over = ["model=llama3_70b", f"parallel.tp={gpus}", f"topology={'hgx' if gpus <= 8 else 'multi_node_ib'}",
-                    "workload=azure_code", f"workload.max_requests={requests}", f"workload.rate_scale={rate}",
-                    "output.progress=never", "output.write_parquet=false", *extra]
-            summary = evaluate(compose_config(over))[0]
-            unbounded = evaluate(compose_config([*over, f"network.bandwidth_scale={UNBOUNDED}"]))[0]
-            t = summary["time_breakdown"]
-            latency = min(unbounded["time_breakdown"]["network_s"], t["network_s"])
-            parts = {"compute_s": t["compute_s"], "memory_s": t["memory_s"], "network_latency_s": latency,
-                     "network_bandwidth_s": t["network_s"] - latency, "fixed_s": t["fixed_s"]}
-            total = sum(parts.values())
-            rows.append({"rate_scale": rate, "gpus": gpus, "requests": requests,
-                         **{k.replace("_s", "_share"): v / total for k, v in parts.items()},
-                         "regime": max(parts, key=parts.__getitem__).removesuffix("_s"),
-                         "tpot_p50_s": summary["tpot_s"]["p50"], "tpot_p99_s": summary["tpot_s"]["p99"],
-                         "ttft_p99_s": summary["ttft_s"]["p99"]})
+    for trace, rate, gpus in ((t, r, g) for t in traces for r in rates for g in gpu_counts):
+        over = ["model=llama3_70b", f"parallel.tp={gpus}", f"topology={'hgx' if gpus <= 8 else 'multi_node_ib'}",
+                f"workload={trace}", f"workload.max_requests={requests}", f"workload.rate_scale={rate}",
+                "output.progress=never", "output.write_parquet=false", *extra]
+        summary = evaluate(compose_config(over))[0]
+        unbounded = evaluate(compose_config([*over, f"network.bandwidth_scale={UNBOUNDED}"]))[0]
+        t = summary["time_breakdown"]
+        latency = min(unbounded["time_breakdown"]["network_s"], t["network_s"])
+        parts = {"compute_s": t["compute_s"], "memory_s": t["memory_s"], "network_latency_s": latency,
+                 "network_bandwidth_s": t["network_s"] - latency, "fixed_s": t["fixed_s"]}
+        total = sum(parts.values())
+        rows.append({"trace": trace, "rate_scale": rate, "gpus": gpus, "requests": requests,
+                     **{k.replace("_s", "_share"): v / total for k, v in parts.items()},
+                     "regime": max(parts, key=parts.__getitem__).removesuffix("_s"),
+                     "tpot_p50_s": summary["tpot_s"]["p50"], "tpot_p99_s": summary["tpot_s"]["p99"],
+                     "ttft_p99_s": summary["ttft_s"]["p99"]})
     return pa.Table.from_pylist(rows)
 
 
