@@ -3,8 +3,9 @@ tensor parallelism spreads a model over more GPUs, and what per-message latency 
 bandwidth each buy.
 
 Design. Llama-3-70B and the MoE preset (Qwen3-235B-A22B, 128 experts, top-8), bf16, tensor-
-parallel over ``GPU_COUNTS`` H100s: one HGX node up to 8 (NVSwitch), InfiniBand across nodes
-beyond (rail-optimised, ``multi_node_ib``). One decode step at batch ``BATCHES`` and a
+parallel over ``GPU_COUNTS`` H100s: one HGX node up to 8 (NVSwitch, the engine's custom one-
+shot all-reduce for small messages), InfiniBand across nodes beyond with NCCL's all-reduce at the
+per-message latencies fitted to real 2- and 4-node nccl-tests logs (:data:`ACROSS_NODES`). One decode step at batch ``BATCHES`` and a
 ``CONTEXT``-token KV context per sequence, from the step-time model the simulator runs
 (:meth:`sim.cost.step_time.StepTimePredictor.step`, the same as ``python -m sim.steptime``; no
 queueing): its time in five additive parts,
@@ -39,7 +40,9 @@ requests) replayed at ``MAP_RATES`` times its recorded rate on Llama-3-70B over 
 GPUs, each point one discrete-event run (continuous batching, 2,048-token chunked prefill), the
 time of every step summed by part over the run; the network's latency part is the same run's
 network time with links of unbounded bandwidth (a second run), the bandwidth part the rest. The
-regime of a point is its largest part. Not yet here (issue 16): bands and the notebook.
+regime of a point is its largest part. :func:`bands` gives the headline numbers' spread over
+the calibration's parameter uncertainty (and redrawn traffic for the trace runs);
+``notebooks/headline.ipynb`` draws them.
 """
 from __future__ import annotations
 
@@ -59,13 +62,32 @@ BANDWIDTH_SCALES = (1.0, 2.0, 10.0)
 UNBOUNDED = 1e6
 
 
+#: Across nodes: the per-message latencies of the nccl-tests fit to 2- and 4-node H100 InfiniBand
+#: all-reduces (conf/topology/h100_ib_nccl_fit.yaml, NCCL's tuning formula, 7-10 % median error
+#: on <= 1 MiB), with the datasheet bandwidths (the fit's bandwidth is an LL-protocol effective
+#: figure, identified only by small messages; prefill chunks' all-reduces are megabytes).
+ACROSS_NODES = ("topology=h100_ib_nccl_fit", "topology.ib_bandwidth_GBps=50", "topology.link_bandwidth_GBps=null",
+                "engine.allreduce_algorithm=nccl_model", "engine.oneshot_max_bytes=0",
+                "engine.collective_software_us=0.0588")
+
+
+def network(gpus: int, extra_gpus: int = 0) -> list[str]:
+    """The overrides placing a tensor-parallel group of ``gpus`` (and ``extra_gpus`` of a draft):
+    one HGX node with the engine's own all-reduce (custom one-shot for small messages, as vLLM
+    and SGLang run inside a node) when they fit; beyond, :data:`ACROSS_NODES`."""
+    if gpus + extra_gpus <= 8:
+        return ["topology=hgx"]
+    if gpus <= 8:               # the target in one node, its draft's GPU on the next
+        return ["topology=multi_node_ib"]
+    return list(ACROSS_NODES)
+
+
 def _step_model(model: str, gpus: int, latency_scale: float = 1.0, bandwidth_scale: float = 1.0,
                 extra: Sequence[str] = ()):
     from sim.build import build_step_model
     from sim.config.compose import compose_config
 
-    topology = "hgx" if gpus <= 8 else "multi_node_ib"
-    return build_step_model(compose_config([f"model={model}", f"parallel.tp={gpus}", f"topology={topology}",
+    return build_step_model(compose_config([f"model={model}", f"parallel.tp={gpus}", *network(gpus),
                                             f"network.latency_scale={latency_scale}",
                                             f"network.bandwidth_scale={bandwidth_scale}", *extra]))
 
@@ -93,7 +115,7 @@ def breakdown(gpu_counts: Iterable[int] = GPU_COUNTS, batches: Iterable[int] = B
                 continue
             for batch in batches:
                 step, lat = base.predictor.step(_decode(batch)), unbounded.predictor.step(_decode(batch))
-                latency = min(lat.network_s, step.network_s)
+                latency = _latency_part(lat, step)
                 rows.append({"model": label, "gpus": gpus, "nodes": max(1, gpus // 8), "batch": batch,
                              "step_s": step.total_s, "tokens_per_s": 1.0 / step.total_s,
                              "compute_s": step.compute_s, "memory_s": step.memory_s,
@@ -141,13 +163,15 @@ def regime_map(rates: Iterable[float] = MAP_RATES, gpu_counts: Iterable[int] = M
 
     rows: list[dict[str, Any]] = []
     for trace, rate, gpus in ((t, r, g) for t in traces for r in rates for g in gpu_counts):
-        over = ["model=llama3_70b", f"parallel.tp={gpus}", f"topology={'hgx' if gpus <= 8 else 'multi_node_ib'}",
+        over = ["model=llama3_70b", f"parallel.tp={gpus}", *network(gpus),
                 f"workload={trace}", f"workload.max_requests={requests}", f"workload.rate_scale={rate}",
                 "output.progress=never", "output.write_parquet=false", *extra]
         summary = evaluate(compose_config(over))[0]
         unbounded = evaluate(compose_config([*over, f"network.bandwidth_scale={UNBOUNDED}"]))[0]
         t = summary["time_breakdown"]
-        latency = min(unbounded["time_breakdown"]["network_s"], t["network_s"])
+        # the unbounded run schedules its own steps (a few % fewer or more): its network time per
+        # step, times the base run's steps, is the latency part of the base run's network time
+        latency = min(t["network_s"], unbounded["time_breakdown"]["network_s"] / unbounded["steps"] * summary["steps"])
         parts = {"compute_s": t["compute_s"], "memory_s": t["memory_s"], "network_latency_s": latency,
                  "network_bandwidth_s": t["network_s"] - latency, "fixed_s": t["fixed_s"]}
         total = sum(parts.values())
@@ -174,8 +198,7 @@ def _spec_model(extra: list[str], gpus: int, bandwidth_scale: float = 1.0, laten
     from sim.config.compose import compose_config
 
     extra_gpus = 1 if "speculative.placement=separate" in extra else 0   # the draft's own GPU (draft_tp 1)
-    topology = "hgx" if gpus + extra_gpus <= 8 else "multi_node_ib"
-    return build_step_model(compose_config(["model=llama3_70b", f"parallel.tp={gpus}", f"topology={topology}",
+    return build_step_model(compose_config(["model=llama3_70b", f"parallel.tp={gpus}", *network(gpus, extra_gpus),
                                             f"network.latency_scale={latency_scale}",
                                             f"network.bandwidth_scale={bandwidth_scale}", *extra,
                                             *([] if extra == ["speculative=none"] else
@@ -183,13 +206,36 @@ def _spec_model(extra: list[str], gpus: int, bandwidth_scale: float = 1.0, laten
                                             *engine]))
 
 
+def _latency_part(unbounded, step) -> float:
+    """The network's latency part of ``step``: its network time on links of unbounded bandwidth
+    (``unbounded``, the same step priced so), which leaves everything else as it was."""
+    assert unbounded.network_s <= step.network_s * (1 + 1e-9) + 1e-15, "unbounded bandwidth made the step slower"
+    assert (unbounded.compute_s, unbounded.memory_s, unbounded.fixed_s) == (step.compute_s, step.memory_s, step.fixed_s)
+    return min(unbounded.network_s, step.network_s)
+
+
 def _per_token(step, unbounded, tokens: float) -> dict[str, float]:
     """A pass's (or step's) five parts per generated token (``unbounded``: the same with links of
     unbounded bandwidth, whose network time is the latency part)."""
-    latency = min(unbounded.network_s, step.network_s)
+    latency = _latency_part(unbounded, step)
     parts = {"compute_s": step.compute_s, "memory_s": step.memory_s, "network_latency_s": latency,
              "network_bandwidth_s": step.network_s - latency, "fixed_s": step.fixed_s}
     return {k: v / tokens for k, v in parts.items()}
+
+
+def _draft_fits(m, extra: Sequence[str], batch: int) -> bool:
+    """A draft on its own GPU holds its weights and ``batch`` sequences' KV of ``CONTEXT + GAMMA``
+    tokens within that GPU's usable memory (sharded drafts share the target's KV budget)."""
+    if "speculative.placement=separate" not in extra:
+        return True
+    from sim.config.parse import load_model
+
+    cfg = m.cfg
+    draft = load_model(cfg.speculative.draft_model)
+    usable = cfg.hardware.memory_GB * 1e9 * cfg.engine.gpu_memory_utilization
+    need = draft.weight_bytes(cfg.precision.weight_bytes) + batch * (CONTEXT + GAMMA) * draft.kv_bytes_per_token(
+        cfg.precision.kv_bytes)
+    return need <= usable
 
 
 def speculation(gpu_counts: Iterable[int] = (8, 16), batches: Iterable[int] = SPEC_BATCHES,
@@ -211,6 +257,8 @@ def speculation(gpu_counts: Iterable[int] = (8, 16), batches: Iterable[int] = SP
             mu = _spec_model(extra, gpus, UNBOUNDED, latency_scale, engine)
             for batch in batches:
                 base = _per_token(plain.predictor.step(_decode(batch)), plain_u.predictor.step(_decode(batch)), 1.0)
+                if not _draft_fits(m, extra, batch):
+                    continue        # the draft's own GPU cannot hold its weights and this batch's KV
                 spec = _per_token(m.spec.pass_time(batch, CONTEXT, GAMMA), mu.spec.pass_time(batch, CONTEXT, GAMMA),
                                   tokens)
                 row: dict[str, Any] = {"placement": label, "gpus": gpus, "batch": batch, "latency_scale": latency_scale,
