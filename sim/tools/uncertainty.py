@@ -5,7 +5,7 @@ Draw ``k`` (1..n) simulates the configuration again with
 * the engine parameters the step-time calibration fits (``hbm_efficiency``,
   ``compute_efficiency``, ``low_precision_compute_efficiency``, ``roofline_sharpness``,
   ``kernel_overhead_us``) multiplied by row ``k`` of the calibration's bootstrap factors
-  (``conf/calibration/h100_engine_draws.yaml``: 40 refits of the H100 step-time fit on cluster
+  (``sim/tools/calibration/h100_engine_draws.yaml``: 40 refits of the H100 step-time fit on cluster
   bootstraps of its measurements, written by ``python -m sim.calibrate uncertainty=40``), kept
   within the fit's bounds. Modelling assumption: the *relative* spread of that fit carries over
   to the engine and hardware the run uses (the factors are not refitted per engine or GPU);
@@ -25,10 +25,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import yaml
 
-from sim.config.presets import CONF_DIR
 from sim.errors import ConfigError, require
 
-DRAWS_FILE = CONF_DIR / "calibration" / "h100_engine_draws.yaml"
+DRAWS_FILE = Path(__file__).resolve().parent / "calibration" / "h100_engine_draws.yaml"
 
 
 @dataclass(frozen=True)

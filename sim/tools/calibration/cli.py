@@ -108,8 +108,9 @@ def main(argv: list[str] | None = None) -> dict:
         if n < 2:
             fail(f"uncertainty={args['uncertainty']!r} must be an integer >= 2 (bootstrap refits)")
         names, factors = bootstrap_factors(rows, hardware, start, n, params=fit_params(args.get("fit", "default")))
-        # not into conf/engine (every file there is an engine profile): where the bands read it
-        path = Path(args.get("draws_out", CONF_DIR / "calibration" / f"{hardware.name}_engine_draws.yaml"))
+        # not into conf/ (every file there is a preset of a config group): beside this module, where
+        # the bands read it
+        path = Path(args.get("draws_out", Path(__file__).resolve().parent / f"{hardware.name}_engine_draws.yaml"))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(draws_yaml(names, factors, f"{source} ({len(rows)} rows)", hardware.name, 0))
         draws_written.append(str(path))

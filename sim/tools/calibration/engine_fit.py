@@ -327,7 +327,7 @@ def bootstrap_factors(rows: list[Measurement], hardware: HardwareSpec, start: En
 
 
 def draws_yaml(names: tuple[str, ...], factors: list[list[float]], source: str, hardware: str, seed: int) -> str:
-    """The draws file the bands read (``conf/calibration/<hardware>_engine_draws.yaml``,
+    """The draws file the bands read (``sim/tools/calibration/<hardware>_engine_draws.yaml``,
     :mod:`sim.tools.uncertainty`)."""
     lines = ["# Calibration uncertainty: factors on the engine parameters the step-time fit adjusts, one",
              "# row per refit on a cluster bootstrap of the measurements (bootstrap_factors in",
