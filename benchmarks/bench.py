@@ -51,6 +51,10 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "a day of azure_code, autoscaled 1-6 x 70B TP4, faults x1000": (
         "sim", ["+experiment=fleet_day", "autoscale=slo", "autoscale.slo_ttft_s=1", "faults=mtbf",
                 "faults.rate_scale=1000"]),
+    "mixed fleet 48 x RTX 4090 + 16 x B200 (8B TP1), 100,000 req, least_outstanding_time": (
+        "sim", [*CONVERSATION, "workload.rate_per_s=200", "workload.max_requests=100000", "model=llama3_8b",
+                "parallel.router=least_outstanding_time",
+                "fleet=[{hardware: rtx4090, replicas: 48, tp: 1}, {hardware: b200, replicas: 16, tp: 1}]"]),
     "frontier default grid (70B, H100, up to 256 GPUs)": ("frontier", []),
 }
 QUICK = {

@@ -1,6 +1,6 @@
-"""Headline experiment ``headline`` (issue 16), first part: where one decoding token's time goes as
-tensor parallelism spreads a model over more GPUs, and what per-message latency and link
-bandwidth each buy.
+"""Headline experiment ``headline``: where one decoding token's time goes as tensor parallelism
+spreads a model over more GPUs, what per-message latency and link bandwidth each buy, what
+speculative decoding amortizes, and which part dominates real traffic at each load.
 
 Design. Llama-3-70B and the MoE preset (Qwen3-235B-A22B, 128 experts, top-8), bf16, tensor-
 parallel over ``GPU_COUNTS`` H100s: one HGX node up to 8 (NVSwitch, the engine's custom one-
@@ -83,11 +83,11 @@ def network(gpus: int, extra_gpus: int = 0) -> list[str]:
 
 
 def _step_model(model: str, gpus: int, latency_scale: float = 1.0, bandwidth_scale: float = 1.0,
-                extra: Sequence[str] = ()):
+                extra: Sequence[str] = (), extra_gpus: int = 0):
     from sim.build import build_step_model
     from sim.config.compose import compose_config
 
-    return build_step_model(compose_config([f"model={model}", f"parallel.tp={gpus}", *network(gpus),
+    return build_step_model(compose_config([f"model={model}", f"parallel.tp={gpus}", *network(gpus, extra_gpus),
                                             f"network.latency_scale={latency_scale}",
                                             f"network.bandwidth_scale={bandwidth_scale}", *extra]))
 
@@ -140,8 +140,8 @@ def sweeps(gpu_counts: Iterable[int] = GPU_COUNTS, batch: int = 1, extra: Sequen
                 continue
             for swept, scales in (("latency", LATENCY_SCALES), ("bandwidth", BANDWIDTH_SCALES)):
                 for scale in scales:
-                    kw = {"latency_scale": scale} if swept == "latency" else {"bandwidth_scale": scale}
-                    s = _step_model(model, gpus, extra=extra, **kw).predictor.step(_decode(batch)).total_s
+                    ls, bs = (scale, 1.0) if swept == "latency" else (1.0, scale)
+                    s = _step_model(model, gpus, ls, bs, extra).predictor.step(_decode(batch)).total_s
                     rows.append({"model": label, "gpus": gpus, "batch": batch, "swept": swept, "scale": scale,
                                  "step_s": s, "change": s / base_s - 1.0})
     return pa.Table.from_pylist(rows)
@@ -176,7 +176,7 @@ def regime_map(rates: Iterable[float] = MAP_RATES, gpu_counts: Iterable[int] = M
                  "network_bandwidth_s": t["network_s"] - latency, "fixed_s": t["fixed_s"]}
         total = sum(parts.values())
         rows.append({"trace": trace, "rate_scale": rate, "gpus": gpus, "requests": requests,
-                     **{k.replace("_s", "_share"): v / total for k, v in parts.items()},
+                     **{k.removesuffix("_s") + "_share": v / total for k, v in parts.items()},
                      "regime": max(parts, key=parts.__getitem__).removesuffix("_s"),
                      "tpot_p50_s": summary["tpot_s"]["p50"], "tpot_p99_s": summary["tpot_s"]["p99"],
                      "ttft_p99_s": summary["ttft_s"]["p99"]})
@@ -194,16 +194,11 @@ PARTS = ("compute_s", "memory_s", "network_latency_s", "network_bandwidth_s", "f
 
 def _spec_model(extra: list[str], gpus: int, bandwidth_scale: float = 1.0, latency_scale: float = 1.0,
                 engine: Sequence[str] = ()):
-    from sim.build import build_step_model
-    from sim.config.compose import compose_config
-
-    extra_gpus = 1 if "speculative.placement=separate" in extra else 0   # the draft's own GPU (draft_tp 1)
-    return build_step_model(compose_config(["model=llama3_70b", f"parallel.tp={gpus}", *network(gpus, extra_gpus),
-                                            f"network.latency_scale={latency_scale}",
-                                            f"network.bandwidth_scale={bandwidth_scale}", *extra,
-                                            *([] if extra == ["speculative=none"] else
-                                              [f"speculative.acceptance={ACCEPTANCE}", f"speculative.num_tokens={GAMMA}"]),
-                                            *engine]))
+    """Llama-3-70B with a draft placement (``extra``) at ``ACCEPTANCE`` and ``GAMMA``."""
+    settings = [] if extra == ["speculative=none"] else [f"speculative.acceptance={ACCEPTANCE}",
+                                                          f"speculative.num_tokens={GAMMA}"]
+    return _step_model("llama3_70b", gpus, latency_scale, bandwidth_scale, [*extra, *settings, *engine],
+                       extra_gpus=1 if "speculative.placement=separate" in extra else 0)   # the draft's own GPU
 
 
 def _latency_part(unbounded, step) -> float:

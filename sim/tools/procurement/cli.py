@@ -424,11 +424,15 @@ def procure(cfg_map: dict[str, Any], out: Path) -> dict[str, Any]:
     caps.apply(cands, cost_cfg, load_hardware)
     allowed = [c for c in cands if not c.over_caps]
 
+    def evaluated(run_cfg: dict[str, Any]) -> tuple[dict[str, Any], float | None]:
+        """One simulation: its summary and goodput."""
+        summary, result = evaluate(run_cfg)
+        return summary, goodput(result.requests, slo, summary["throughput"]["makespan_s"])
+
     def simulate(c: Candidate) -> dict[str, Any]:
         run_cfg = deployment(base, c.layout, c.replicas, c.prefill_replicas, c.mix, mix_router)
         c.extra["rerun"] = overrides_for(run_cfg)       # python -m sim with these reproduces the point
-        summary, result = evaluate(run_cfg)
-        c.extra["goodput"] = goodput(result.requests, slo, summary["throughput"]["makespan_s"])
+        summary, c.extra["goodput"] = evaluated(run_cfg)
         return summary
 
     by_kind: dict[tuple[str, ...], tuple[Candidate | None, Candidate | None]] = {}
@@ -488,12 +492,12 @@ def procure(cfg_map: dict[str, Any], out: Path) -> dict[str, Any]:
     bands = None
     if ucfg.draws:
         def measure(run_cfg: dict[str, Any]) -> dict[str, Any]:
-            summary, res = evaluate(run_cfg)
+            summary, good = evaluated(run_cfg)
             cost = summary["cost"]
             return {"meets_slo": slo.met(summary), "usd_per_hour": cost["usd_per_hour"],
                     "usd_per_million_output_tokens": cost["usd_per_million_output_tokens"],
                     "ttft_p99_s": summary["ttft_s"]["p99"], "tpot_p99_s": summary["tpot_s"]["p99"],
-                    "goodput_requests_per_s": goodput(res.requests, slo, summary["throughput"]["makespan_s"])}
+                    "goodput_requests_per_s": good}
         draw_rows, bands = draw_bands(deployment(base, best.layout, best.replicas, best.prefill_replicas, best.mix,
                                                  mix_router), measure, ucfg)
         pq.write_table(pa.Table.from_pylist(draw_rows), out / "uncertainty.parquet")
@@ -524,8 +528,8 @@ def short_json(c: Candidate) -> dict[str, Any]:
 
 
 def mark_pareto(cands: list[Candidate]) -> None:
-    """``extra["pareto"]`` on every simulated candidate: no other has both more goodput and a
-    lower simulated $/h."""
+    """``extra["pareto"]`` on every simulated candidate: no other has at least its goodput for at
+    most its simulated $/h, and more goodput or a lower $/h."""
     sim = [c for c in cands if c.summary is not None and c.extra.get("goodput") is not None]
     if not sim:
         return

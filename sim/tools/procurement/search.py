@@ -463,7 +463,8 @@ def mix_candidates(bounds: Iterable[LayoutBound], stats: TrafficStats, slo: Slo,
                 units = [(b1.replica_tok_s, b1.prefill_tok_s, r1), (b2.replica_tok_s, b2.prefill_tok_s, r2)]
                 out.append(Candidate(l1, r1 + r2, price, pruned=not serves(units, stats, slo),
                                      analytic_utilization=util, mix=((l1, r1), (l2, r2)),
-                                     headroom_short=_short(headroom, not serves(units, stats, slo, headroom))))
+                                     headroom_short=_short(headroom, headroom > 0 and not serves(units, stats, slo,
+                                                                                                   headroom))))
     return out
 
 
