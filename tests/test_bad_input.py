@@ -84,6 +84,7 @@ CASES: list[tuple[str, list[str], str]] = [
     (SIM, ["workload=synthetic", "workload.rate_per_s=-1"], "rate_per_s"),
     (SIM, ["workload=synthetic", "workload.prompt_tokens=abc"], "prompt_tokens"),
     (SIM, ["workload=synthetic", "workload.output_tokens={dist: zipf}"], "output_tokens"),
+    (SIM, ["workload=synthetic", "workload.output_tokens={dist: quantiles, p: [0, 0.9], values: [1, 9]}"], "output_tokens.p"),
     (SIM, ["seed=abc"], "seed"),
     (SIM, ["seed=-1"], "seed"),
     (SIM, ["output.progress=loud"], "output.progress"),

@@ -20,7 +20,7 @@ from sim.errors import ConfigError
 from sim.spec.batch import BatchShape
 from sim.spec.engine import EngineProfile
 from sim.tools.validation import engine_overheads
-from sim.tools.validation.published import group_summary, load_rows, published_table
+from sim.tools.validation.published import group_summary, load_rows
 
 
 def test_speculative_loop_overhead_is_host_time_per_pass_and_level():
@@ -219,8 +219,8 @@ def test_request_overhead_is_part_of_ttft_and_of_no_step():
 
 
 @pytest.fixture(scope="module")
-def table():
-    return published_table()
+def table(published_rows_table):
+    return published_rows_table
 
 
 def test_profiles_hold_what_the_fit_gives():

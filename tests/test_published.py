@@ -8,6 +8,7 @@ regression that breaks a group's order of magnitude fails here.
 from __future__ import annotations
 
 import math
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 from sim.errors import ConfigError
 from sim.policy.speculative import expected_tokens
+from workloads.lengths import quantiles_mean
 from sim.tools.validation.published import (
     ROWS_FILE,
     Evaluator,
@@ -24,13 +26,12 @@ from sim.tools.validation.published import (
     group_summary,
     load_rows,
     markdown,
-    published_table,
 )
 
 
 @pytest.fixture(scope="module")
-def table():
-    return published_table()
+def table(published_rows_table):
+    return published_rows_table
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +87,42 @@ def test_directions_the_measurements_show(by_id):
     assert p["specbench_7b_eagle"] > p["specbench_7b_hydra"] > p["specbench_7b_medusa"] > p["specbench_7b_sps"] > 1.0
     # NCCL through PyTorch is slower than the custom one-shot kernel at the same size and TP
     assert p["nccl_torch_8xh100_128B"] > 2 * p["customar_h100_tp8_512"]
+
+
+def test_mlperf_server_rows_take_their_output_lengths_from_the_logs():
+    """The output-length knots come from the logged latency percentiles; their mean must give
+    back the logged tokens per sample (21,605.79 tok/s / 74.42 samples/s = 290.3)."""
+    rows = [r for r in load_rows() if r["kind"] == "server" and r["group"] == "mlperf_llama2_70b"]
+    assert len(rows) == 8
+    for r in rows:
+        osl = r["params"]["osl"]
+        assert osl["dist"] == "quantiles" and osl["values"][-1] == 1024      # MLPerf's output cap
+        assert quantiles_mean(osl["p"], osl["values"]) == pytest.approx(21605.79 / 74.42, rel=0.01)
+        assert r["params"]["warmup_requests"] < r["params"]["requests"]
+
+
+def test_server_rows_measure_after_the_warmup():
+    """``warmup_requests`` leaves the first arrivals out of the statistics; none left out gives
+    the run's own summary."""
+    from sim.app import run
+    from sim.tools.validation.published import _server_run
+
+    ev = Evaluator()
+    cfg = ["model=llama3_8b", "hardware=h100", "parallel.tp=1", "parallel.dp=2"]
+    p = {"rate_per_s": 40.0, "isl": 200, "osl": {"dist": "quantiles", "p": [0, 1], "values": [20, 60]},
+         "requests": 300}
+    whole = _server_run(ev, cfg, p)
+    later = _server_run(ev, cfg, {**p, "warmup_requests": 299})
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = run(ev.config(cfg + [
+            "workload=synthetic", "workload.rate_per_s=40.0", "workload.arrival=poisson", "workload.prompt_tokens=200",
+            "workload.output_tokens={dist: quantiles, p: [0, 1], values: [20, 60]}", "workload.max_requests=300",
+            "seed=0", "output.progress=never", "output.write_parquet=false"]), tmp)
+    for name in ("ttft_s", "tpot_s"):
+        for stat in ("mean", "p50", "p99"):
+            assert whole[name][stat] == pytest.approx(summary[name][stat], rel=1e-12)
+        assert later[name]["p50"] == later[name]["p99"] == later[name]["mean"]     # one request
+    assert later["ttft_s"]["mean"] != whole["ttft_s"]["mean"]
 
 
 def test_mlperf_prompt_length_fitted_on_one_row_predicts_the_h200(by_id):

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from workloads import WorkloadError, sample_lengths
+from workloads.lengths import quantiles_mean
 
 
 def rng(seed: int = 0) -> np.random.Generator:
@@ -79,7 +80,7 @@ def test_deterministic_for_seed():
 @pytest.mark.parametrize(
     "spec, fragment",
     [
-        ({"dist": "zipf", "a": 2}, "output_tokens.dist='zipf' is not a length distribution; allowed: ['choice', 'exponential', 'fixed', 'lognormal', 'uniform']"),
+        ({"dist": "zipf", "a": 2}, "output_tokens.dist='zipf' is not a length distribution; allowed: ['choice', 'exponential', 'fixed', 'lognormal', 'quantiles', 'uniform']"),
         ({"value": 3}, "output_tokens.dist=None"),
         ({"dist": "uniform", "low": 5}, "output_tokens.high is missing"),
         ({"dist": "uniform", "low": 5, "high": 2}, "output_tokens.high=2 is below output_tokens.low=5"),
@@ -97,6 +98,13 @@ def test_deterministic_for_seed():
         ({"dist": "choice", "values": [1, 2], "weights": [1]}, "output_tokens.weights=[1]"),
         ({"dist": "choice", "values": [1, 2], "weights": [1, -1]}, "output_tokens.weights[1]=-1"),
         ({"dist": "choice", "values": [1, 2], "weights": [0, 0]}, "sum to 0"),
+        ({"dist": "quantiles", "p": [0, 1]}, "output_tokens.values is missing"),
+        ({"dist": "quantiles", "p": [0, 1], "values": [5]}, "output_tokens.values=[5] is not a list of at least 2"),
+        ({"dist": "quantiles", "p": [0, 0.5], "values": [1, 5]}, "output_tokens.p=[0.0, 0.5] must rise strictly from 0 to 1"),
+        ({"dist": "quantiles", "p": [0, 0.5, 0.5, 1], "values": [1, 2, 3, 4]}, "must rise strictly"),
+        ({"dist": "quantiles", "p": [0, 1], "values": [9, 3]}, "output_tokens.values=[9.0, 3.0] must not decrease"),
+        ({"dist": "quantiles", "p": [0, 0.5, 1], "values": [1, 2]}, "output_tokens.p has 3 knots and output_tokens.values 2"),
+        ({"dist": "quantiles", "p": [0, 1], "values": [0, 3]}, "output_tokens.values[0]=0"),
         ({"dist": "fixed", "value": 5, "min": 10, "max": 3}, "output_tokens.max=3 is below output_tokens.min=10"),
         ({"dist": "fixed", "value": 5, "min": 0}, "output_tokens.min=0"),
         (0, "output_tokens=0 is too small"),
@@ -112,6 +120,20 @@ def test_spec_errors_name_field_value_and_allowed(spec, fragment):
     assert "\n" not in str(info.value)
 
 
+def test_quantiles_reproduce_their_knots_and_mean():
+    """A distribution known by its percentiles (as benchmark logs publish them): samples hit the
+    knots' percentiles and the trapezoid mean; outside the knots nothing is drawn."""
+    p, v = [0, 0.5, 0.9, 0.99, 1], [1, 250, 520, 930, 1024]
+    x = sample_lengths(rng(3), {"dist": "quantiles", "p": p, "values": v}, 400_000, "f")
+    assert x.min() >= 1 and x.max() <= 1024
+    np.testing.assert_allclose(np.percentile(x, [50, 90, 99]), [250, 520, 930], rtol=0.01)
+    assert x.mean() == pytest.approx(quantiles_mean(p, v), rel=0.005)
+    assert quantiles_mean([0, 1], [10, 30]) == 20.0
+    # a flat stretch is a point mass: half the draws are exactly 7
+    y = sample_lengths(rng(4), {"dist": "quantiles", "p": [0, 0.5, 1], "values": [7, 7, 100]}, 20_000, "f")
+    assert (y == 7).mean() == pytest.approx(0.5, abs=0.02)
+
+
 def test_n_validation():
     with pytest.raises(WorkloadError, match="n=0"):
         sample_lengths(rng(), 5, 0, "f")
@@ -125,6 +147,8 @@ length_specs = st.one_of(
               st.floats(1e-3, 1e6), st.floats(0, 10)),
     st.builds(lambda m: {"dist": "exponential", "mean": m}, st.floats(1, 1e6)),
     st.builds(lambda v: {"dist": "choice", "values": v}, st.lists(st.integers(1, 10**6), min_size=1, max_size=5)),
+    st.builds(lambda v: {"dist": "quantiles", "p": [i / (len(v) - 1) for i in range(len(v))], "values": sorted(v)},
+              st.lists(st.floats(1, 1e6), min_size=2, max_size=6)),
 )
 
 

@@ -12,6 +12,9 @@ uniform        ``low``, ``high``           integer uniform on ``low..high`` incl
 lognormal      ``median``, ``sigma``       ``round(median * exp(sigma * Z))``, Z ~ N(0,1)
 exponential    ``mean`` (>= 1)             geometric on 1, 2, ... with mean ``mean``
 choice         ``values``, ``weights``?    one of ``values`` (weights normalised)
+quantiles      ``p``, ``values``           ``round(Q(U))``, U ~ U(0,1), Q the piecewise-linear
+                                           quantile function through the knots
+                                           (``p[i]``, ``values[i]``)
 =============  ==========================  =========================================
 
 Modelling assumptions
@@ -24,6 +27,10 @@ Modelling assumptions
   zero lengths are produced.
 * Lognormal samples are capped at ``2**53`` before conversion so that extreme ``sigma``
   cannot overflow int64; use ``max`` for a realistic context limit.
+* "quantiles" is a distribution known only by some of its percentiles (what benchmark logs
+  publish: p50, p90, p99, ...): the quantile function is linear between the knots, so its
+  mean is the trapezoid integral of the knots. ``p`` must run from 0 to 1 in increasing
+  order and ``values`` must not decrease (a quantile function cannot).
 * Unknown keys in a spec are errors (they are almost always typos).
 """
 
@@ -38,7 +45,7 @@ import numpy as np
 from workloads._checks import count_param
 from workloads.errors import WorkloadError
 
-__all__ = ["LENGTH_DISTRIBUTIONS", "sample_lengths"]
+__all__ = ["LENGTH_DISTRIBUTIONS", "quantiles_mean", "sample_lengths"]
 
 LENGTH_DISTRIBUTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # dist: (required parameters, optional parameters)
@@ -47,6 +54,7 @@ LENGTH_DISTRIBUTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "lognormal": (("median", "sigma"), ()),
     "exponential": (("mean",), ()),
     "choice": (("values",), ("weights",)),
+    "quantiles": (("p", "values"), ()),
 }
 _CLAMPS = ("min", "max")
 _FLOAT_CAP = float(2**53)
@@ -101,7 +109,35 @@ def _sample_dist(rng: np.random.Generator, field: str, dist: str, spec: Mapping,
         if w.sum() <= 0:
             raise WorkloadError(f"{field}.weights={weights!r} sum to 0; at least one weight must be > 0")
         return rng.choice(choices, size=n, p=w / w.sum())
+    if dist == "quantiles":
+        p, v = _quantile_knots(field, spec["p"], spec["values"])
+        return np.clip(np.rint(np.interp(rng.random(n), p, v)), 1.0, _FLOAT_CAP).astype(np.int64)
     raise AssertionError(dist)  # unreachable: dist validated by the caller
+
+
+def _quantile_knots(field: str, p: object, values: object) -> tuple[np.ndarray, np.ndarray]:
+    """The (probability, length) knots of a ``quantiles`` spec, checked."""
+    def numbers_list(key: str, x: object, minimum: float) -> np.ndarray:
+        if isinstance(x, (str, bytes)) or not isinstance(x, Sequence) or len(x) < 2:
+            raise WorkloadError(f"{field}.{key}={x!r} is not a list of at least 2 numbers")
+        return np.array([_real_param(field, f"{key}[{i}]", e, minimum=minimum, strict=False)
+                         for i, e in enumerate(x)])
+    pa, va = numbers_list("p", p, 0.0), numbers_list("values", values, 1.0)
+    if len(pa) != len(va):
+        raise WorkloadError(f"{field}.p has {len(pa)} knots and {field}.values {len(va)}; "
+                            "they must pair up (one length per probability)")
+    if pa[0] != 0.0 or pa[-1] != 1.0 or np.any(np.diff(pa) <= 0):
+        raise WorkloadError(f"{field}.p={pa.tolist()!r} must rise strictly from 0 to 1")
+    if np.any(np.diff(va) < 0):
+        raise WorkloadError(f"{field}.values={va.tolist()!r} must not decrease (they are quantiles)")
+    return pa, va
+
+
+def quantiles_mean(p: Sequence[float], values: Sequence[float]) -> float:
+    """Mean of the ``quantiles`` distribution through these knots (before rounding): the
+    integral of its piecewise-linear quantile function."""
+    pa, va = np.asarray(p, dtype=float), np.asarray(values, dtype=float)
+    return float(np.sum(np.diff(pa) * (va[1:] + va[:-1]) / 2.0))
 
 
 def sample_lengths(rng: np.random.Generator, spec: int | Mapping, n: int, field_name: str) -> np.ndarray:

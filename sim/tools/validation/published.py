@@ -24,9 +24,10 @@ Prediction kinds and their modelling assumptions:
   holds at their full length ``isl + osl`` (capped by ``max_batch``), each step mixing their
   decodes with the prompt tokens that replace finished requests, as for ``itl_ms``.
   Output tokens per second over all replicas.
-* ``server``: a discrete-event run of Poisson arrivals at ``rate_per_s`` with fixed
-  ``isl``/``osl``, ``requests`` requests; the row's ``metric`` (e.g. ``ttft_s.mean``) of the
-  run's summary.
+* ``server``: a discrete-event run of ``requests`` Poisson arrivals at ``rate_per_s`` with
+  prompts of ``isl`` tokens and outputs of ``osl`` (a number or a length distribution); the
+  row's ``metric`` (e.g. ``ttft_s.mean``) over the requests after the first
+  ``warmup_requests`` (steady state).
 * ``allreduce_us``: one all-reduce of ``bytes`` per rank over the first ``ranks`` GPUs of
   the topology, with the engine profile's collective algorithm and software latency.
 * a row whose ``params.isl`` is ``{fit_to: ROW}`` takes the prompt length (an unpublished
@@ -45,6 +46,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 
 from sim.build import StepModel, build_step_model, make_fabric
@@ -160,26 +162,47 @@ def _offline_tok_s(ev: Evaluator, cfg: list[str], p: dict, row: dict) -> float:
     return best * replicas
 
 
-def _server_run(ev: Evaluator, cfg: list[str], p: dict) -> dict[str, Any]:
-    """Summary of a discrete-event run of Poisson arrivals at ``p['rate_per_s']`` (remembered)."""
-    from sim.app import run
+def _length_override(spec: Any) -> str:
+    """A length spec (an integer, or a mapping such as ``{dist: quantiles, p: [...], values:
+    [...]}``) as the value of a Hydra override."""
+    if isinstance(spec, dict):
+        def value(v: Any) -> str:
+            return "[" + ", ".join(map(str, v)) + "]" if isinstance(v, list) else str(v)
+        return "{" + ", ".join(f"{k}: {value(v)}" for k, v in spec.items()) + "}"
+    return str(int(spec))
 
-    keep = ("rate_per_s", "isl", "osl", "requests", "seed")
-    key = (tuple(cfg), tuple((k, p[k]) for k in keep if k in p))
+
+def _server_run(ev: Evaluator, cfg: list[str], p: dict) -> dict[str, Any]:
+    """Latency statistics of a discrete-event run of Poisson arrivals at ``p['rate_per_s']``
+    (remembered): ``ttft_s`` / ``tpot_s`` -> mean, p50, p90, p99 over the requests that arrive
+    after the first ``p['warmup_requests']`` (0: all), i.e. in steady state, as a benchmark
+    that runs for 40 minutes measures it. ``p['osl']``: the output length, an integer or a
+    length spec (``workloads/lengths.py``)."""
+    from sim.app import run
+    from sim.observe.metrics import percentiles
+
+    keep = ("rate_per_s", "isl", "osl", "requests", "seed", "warmup_requests")
+    key = (tuple(cfg), tuple((k, repr(p[k])) for k in keep if k in p))
     if key not in ev._runs:
         overrides = list(cfg) + [
             "workload=synthetic", f"workload.rate_per_s={p['rate_per_s']}", "workload.arrival=poisson",
-            f"workload.prompt_tokens={int(p['isl'])}", f"workload.output_tokens={int(p['osl'])}",
+            f"workload.prompt_tokens={int(p['isl'])}", f"workload.output_tokens={_length_override(p['osl'])}",
             f"workload.max_requests={int(p['requests'])}", f"seed={int(p.get('seed', 0))}",
-            "output.progress=never", "output.write_parquet=false"]
+            "output.progress=never", "output.write_parquet=true"]
         with tempfile.TemporaryDirectory() as tmp:
-            ev._runs[key] = run(ev.config(overrides), tmp)
+            run(ev.config(overrides), tmp)
+            table = pq.read_table(Path(tmp) / "requests.parquet", columns=["arrival_s", "ttft_s", "tpot_s"])
+        order = np.argsort(table.column("arrival_s").to_numpy(), kind="stable")[int(p.get("warmup_requests", 0)):]
+        ev._runs[key] = {name: percentiles(table.column(name).to_numpy()[order]) for name in ("ttft_s", "tpot_s")}
     return ev._runs[key]
 
 
 def _server(ev: Evaluator, cfg: list[str], p: dict, row: dict) -> float:
     group, stat = row["metric"].split(".")
-    return float(_server_run(ev, cfg, p)[group][stat])
+    value = _server_run(ev, cfg, p)[group][stat]
+    if value is None:
+        raise ConfigError(f"row {row['id']}: no request after the warm-up has a {group}")
+    return float(value)
 
 
 def _allreduce_us(ev: Evaluator, cfg: list[str], p: dict, row: dict) -> float:
