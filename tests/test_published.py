@@ -8,9 +8,11 @@ regression that breaks a group's order of magnitude fails here.
 from __future__ import annotations
 
 import math
+import re
 import tempfile
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from hypothesis import given, settings
@@ -101,28 +103,56 @@ def test_mlperf_server_rows_take_their_output_lengths_from_the_logs():
         assert r["params"]["warmup_requests"] < r["params"]["requests"]
 
 
+SMALL_SERVER = (["model=llama3_8b", "hardware=h100", "parallel.tp=1", "parallel.dp=2"],
+                {"rate_per_s": 40.0, "isl": 200, "osl": {"dist": "quantiles", "p": [0, 1], "values": [20, 60]},
+                 "requests": 300})
+
+
 def test_server_rows_measure_after_the_warmup():
-    """``warmup_requests`` leaves the first arrivals out of the statistics; none left out gives
-    the run's own summary."""
+    """``warmup_requests`` leaves the first arrivals out of the statistics: none left out gives
+    the run's own summary, all but one leaves the last arrival's latencies."""
     from sim.app import run
     from sim.tools.validation.published import _server_run
 
     ev = Evaluator()
-    cfg = ["model=llama3_8b", "hardware=h100", "parallel.tp=1", "parallel.dp=2"]
-    p = {"rate_per_s": 40.0, "isl": 200, "osl": {"dist": "quantiles", "p": [0, 1], "values": [20, 60]},
-         "requests": 300}
+    cfg, p = SMALL_SERVER
     whole = _server_run(ev, cfg, p)
     later = _server_run(ev, cfg, {**p, "warmup_requests": 299})
     with tempfile.TemporaryDirectory() as tmp:
         summary = run(ev.config(cfg + [
             "workload=synthetic", "workload.rate_per_s=40.0", "workload.arrival=poisson", "workload.prompt_tokens=200",
             "workload.output_tokens={dist: quantiles, p: [0, 1], values: [20, 60]}", "workload.max_requests=300",
-            "seed=0", "output.progress=never", "output.write_parquet=false"]), tmp)
-    for name in ("ttft_s", "tpot_s"):
+            "seed=0", "output.progress=never", "output.write_parquet=true"]), tmp)
+        req = pq.read_table(Path(tmp) / "requests.parquet").to_pydict()
+    last = max(range(len(req["arrival_s"])), key=req["arrival_s"].__getitem__)
+    for name in ("ttft_s", "tpot_s", "e2e_s"):
         for stat in ("mean", "p50", "p99"):
             assert whole[name][stat] == pytest.approx(summary[name][stat], rel=1e-12)
-        assert later[name]["p50"] == later[name]["p99"] == later[name]["mean"]     # one request
-    assert later["ttft_s"]["mean"] != whole["ttft_s"]["mean"]
+        assert later[name]["mean"] == later[name]["p99"] == pytest.approx(req[name][last], rel=1e-12)
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"warmup_requests": 300}, "params.warmup_requests=300 must be an integer from 0 to requests - 1"),
+    ({"warmup_requests": -5}, "params.warmup_requests=-5"),
+    ({"warmup_requests": 2.5}, "params.warmup_requests=2.5"),
+])
+def test_server_warmup_must_leave_requests(change, fragment):
+    from sim.tools.validation.published import _server_run
+
+    cfg, p = SMALL_SERVER
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        _server_run(Evaluator(), cfg, {**p, **change})
+
+
+def test_server_rows_refuse_requests_that_did_not_complete_and_unknown_metrics():
+    """A request the run rejects would drop out of the latencies unseen: the row fails instead."""
+    from sim.tools.validation.published import _server, _server_run
+
+    cfg, p = SMALL_SERVER
+    with pytest.raises(ConfigError, match="did not complete"):
+        _server_run(Evaluator(), cfg + ["scheduler.max_model_len=100"], {**p, "requests": 20})
+    with pytest.raises(ConfigError, match="metric='ttft_s.p95' must be one of"):
+        _server(Evaluator(), cfg, p, {"id": "x", "metric": "ttft_s.p95"})
 
 
 def test_mlperf_prompt_length_fitted_on_one_row_predicts_the_h200(by_id):

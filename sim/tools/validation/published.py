@@ -172,33 +172,52 @@ def _length_override(spec: Any) -> str:
     return str(int(spec))
 
 
+#: what a ``server`` row's ``metric`` may name (``<latency>.<mean|p50|p90|p99>``)
+SERVER_LATENCIES = ("ttft_s", "tpot_s", "e2e_s")
+
+
 def _server_run(ev: Evaluator, cfg: list[str], p: dict) -> dict[str, Any]:
     """Latency statistics of a discrete-event run of Poisson arrivals at ``p['rate_per_s']``
-    (remembered): ``ttft_s`` / ``tpot_s`` -> mean, p50, p90, p99 over the requests that arrive
-    after the first ``p['warmup_requests']`` (0: all), i.e. in steady state, as a benchmark
-    that runs for 40 minutes measures it. ``p['osl']``: the output length, an integer or a
-    length spec (``workloads/lengths.py``)."""
+    (remembered): ``ttft_s`` / ``tpot_s`` / ``e2e_s`` -> mean, p50, p90, p99 over the requests
+    that arrive after the first ``p['warmup_requests']`` (0: all), i.e. in steady state, as a
+    benchmark that runs for 40 minutes measures it. Every one of those must complete (a
+    rejected or unfinished request would otherwise drop out of the statistics unseen).
+    ``p['osl']``: the output length, an integer or a length spec (``workloads/lengths.py``)."""
     from sim.app import run
     from sim.observe.metrics import percentiles
 
+    requests, warmup = p["requests"], p.get("warmup_requests", 0)
+    if (isinstance(warmup, bool) or not isinstance(warmup, int) or isinstance(requests, bool)
+            or not isinstance(requests, int) or not 0 <= warmup < requests):
+        raise ConfigError(f"params.warmup_requests={warmup!r} must be an integer from 0 to requests - 1 "
+                          f"(requests={requests!r})")
     keep = ("rate_per_s", "isl", "osl", "requests", "seed", "warmup_requests")
     key = (tuple(cfg), tuple((k, repr(p[k])) for k in keep if k in p))
     if key not in ev._runs:
         overrides = list(cfg) + [
             "workload=synthetic", f"workload.rate_per_s={p['rate_per_s']}", "workload.arrival=poisson",
             f"workload.prompt_tokens={int(p['isl'])}", f"workload.output_tokens={_length_override(p['osl'])}",
-            f"workload.max_requests={int(p['requests'])}", f"seed={int(p.get('seed', 0))}",
+            f"workload.max_requests={requests}", f"seed={int(p.get('seed', 0))}",
             "output.progress=never", "output.write_parquet=true"]
         with tempfile.TemporaryDirectory() as tmp:
-            run(ev.config(overrides), tmp)
-            table = pq.read_table(Path(tmp) / "requests.parquet", columns=["arrival_s", "ttft_s", "tpot_s"])
-        order = np.argsort(table.column("arrival_s").to_numpy(), kind="stable")[int(p.get("warmup_requests", 0)):]
-        ev._runs[key] = {name: percentiles(table.column(name).to_numpy()[order]) for name in ("ttft_s", "tpot_s")}
+            summary = run(ev.config(overrides), tmp)
+            table = pq.read_table(Path(tmp) / "requests.parquet",
+                                  columns=["arrival_s", "status", *SERVER_LATENCIES])
+        order = np.argsort(table.column("arrival_s").to_numpy(), kind="stable")[warmup:]
+        status = table.column("status").to_numpy(zero_copy_only=False)[order]
+        if not summary.get("complete", True) or (status != "completed").any():
+            raise ConfigError(f"server run {' '.join(cfg)}: {int((status != 'completed').sum())} of the "
+                              f"{len(order)} requests after the warm-up did not complete; the latencies would "
+                              "leave them out")
+        ev._runs[key] = {name: percentiles(table.column(name).to_numpy()[order]) for name in SERVER_LATENCIES}
     return ev._runs[key]
 
 
 def _server(ev: Evaluator, cfg: list[str], p: dict, row: dict) -> float:
-    group, stat = row["metric"].split(".")
+    group, _, stat = str(row.get("metric")).partition(".")
+    if group not in SERVER_LATENCIES or stat not in ("mean", "p50", "p90", "p99"):
+        raise ConfigError(f"row {row['id']}: metric={row.get('metric')!r} must be one of "
+                          f"{list(SERVER_LATENCIES)} followed by .mean, .p50, .p90 or .p99")
     value = _server_run(ev, cfg, p)[group][stat]
     if value is None:
         raise ConfigError(f"row {row['id']}: no request after the warm-up has a {group}")
