@@ -50,7 +50,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from sim.build import StepModel, build_step_model, make_fabric
-from sim.config.compose import compose_config
+from sim.config.compose import compose_config, override_value
 from sim.config.parse import parse_config
 from sim.cost.analytic import steady_step_s
 from sim.cost.placement import placement
@@ -162,16 +162,6 @@ def _offline_tok_s(ev: Evaluator, cfg: list[str], p: dict, row: dict) -> float:
     return best * replicas
 
 
-def _length_override(spec: Any) -> str:
-    """A length spec (an integer, or a mapping such as ``{dist: quantiles, p: [...], values:
-    [...]}``) as the value of a Hydra override."""
-    if isinstance(spec, dict):
-        def value(v: Any) -> str:
-            return "[" + ", ".join(map(str, v)) + "]" if isinstance(v, list) else str(v)
-        return "{" + ", ".join(f"{k}: {value(v)}" for k, v in spec.items()) + "}"
-    return str(int(spec))
-
-
 #: what a ``server`` row's ``metric`` may name (``<latency>.<mean|p50|p90|p99>``)
 SERVER_LATENCIES = ("ttft_s", "tpot_s", "e2e_s")
 
@@ -186,7 +176,7 @@ def _server_run(ev: Evaluator, cfg: list[str], p: dict) -> dict[str, Any]:
     from sim.app import run
     from sim.observe.metrics import percentiles
 
-    requests, warmup = p["requests"], p.get("warmup_requests", 0)
+    requests, warmup, osl = p["requests"], p.get("warmup_requests", 0), p["osl"]
     if (isinstance(warmup, bool) or not isinstance(warmup, int) or isinstance(requests, bool)
             or not isinstance(requests, int) or not 0 <= warmup < requests):
         raise ConfigError(f"params.warmup_requests={warmup!r} must be an integer from 0 to requests - 1 "
@@ -196,7 +186,8 @@ def _server_run(ev: Evaluator, cfg: list[str], p: dict) -> dict[str, Any]:
     if key not in ev._runs:
         overrides = list(cfg) + [
             "workload=synthetic", f"workload.rate_per_s={p['rate_per_s']}", "workload.arrival=poisson",
-            f"workload.prompt_tokens={int(p['isl'])}", f"workload.output_tokens={_length_override(p['osl'])}",
+            f"workload.prompt_tokens={int(p['isl'])}",
+            f"workload.output_tokens={override_value(osl if isinstance(osl, dict) else int(osl))}",
             f"workload.max_requests={requests}", f"seed={int(p.get('seed', 0))}",
             "output.progress=never", "output.write_parquet=true"]
         with tempfile.TemporaryDirectory() as tmp:
